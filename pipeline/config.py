@@ -1,0 +1,125 @@
+"""params.yaml -> one dataclass per stage section.
+
+Stage = params section = module = CLI command. Each stage reads `base` plus its own section;
+unknown keys are an error so a typo in params.yaml never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.errors import InputError
+
+MEAD_EMOTIONS = ("neutral", "angry", "contempt", "disgusted", "fear", "happy", "sad", "surprised")
+
+
+@dataclass(frozen=True)
+class BaseParams:
+    seed: int = 1234
+    device: str = "auto"  # auto | cpu | cuda
+    fps: float = 25.0
+    sample_rate: int = 16000
+    workers: int = 2  # local Dask workers (processes, one thread each)
+    scheduler_address: str | None = None  # a running Dask scheduler; else DASK_SCHEDULER_ADDRESS; else local
+
+
+@dataclass(frozen=True)
+class CorpusParams:
+    source: str = "builtin"  # builtin | mead
+    mead_root: str | None = None
+    size: int = 128
+    train_actors: int = 8
+    test_actors: int = 4
+    train_sentences: int = 4
+    test_sentences: int = 2
+    emotions: tuple[str, ...] = MEAD_EMOTIONS
+    levels: tuple[int, ...] = (1, 3)
+    counterfactuals: int = 1  # other-sentence renders per training clip
+    blink_rate: float = 0.3  # blinks per second
+    chunk_frames: int = 16
+    shard_frames: int = 512
+    mead_actors: tuple[str, ...] = ()  # empty = every actor found
+    mead_test_actors: tuple[str, ...] = ()
+    mead_max_clips_per_emotion: int = 0  # 0 = all
+
+
+@dataclass(frozen=True)
+class AudioFeaturesParams:
+    mel_step: int = 16  # mel frames per video frame window (Wav2Lip: 0.2 s)
+    # STFT edge padding: reflect = librosa 0.7, what the released Wav2Lip/SyncNet were trained with;
+    # constant = what the official code computes on librosa >= 0.10 (the golden arrays). Edge columns only.
+    mel_pad_mode: str = "reflect"
+    chunk_frames: int = 256
+    shard_frames: int = 8192
+
+
+SECTIONS: dict[str, type] = {
+    "base": BaseParams,
+    "corpus": CorpusParams,
+    "audio_features": AudioFeaturesParams,
+}
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "params file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise InputError(path, f"not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise InputError(path, "expected a mapping of sections at the top level")
+    return data
+
+
+def build_section(cls: type, values: dict | None, *, where: str = "params.yaml", name: str = "") -> Any:
+    """Instantiate a params dataclass, converting lists to tuples and refusing unknown keys."""
+    values = dict(values or {})
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise InputError(where, f"section '{name}': unknown key(s) {unknown}; known: {sorted(names)}")
+    for key, value in values.items():
+        if isinstance(value, list) and "tuple" in str(hints[key]):
+            values[key] = tuple(value)
+    return cls(**values)
+
+
+def load_section(name: str, path: str | Path = "params.yaml") -> Any:
+    data = read_yaml(path)
+    return build_section(SECTIONS[name], data.get(name), where=str(path), name=name)
+
+
+def deep_merge(base: dict, overlay: dict) -> dict:
+    """Overlay a profile onto params: nested mappings merge, everything else replaces."""
+    out = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def as_dict(params: Any) -> dict:
+    """A params dataclass as plain JSON-able data (for store attributes and checkpoints)."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(params).items()}
+
+
+def with_field(params: Any, **changes: Any) -> Any:
+    return dataclasses.replace(params, **changes)
+
+
+__all__ = [
+    "AudioFeaturesParams", "BaseParams", "CorpusParams", "MEAD_EMOTIONS", "SECTIONS",
+    "as_dict", "build_section", "deep_merge", "load_section", "read_yaml", "with_field",
+]

@@ -1,0 +1,1 @@
+"""The built-in MEAD-shaped synthetic corpus and the MEAD ingest."""

@@ -1,0 +1,95 @@
+"""Video and audio files: OpenCV for reading frames, soundfile for wav, bundled ffmpeg for mp4 + sound."""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import soundfile as sf
+
+from pipeline.errors import InputError
+
+
+def ffmpeg_exe() -> str:
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def read_video(path: str | Path) -> tuple[np.ndarray, float]:
+    """All frames as RGB uint8 (T, H, W, 3) and the container's fps."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "video file not found")
+    cap = cv2.VideoCapture(str(path))
+    try:
+        if not cap.isOpened():
+            raise InputError(path, "unreadable video (OpenCV cannot open it)")
+        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        frames = []
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+    finally:
+        cap.release()
+    if not frames:
+        raise InputError(path, "unreadable video (no frames could be decoded)")
+    if not fps > 0:
+        raise InputError(path, "video has no frame rate")
+    return np.stack(frames), fps
+
+
+def resample_frame_indices(n_frames: int, src_fps: float, dst_fps: float) -> np.ndarray:
+    """Nearest source frame for each output frame, so a 30 fps clip becomes 25 fps of equal duration."""
+    duration = n_frames / src_fps
+    n_out = max(1, int(round(duration * dst_fps)))
+    times = (np.arange(n_out) + 0.5) / dst_fps
+    return np.clip(np.floor(times * src_fps).astype(np.int64), 0, n_frames - 1)
+
+
+def write_wav(path: str | Path, samples: np.ndarray, sample_rate: int) -> None:
+    """16-bit PCM wav (what MEAD-style tools and syncnet_python's scipy reader expect)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), np.clip(samples, -1.0, 1.0), sample_rate, subtype="PCM_16")
+
+
+def write_mp4(path: str | Path, frames_rgb: np.ndarray, fps: float, audio: str | Path | None = None,
+              *, crf: int = 18) -> None:
+    """H.264 (yuv420p) + AAC mp4 through the ffmpeg that imageio-ffmpeg bundles; frames piped raw.
+
+    The audio is trimmed to the video (`-shortest`); the file appears only when ffmpeg succeeded.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames_rgb = np.ascontiguousarray(frames_rgb, dtype=np.uint8)
+    t, h, w, _ = frames_rgb.shape
+    pad_h, pad_w = h % 2, w % 2  # yuv420p needs even sides
+    cmd = [ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
+           "-s", f"{w}x{h}", "-r", f"{fps}", "-i", "-"]
+    if audio is not None:
+        cmd += ["-i", str(audio)]
+    vf = [f"pad={w + pad_w}:{h + pad_h}"] if (pad_h or pad_w) else []
+    cmd += (["-vf", ",".join(vf)] if vf else []) + ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", str(crf)]
+    if audio is not None:
+        cmd += ["-c:a", "aac", "-b:a", "128k", "-shortest"]
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".mp4", delete=False) as tmp:
+        tmp_path = Path(tmp.name)
+    try:
+        proc = subprocess.run(cmd + [str(tmp_path)], input=frames_rgb.tobytes(), capture_output=True)
+        if proc.returncode != 0:
+            err = proc.stderr.decode(errors="replace").strip().splitlines()
+            raise InputError(path, f"ffmpeg failed ({err[-1] if err else 'no message'})")
+        tmp_path.replace(path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def has_audio_stream(path: str | Path) -> bool:
+    """Whether a media file holds an audio stream (ffmpeg's banner, since no ffprobe is bundled)."""
+    proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True)
+    return "Audio:" in proc.stderr.decode(errors="replace")

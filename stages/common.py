@@ -1,0 +1,46 @@
+"""What every stage command shares: params loading, seeding, and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import functools
+import random
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+
+from pipeline.errors import InputError
+
+ParamsOption = Annotated[Path, typer.Option("--params", help="params.yaml to read (sections base + this stage)")]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    try:
+        import torch
+
+        torch.manual_seed(seed)
+    except ImportError:
+        pass
+
+
+def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Bad input -> `error: <file>: <problem>` on stderr and exit code 2 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except InputError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise typer.Exit(code=2) from None
+
+    return wrapper
+
+
+def stage_app() -> typer.Typer:
+    return typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False)
