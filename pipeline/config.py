@@ -37,7 +37,7 @@ class CorpusParams:
     size: int = 128
     train_actors: int = 8
     test_actors: int = 4
-    train_sentences: int = 4
+    train_sentences: int = 3
     test_sentences: int = 2
     emotions: tuple[str, ...] = MEAD_EMOTIONS
     levels: tuple[int, ...] = (1, 3)
@@ -60,10 +60,52 @@ class AudioFeaturesParams:
     shard_frames: int = 8192
 
 
+@dataclass(frozen=True)
+class TrainFommParams:
+    pretrained: str | None = None  # official FOMM checkpoint (vox-cpk.pth.tar): import it instead of training
+    vgg19: str | None = None  # torchvision VGG19 weights file: perceptual loss; unset = multi-scale L1
+    preset: str = "slim"  # slim | vox256 (FommConfig preset), then `model` overrides
+    image_size: int = 128
+    num_kp: int = 10
+    model: dict = dataclasses.field(default_factory=dict)  # FommConfig.to_dict() overrides
+    batch_size: int = 8
+    steps: int = 20000  # upper bound on total steps; on CPU max_minutes stops first
+    max_minutes: float = 12.0  # wall-clock budget of one run (0 = none)
+    lr: float = 2.0e-4
+    reconstruction_scales: tuple[float, ...] = (1.0, 0.5, 0.25, 0.125)
+    reconstruction_weight: float = 10.0
+    equivariance_value_weight: float = 10.0
+    equivariance_jacobian_weight: float = 10.0
+    sigma_affine: float = 0.05
+    sigma_tps: float = 0.005
+    points_tps: int = 5
+    gan_weight: float = 0.0  # 0 = no discriminator
+    feature_matching_weight: float = 10.0
+    bf16: bool = False
+    resume: bool = False  # continue from the existing output checkpoint
+    checkpoint_every: int = 100
+    log_every: int = 10
+
+
+@dataclass(frozen=True)
+class KeypointsParams:
+    batch_size: int = 64
+    task_frames: int = 2048  # frames per Dask task (the model is loaded once per task)
+    chunk_frames: int = 256
+    shard_frames: int = 16384
+    extra_frames: tuple[str, ...] = ()  # more frame stores (e.g. kept pseudo clips), appended after the corpus
+    report_clips: int = 24  # held-out clips reconstructed for the report (0 = all)
+    probe_stride: int = 2  # every n-th frame of the real clips feeds the probes
+    probe_alpha: float = 1.0  # ridge penalty on standardised features
+    mouth_open_param: str = "jaw_open"  # render_params column the mouth-opening probe predicts
+
+
 SECTIONS: dict[str, type] = {
     "base": BaseParams,
     "corpus": CorpusParams,
     "audio_features": AudioFeaturesParams,
+    "train_fomm": TrainFommParams,
+    "keypoints": KeypointsParams,
 }
 
 
@@ -122,4 +164,5 @@ def with_field(params: Any, **changes: Any) -> Any:
 __all__ = [
     "AudioFeaturesParams", "BaseParams", "CorpusParams", "MEAD_EMOTIONS", "SECTIONS",
     "as_dict", "build_section", "deep_merge", "load_section", "read_yaml", "with_field",
+    "TrainFommParams", "KeypointsParams",
 ]

@@ -1,0 +1,145 @@
+"""Generate the built-in MEAD-shaped corpus: speech, control tracks, rendered frames, ground truth.
+
+Outputs (under `out_dir`):
+  frames.zarr       per-frame `frames` (F,H,W,3) uint8, `landmarks` (F,68,2) image px,
+                    `landmarks_frontal` (F,68,2) (head pose removed), `render_params` (F,C) with C named
+                    in the attributes; `reference_frames`/`reference_landmarks` (A,...) neutral frame per actor;
+                    per-clip index.
+  wav/<clip>.wav    16 kHz mono PCM, exactly frames * 640 samples long
+  reference/<actor>.png
+  manifest.parquet  one row per clip
+  phonemes.parquet  espeak phoneme events per real clip (the timing truth behind the visemes)
+  actors.parquet    actor id, split, voice, identity seed
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import BaseParams, CorpusParams, as_dict
+from pipeline.corpus.controls import ALL_CONTROLS
+from pipeline.corpus.emotions import intensity, style
+from pipeline.corpus.face import render_frame, sample_identity
+from pipeline.corpus.plan import Actor, ClipSpec, clip_name, plan_corpus
+from pipeline.corpus.sentences import SENTENCES
+from pipeline.corpus.speech import synthesize
+from pipeline.corpus.tracks import clip_controls, neutral_controls
+from pipeline.corpus.visemes import viseme_tracks
+from pipeline.media import write_wav
+from pipeline.parallel import dask_client, ordered_map
+from pipeline.corpus.references import write_reference_frames
+from pipeline.store import ArraySpec, RaggedStoreWriter
+
+SCHEMA = "emmn.corpus/v1"
+
+
+def speak(actor: Actor, emotion: str, level: int, sentence_id: int):
+    """The clip's speech: the actor's voice with the emotion's prosody scaled by the level."""
+    pros, k = style(emotion).prosody, intensity(level)
+    return synthesize(
+        SENTENCES[sentence_id],
+        variant=actor.voice_variant,
+        pitch=int(np.clip(round(actor.pitch + pros.pitch * k), 0, 99)),
+        pitch_range=int(np.clip(round(actor.pitch_range + pros.pitch_range * k), 0, 99)),
+        rate=int(round(actor.rate * (1.0 + (pros.rate - 1.0) * k))),
+        volume=int(np.clip(round(100 * (1.0 + (pros.volume - 1.0) * k)), 10, 200)),
+    )
+
+
+def render_clip(task: tuple) -> dict[str, np.ndarray]:
+    """Worker: draw every frame of one clip from its identity and control matrix."""
+    identity, controls, size = task
+    frames, lms, frontal = [], [], []
+    for row in controls:
+        r = render_frame(identity, dict(zip(ALL_CONTROLS, row.tolist())), size=size)
+        frames.append(r.image)
+        lms.append(r.landmarks)
+        frontal.append(r.landmarks_frontal)
+    return {"frames": np.stack(frames), "landmarks": np.stack(lms).astype(np.float32),
+            "landmarks_frontal": np.stack(frontal).astype(np.float32), "render_params": controls}
+
+
+def generate_builtin(out_dir: str | Path, base: BaseParams, p: CorpusParams) -> pd.DataFrame:
+    """Write the whole corpus into out_dir (which should be a fresh temp dir); return the manifest."""
+    out_dir = Path(out_dir)
+    (out_dir / "wav").mkdir(parents=True, exist_ok=True)
+    actors, clips = plan_corpus(p, base.seed)
+    by_id = {a.actor_id: a for a in actors}
+    identities = {a.actor_id: sample_identity(np.random.default_rng(a.identity_seed)) for a in actors}
+    samples_per_frame = base.sample_rate / base.fps
+
+    # 1. speech for every real clip (fast, in-process: espeak holds global state)
+    visemes, lengths, phoneme_rows = {}, {}, []
+    for clip in clips:
+        if clip.kind != "real":
+            continue
+        speech = speak(by_id[clip.actor_id], clip.emotion, clip.level, clip.sentence_id)
+        n_frames = int(len(speech.samples) // samples_per_frame)
+        samples = speech.samples[: int(round(n_frames * samples_per_frame))]
+        write_wav(out_dir / "wav" / f"{clip.clip_id}.wav", samples, base.sample_rate)
+        visemes[clip.audio_key] = viseme_tracks(speech.phonemes, n_frames, fps=base.fps)
+        lengths[clip.audio_key] = n_frames
+        for ev in speech.phonemes:
+            phoneme_rows.append({"clip_id": clip.clip_id, "start_s": ev.start_s, "end_s": ev.end_s,
+                                 "phoneme": ev.phoneme})
+
+    # 2. control tracks (counterfactuals: source clip's seed, other sentence's visemes)
+    controls = []
+    for clip in clips:
+        actor = by_id[clip.actor_id]
+        controls.append(clip_controls(
+            seed=clip.track_seed, emotion=clip.emotion, level=clip.level, visemes=visemes[clip.audio_key],
+            fps=base.fps, blink_rate=p.blink_rate, actor_expressiveness=dict(actor.expressiveness)))
+
+    # 3. render in parallel, one writer streaming shards in clip order
+    attrs = {"schema": SCHEMA, "stage": "corpus", "params": {"base": as_dict(base), "corpus": as_dict(p)},
+             "fps": base.fps, "size": p.size, "render_params": list(ALL_CONTROLS), "source": "builtin"}
+    writer = RaggedStoreWriter(
+        out_dir / "frames.zarr", [c.clip_id for c in clips], [len(c) for c in controls],
+        {"frames": ArraySpec((p.size, p.size, 3), "uint8", ("y", "x", "rgb")),
+         "landmarks": ArraySpec((68, 2), "float32", ("point", "xy")),
+         "landmarks_frontal": ArraySpec((68, 2), "float32", ("point", "xy")),
+         "render_params": ArraySpec((len(ALL_CONTROLS),), "float32", ("param",))},
+        attrs=attrs, chunk_frames=p.chunk_frames, shard_frames=p.shard_frames)
+    tasks = [(identities[c.actor_id], ctrl, p.size) for c, ctrl in zip(clips, controls)]
+    with dask_client(base.workers, base.scheduler_address) as client:
+        for i, result in enumerate(ordered_map(render_clip, tasks, client=client, window=4 * max(base.workers, 1),
+                                               description="corpus: rendering clips")):
+            writer.write_clip(i, result)
+    writer.close()
+
+    write_references(out_dir, actors, identities, p.size)
+
+    # 4. tables
+    manifest = pd.DataFrame([{
+        "clip_id": c.clip_id, "actor": c.actor_id, "emotion": c.emotion, "level": c.level,
+        "sentence_id": c.sentence_id, "text": SENTENCES[c.sentence_id], "frames": len(ctrl), "fps": base.fps,
+        "split": c.split, "kind": c.kind, "source_clip_id": c.source_clip_id,
+        "start": int(s), "stop": int(e),
+        "wav_path": f"wav/{c.clip_id if c.kind == 'real' else _audio_clip(c)}.wav",
+        "frames_store": "frames.zarr",
+    } for c, ctrl, s, e in zip(clips, controls, writer.starts, writer.stops)])
+    manifest.to_parquet(out_dir / "manifest.parquet", index=False)
+    pd.DataFrame(phoneme_rows).to_parquet(out_dir / "phonemes.parquet", index=False)
+    pd.DataFrame([{**{k: v for k, v in dataclasses.asdict(a).items() if k not in ("expressiveness", "sentence_ids")},
+                   "sentence_ids": list(a.sentence_ids), "expressiveness": json.dumps(dict(a.expressiveness))}
+                  for a in actors]).to_parquet(out_dir / "actors.parquet", index=False)
+    return manifest
+
+
+def _audio_clip(clip: ClipSpec) -> str:
+    """A counterfactual shows sentence b's mouth, so it plays the real clip (actor, emotion, level, b)."""
+    return clip_name(clip.actor_id, clip.emotion, clip.level, clip.sentence_id)
+
+
+def write_references(out_dir: Path, actors: list[Actor], identities: dict, size: int) -> None:
+    """One neutral, frontal, eyes-open, mouth-closed frame per actor: the reference image EMMN animates."""
+    neutral = dict(zip(ALL_CONTROLS, neutral_controls().tolist()))
+    rendered = [render_frame(identities[a.actor_id], neutral, size=size) for a in actors]
+    write_reference_frames(out_dir, [a.actor_id for a in actors], np.stack([r.image for r in rendered]),
+                           np.stack([r.landmarks for r in rendered]))
