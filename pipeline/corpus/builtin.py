@@ -18,6 +18,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 
@@ -54,6 +55,7 @@ def speak(actor: Actor, emotion: str, level: int, sentence_id: int):
 def render_clip(task: tuple) -> dict[str, np.ndarray]:
     """Worker: draw every frame of one clip from its identity and control matrix."""
     identity, controls, size = task
+    cv2.setNumThreads(1)  # one worker process per core already; OpenCV's own pool would oversubscribe
     frames, lms, frontal = [], [], []
     for row in controls:
         r = render_frame(identity, dict(zip(ALL_CONTROLS, row.tolist())), size=size)

@@ -20,11 +20,22 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from pipeline.corpus.face_model import (
-    NEUTRAL, PX_PER_UNIT, Identity, chin_y, face_points, head_height, jaw_top_y, landmarks_3d, light_vector,
-    neutral_pose, outline_halfwidth, project, sample_identity,
-)
 from pipeline.corpus import face_render as fr
+from pipeline.corpus.face_model import (
+    NEUTRAL,
+    PX_PER_UNIT,
+    Identity,
+    chin_y,
+    face_points,
+    head_height,
+    landmarks_3d,
+    light_vector,
+    neutral_pose,
+    outline_halfwidth,
+    project,
+    resolve_controls,
+    sample_identity,
+)
 
 __all__ = ["Identity", "Rendered", "sample_identity", "landmarks_3d", "project", "render_frame", "HeadTexture"]
 
@@ -47,7 +58,7 @@ class HeadTexture:
     rho: float
     px_unit: float
     chin: float
-    geo: np.ndarray          # (h, w, 3): height, dH/dU, dH/dV (slopes clamped for the Newton steps)
+    geo: np.ndarray          # (h, w, 3): slope-limited height (see _slope_limited), dH/dU, dH/dV for the ray cast
     attr: np.ndarray         # (h, w, 13): albedo rgb, alpha, dH/dx, dH/dy, ao, shadow, hair, tangent xyz, gloss
     expression: np.ndarray   # (6, eh, ew, 3): per EXPRESSION_MAPS slope x, slope y, crease darkening
     expression_origin: tuple[int, int]  # texel (col, row) of expression[:, 0, 0]
@@ -108,7 +119,7 @@ class HeadTexture:
 
 def expression_weights(c: Mapping[str, float]) -> tuple[float, ...]:
     """Weights of EXPRESSION_MAPS for the controls."""
-    clip = lambda v: float(np.clip(v, 0, 1.2))  # noqa: E731
+    clip = lambda v: min(max(float(v), 0.0), 1.2)  # noqa: E731
     return (
         clip(c["mouth_corner"] + 0.4 * c["lip_spread"] + 0.3 * c["smirk"]),
         clip(c["cheek_raise"]),
@@ -184,7 +195,7 @@ def _hair_shapes(ident: Identity) -> tuple[list[np.ndarray], list[np.ndarray], f
     ax, ay = 1.04 * fw + margin_side, cy - top + margin_top
     r = 1 + (0.035 * np.sin(11 * t + ident.texture_seed % 7) if style == "curly" else 0)
     helmet = np.stack([ax * np.cos(t) * r, cy + ay * np.sin(t) * r], axis=1)
-    helmet = np.concatenate([[[-ax, bottom]], helmet[::-1][::-1], [[ax, bottom]]])
+    helmet = np.concatenate([[[-ax, bottom]], helmet, [[ax, bottom]]])
     outer = [helmet]
     if style in ("bob", "long"):
         flare = 0.08 if style == "bob" else 0.18
@@ -265,7 +276,7 @@ def _shadow_map(height: np.ndarray, light: np.ndarray, rho: float) -> np.ndarray
 
 def _head_maps(ident: Identity, x: np.ndarray, y: np.ndarray, cv: _Canvas, rng: np.random.Generator):
     """Skin albedo, height, alpha and gloss of the bare head with ears (before hair)."""
-    ey, fw, yc = ident.eye_y, ident.face_width, chin_y(ident)
+    ey, yc = ident.eye_y, chin_y(ident)
     top = ey - ident.crown_height
     ys = np.linspace(top, yc, 120)
     w = outline_halfwidth(ident, ys)
@@ -307,7 +318,8 @@ def _head_maps(ident: Identity, x: np.ndarray, y: np.ndarray, cv: _Canvas, rng: 
     albedo = albedo * (1 - 0.12 * ear_inner * ear_only)[..., None]
     if ident.stubble > 0:
         beard = np.clip((y - (ny + 0.02)) / 0.08, 0, 1) * np.clip((yc + 0.02 - y) / 0.05, 0, 1)
-        beard = beard * np.clip((np.abs(x) - 0.0) / 0.05, 0.6, 1) * np.clip(1 - _gauss(x, y, 0, my, 0.5, 0.09) * 1.4, 0, 1)
+        beard = beard * np.clip(np.abs(x) / 0.05, 0.6, 1)  # a little lighter down the middle
+        beard = beard * np.clip(1 - _gauss(x, y, 0, my, 0.5, 0.09) * 1.4, 0, 1)  # none on the lips
         side = np.clip((y - (ey + 0.25)) / 0.15, 0, 1) * np.clip((np.abs(x) - 0.45) / 0.1, 0, 1)
         beard = np.maximum(beard, side * np.clip((y - ey) / 0.2, 0, 1))
         beard = cv2.GaussianBlur(beard.astype(np.float32), (0, 0), 0.03 * cv.rho)
@@ -315,16 +327,17 @@ def _head_maps(ident: Identity, x: np.ndarray, y: np.ndarray, cv: _Canvas, rng: 
         shade = np.array(ident.hair, np.float32) * 0.45 + skin * 0.45
         k = (ident.stubble * 0.4 * beard * dots)[..., None]
         albedo = albedo + (shade - albedo) * k
-    if ident.freckles > 0:
-        spots = np.zeros_like(height)
+    if ident.freckles > 0:  # small soft dots over the nose and cheeks
         n = int(60 * ident.freckles)
-        px = rng.normal(0, 0.35, n)
-        py = ey + 0.28 + rng.normal(0, 0.13, n)
-        for fx, fy in zip(px, py):
-            spots = np.maximum(spots, _gauss(x, y, fx, fy, 0.012, 0.012) * rng.uniform(0.4, 1))
+        centres = np.stack([rng.normal(0, 0.35, n), ey + 0.28 + rng.normal(0, 0.13, n)], 1)
+        spots = np.zeros_like(height)
+        for centre, strength in zip(centres, rng.uniform(0.4, 1.0, n), strict=True):
+            cv2.fillPoly(spots, [cv.fixed(fr.ellipse_points(centre, (0.012, 0.012), 0.0, 8))], float(strength),
+                         cv2.LINE_8, fr.SHIFT)
+        spots = cv2.GaussianBlur(spots, (0, 0), max(0.006 * cv.rho, 0.5))
         albedo = albedo * (1 - 0.25 * spots[..., None] * np.array([0.7, 1.0, 1.2], np.float32))
     tzone = _gauss(x, y, 0, ey - 0.6, 0.45, 0.3) + _gauss(x, y, 0, ey + 0.35, 0.09, 0.3)
-    gloss = (0.1 + 0.14 * np.clip(tzone, 0, 1)).astype(np.float32)
+    gloss = (0.09 + 0.06 * np.clip(tzone, 0, 1)).astype(np.float32)
     return albedo.astype(np.float32), height, alpha, gloss, head_alpha
 
 
@@ -498,13 +511,14 @@ def build_texture(ident: Identity, size: int) -> HeadTexture:
     expression = np.ascontiguousarray(expression[:, r0:r1, c0:c1])
     weights, shape, rest = _displacement_weights(ident, x0, y0, x1, y1)
     return HeadTexture(x0=x0, y0=y0, rho=rho, px_unit=px_unit, chin=chin_y(ident), geo=geo, attr=attr,
-                       expression=expression, expression_origin=(int(c0), int(r0)), disp_weights=weights, disp_shape=shape, disp_origin=(x0, y0),
+                       expression=expression, expression_origin=(int(c0), int(r0)), disp_weights=weights,
+                       disp_shape=shape, disp_origin=(x0, y0),
                        driver_rest=rest.astype(np.float32))
 
 
-@lru_cache(maxsize=16)
+@lru_cache(maxsize=8)
 def head_texture(ident: Identity, size: int) -> HeadTexture:
-    """Cached `build_texture` (a corpus renders many frames per actor)."""
+    """Cached `build_texture` (a corpus renders many frames per actor; ~4 MB each at 128 px)."""
     return build_texture(ident, size)
 
 
@@ -517,14 +531,20 @@ class Rendered:
     image: np.ndarray              # (H, W, 3) uint8 RGB
     landmarks: np.ndarray          # (68, 2) float32 image px
     landmarks_frontal: np.ndarray  # (68, 2) float32 image px, pose controls reset
-    head_mask: np.ndarray | None = None  # (H, W) float32 coverage of the person's skin and hair (head, neck)
+    skin_hair_mask: np.ndarray | None = None  # (H, W) float32 coverage of the person's skin and hair (head, neck)
 
 
 def render_frame(identity: Identity, controls: Mapping[str, float] | None = None, size: int = 128) -> Rendered:
-    """Draw one frame of `identity` under `controls` (missing controls default to controls.NEUTRAL)."""
-    c = dict(NEUTRAL)
-    if controls:
-        c.update({k: float(v) for k, v in controls.items()})
+    """Draw one frame of `identity` under `controls` (missing controls default to controls.NEUTRAL).
+
+    Expression controls are clamped to face_model.CONTROL_RANGES; pose is used as given (yaw and pitch
+    up to about 25 degrees, roll up to about 15, look right). Raises ValueError for an unknown
+    control name, a non-finite value or a size outside 32..2048.
+    """
+    if not isinstance(size, (int, np.integer)) or not 32 <= size <= 2048:
+        raise ValueError(f"size must be an integer in 32..2048, got {size!r}")
+    size = int(size)
+    c = resolve_controls(controls)
     tex = head_texture(identity, size)
     lm3, aux3 = face_points(identity, c)
     lm = project(lm3, c, size)
@@ -546,4 +566,4 @@ def render_frame(identity: Identity, controls: Mapping[str, float] | None = None
     img = cv2.blendLinear(colour, img, alpha, 1.0 - alpha)
     image = cv2.convertScaleAbs(img, alpha=255.0)  # rounds and saturates to uint8
     return Rendered(image=image, landmarks=lm.astype(np.float32), landmarks_frontal=frontal.astype(np.float32),
-                    head_mask=np.maximum(alpha, neck))
+                    skin_hair_mask=np.maximum(alpha, neck))

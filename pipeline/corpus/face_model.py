@@ -98,6 +98,10 @@ class Identity:
     ambient: float = 0.42
     texture_seed: int = 0
 
+    def __post_init__(self):
+        if self.hair_style not in HAIR_STYLES:
+            raise ValueError(f"unknown hair_style {self.hair_style!r}; known: {HAIR_STYLES}")
+
 
 def _pick(rng: np.random.Generator, palette: np.ndarray, jitter: float) -> tuple[float, float, float]:
     """A colour between two neighbouring palette entries, slightly jittered."""
@@ -125,7 +129,7 @@ def sample_identity(rng: np.random.Generator) -> Identity:
     hair = _pick(rng, HAIR_COLOURS[:6] if darkness < 0.5 else HAIR_COLOURS[:3], 0.08)
     if grey:
         hair = tuple(float(v) for v in HAIR_COLOURS[6] * u(0.85, 1.3))
-    brow = tuple(float(v) for v in np.clip(np.array(hair) * 0.7 + 0.02, 0.03, 0.6))
+    brow = tuple(float(v) for v in np.clip(np.array(hair) * 0.6 + np.array([0.04, 0.025, 0.015]), 0.03, 0.55))
     lip_base = np.array(skin) * np.array([0.92, 0.58, 0.6]) + np.array([0.02, 0.0, 0.02])
     lip = tuple(float(v) for v in np.clip(lip_base * u(0.9, 1.1, 3), 0.05, 0.95))
     iris = _pick(rng, IRIS_COLOURS if darkness < 0.45 else IRIS_COLOURS[:2], 0.1)
@@ -135,7 +139,7 @@ def sample_identity(rng: np.random.Generator) -> Identity:
     return Identity(
         face_width=u(0.93, 1.06), face_length=u(0.95, 1.05), jaw_squareness=u(2.0, 3.2),
         jaw_taper=u(0.08, 0.3), crown_height=u(1.75, 1.95), head_depth=u(0.9, 1.1), cheekbones=u(0.2, 1.0),
-        eye_spacing=u(0.39, 0.45), eye_width=u(0.31, 0.37), eye_height=u(0.10, 0.135),
+        eye_spacing=u(0.4, 0.46), eye_width=u(0.33, 0.39), eye_height=u(0.105, 0.14),
         eye_tilt=u(-0.01, 0.04), eye_y=u(-0.03, 0.03),
         brow_height=u(0.27, 0.35), brow_thickness=u(0.055, 0.1), brow_arch=u(0.02, 0.07),
         brow_length=u(0.56, 0.66),
@@ -163,6 +167,7 @@ def jaw_top_y(ident: Identity) -> float:
 
 
 def chin_y(ident: Identity) -> float:
+    """y of the bottom of the chin at rest."""
     return ident.mouth_y * ident.face_length + ident.chin_length
 
 
@@ -231,10 +236,10 @@ def head_height(ident: Identity, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     # nose: a ridge from the root to the tip that widens and rises, then drops under the tip
     y_root = ey - 0.1
     t = np.clip((y - y_root) / (ny - y_root), 0, None)
-    ridge_h = nh * (0.22 + 0.78 * np.clip(t, 0, 1) ** 1.3)
+    ridge_h = nh * (0.16 + 0.84 * np.clip(t, 0, 1) ** 1.3)
     ridge_w = 0.055 + 0.06 * np.clip(t, 0, 1)
     fall = np.where(y > ny, np.exp(-0.5 * ((y - ny) / 0.045) ** 2), 1.0)
-    rise = np.where(y < y_root, np.exp(-0.5 * ((y - y_root) / 0.07) ** 2), 1.0)
+    rise = np.where(y < y_root, np.exp(-0.5 * ((y - y_root) / 0.045) ** 2), 1.0)
     bump += ridge_h * np.exp(-0.5 * (x / ridge_w) ** 2) * fall * rise
     bump += 0.05 * _gauss(x, y, 0, ny - 0.02, 0.07, 0.05)                       # tip bulb
     # mouth: the teeth arch pushes the lips forward; lips; groove under the lower lip; chin
@@ -259,11 +264,26 @@ CONTROL_RANGES.update({name: (-1.2, 1.2) for name in ("mouth_corner", "mouth_wid
 CONTROL_RANGES["blink"] = (0.0, 1.0)
 
 
-def _ctrl(controls: Mapping[str, float] | None) -> dict[str, float]:
-    """NEUTRAL updated with `controls`, expression values clamped to CONTROL_RANGES."""
-    out = dict(NEUTRAL)
+class ResolvedControls(dict):
+    """Controls already completed and clamped by resolve_controls (resolving them again is free)."""
+
+
+def resolve_controls(controls: Mapping[str, float] | None) -> ResolvedControls:
+    """NEUTRAL updated with `controls`, expression values clamped to CONTROL_RANGES.
+
+    Raises ValueError for a name that is not in controls.ALL_CONTROLS (a typo would otherwise be
+    silently ignored) or a value that is not finite.
+    """
+    if isinstance(controls, ResolvedControls):
+        return controls
+    out = ResolvedControls(NEUTRAL)
     if controls:
+        unknown = set(controls) - out.keys()
+        if unknown:
+            raise ValueError(f"unknown face controls {sorted(unknown)}; known: {sorted(out)}")
         out.update({k: float(v) for k, v in controls.items()})
+        if not all(math.isfinite(v) for v in out.values()):
+            raise ValueError(f"face controls must be finite, got {controls}")
     for name, (lo, hi) in CONTROL_RANGES.items():
         out[name] = min(max(out[name], lo), hi)
     return out
@@ -336,7 +356,7 @@ def _mouth(ident: Identity, c: Mapping[str, float]) -> tuple[np.ndarray, float]:
     open_ = 1 - min(closure, 1.0)
     my = ident.mouth_y * ident.face_length
     drop = JAW_DROP * jaw
-    hw = ident.mouth_halfwidth * (1 + 0.2 * width + 0.17 * spread - 0.34 * rnd - 0.07 * jaw + 0.05 * max(corner, 0))
+    hw = ident.mouth_halfwidth * (1 + 0.25 * width + 0.17 * spread - 0.34 * rnd - 0.07 * jaw + 0.05 * max(corner, 0))
     gap = (0.9 * drop + 0.05 * rnd) * open_
     show = 0.05 * ulr * open_  # a raised upper lip uncovers the teeth even with the jaw shut
     tu = ident.upper_lip * (1 - 0.25 * spread + 0.3 * rnd - 0.3 * closure)
@@ -398,7 +418,7 @@ def face_points(ident: Identity, controls: Mapping[str, float] | None = None) ->
     (so the skin displacement between neutral and now is a clean 3-D vector), plus expression
     offsets in depth: the jaw swings back as it drops, rounded lips push forward.
     """
-    c = _ctrl(controls)
+    c = resolve_controls(controls)
     mouth, drop = _mouth(ident, c)
     w_jaw = _JAW_WEIGHTS
     rest = _rest(ident)
@@ -498,7 +518,7 @@ def rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
 
 def camera(controls: Mapping[str, float] | None, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Weak-perspective camera of a frame: (2,3) matrix M and offset c with px = M @ (p - PIVOT) + c."""
-    c = _ctrl(controls)
+    c = resolve_controls(controls)
     rot = rotation(c["yaw"], c["pitch"], c["roll"])
     s = PX_PER_UNIT * size * c["scale"]
     offset = np.array([size / 2 + c["tx"] * size, size / 2 + c["ty"] * size])
@@ -511,9 +531,9 @@ def project(points3d: np.ndarray, controls: Mapping[str, float] | None, size: in
     return (np.asarray(points3d, dtype=np.float64) - PIVOT) @ m.T + off
 
 
-def neutral_pose(controls: Mapping[str, float] | None) -> dict[str, float]:
+def neutral_pose(controls: Mapping[str, float] | None) -> ResolvedControls:
     """The same controls with the rigid pose reset (yaw=pitch=roll=tx=ty=0, scale=1)."""
-    c = _ctrl(controls)
+    c = ResolvedControls(resolve_controls(controls))
     c.update(yaw=0.0, pitch=0.0, roll=0.0, tx=0.0, ty=0.0, scale=1.0)
     return c
 

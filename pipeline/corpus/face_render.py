@@ -8,7 +8,7 @@ A frame is drawn in four passes:
 3. features drawn in image space at the projected landmarks (brows, eyes, lips, mouth interior,
    nostrils) into the albedo, so the same lighting shades them;
 4. shading: wrap-lit diffuse with a warmer terminator for skin, ambient occlusion, a cast-shadow map,
-   Blinn specular for skin and lips, Kajiya-Kay sheen for hair, a faint rim light.
+   Blinn specular for skin and lips, Kajiya-Kay sheen for hair.
 """
 
 from __future__ import annotations
@@ -21,7 +21,15 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from pipeline.corpus.face_model import PIVOT, Identity, camera, light_vector, rotation
+from pipeline.corpus.face_model import (
+    PIVOT,
+    Identity,
+    ResolvedControls,
+    camera,
+    light_vector,
+    resolve_controls,
+    rotation,
+)
 
 if TYPE_CHECKING:  # the texture lives with the public API in face.py, which imports this module
     from pipeline.corpus.face import HeadTexture
@@ -29,12 +37,11 @@ if TYPE_CHECKING:  # the texture lives with the public API in face.py, which imp
 # channels of the canonical attribute maps (see face.HeadTexture.attr)
 A_ALPHA, A_SLOPE_X, A_SLOPE_Y, A_AO, A_SHADOW, A_HAIR, A_GLOSS = 3, 4, 5, 6, 7, 8, 12
 A_TANGENT = slice(9, 12)
-N_ATTR = 13
 
 SHIFT = 4                      # sub-pixel bits for cv2 drawing
 ONE = float(1 << SHIFT)
-COARSE_STEPS = 4      # Newton steps of the ray cast on the 4x coarser grid
-FINE_STEPS = 2        # and at full resolution
+COARSE_STEPS = 4      # Newton steps of the ray cast on a grid 8x coarser than the frame
+FINE_STEPS = 2        # and then at half resolution
 IRIS_RADIUS = 0.235   # fraction of the eye width: the lids cover the top and bottom of the iris at rest
 IRIS_DROP = 0.004     # iris centre below the line between the eye corners (units)
 
@@ -111,7 +118,8 @@ class Roi:
 
 
 def poly_mask(roi: Roi, polys: list[np.ndarray]) -> np.ndarray:
-    """Anti-aliased coverage (float32 0..1) of filled polygons inside the ROI."""
+    """Anti-aliased coverage (float32 0..1) of filled, non-overlapping polygons inside the ROI (one
+    fillPoly call for all: overlaps would cancel out)."""
     m = np.zeros(roi.shape(), np.uint8)
     cv2.fillPoly(m, [roi.fixed(p) for p in polys], 255, cv2.LINE_AA, SHIFT)
     return m.astype(np.float32) * (1 / 255)
@@ -162,8 +170,7 @@ def _body_layer(ident: Identity, chin_y: float, size: int) -> np.ndarray:
     The neck is a shaded cylinder whose top sits hidden inside the head and whose base joins the
     body; the chin shades its top. The shirt has a V neckline and shoulders sloping to the corners.
     """
-    m_head, off = camera(None, size)
-    m_body, off_b = m_head, off
+    m, off = camera(None, size)
     fw = ident.face_width
     shape = (size, size)
     img = np.zeros(shape + (3,), np.float32)
@@ -174,12 +181,12 @@ def _body_layer(ident: Identity, chin_y: float, size: int) -> np.ndarray:
                          [-0.5 * fw, chin_y - 0.1, -0.25], [0.5 * fw, chin_y - 0.1, -0.25]])
     body_pts = np.array([[0.56 * fw, base, -0.2], [0.7 * fw, base + 0.12, -0.2], [0.0, base + 0.55, -0.1],
                          [-0.7 * fw, base + 0.12, -0.2], [-0.56 * fw, base, -0.2]])
-    top = (head_pts - PIVOT) @ m_head.T + off
-    low = (body_pts - PIVOT) @ m_body.T + off_b
+    top = (head_pts - PIVOT) @ m.T + off
+    low = (body_pts - PIVOT) @ m.T + off
     neck_poly = np.concatenate([top[[0, 1, 3]], low, top[2:3]])
     light = light_vector(ident)
     skin = np.array(ident.skin, np.float32)
-    px = float(m_body[0, 0] ** 2 + m_body[1, 0] ** 2) ** 0.5
+    px = float(np.hypot(m[0, 0], m[1, 0]))
 
     roi = Roi(neck_poly, 2, shape)
     if not roi.empty:
@@ -188,7 +195,7 @@ def _body_layer(ident: Identity, chin_y: float, size: int) -> np.ndarray:
         centre_x = (low[0, 0] + low[4, 0]) / 2
         s = np.minimum(np.maximum((gx - centre_x) / (0.55 * fw * px), -1.0), 1.0)
         lam = np.maximum(s * float(light[0]) + np.sqrt(1 - s * s) * float(light[2]) + 0.25, 0.0) * (1 / 1.25)
-        chin_px = float(((np.array([[0.0, chin_y, 0.5]]) - PIVOT) @ m_head.T + off)[0, 1])
+        chin_px = float(((np.array([[0.0, chin_y, 0.5]]) - PIVOT) @ m.T + off)[0, 1])
         under = np.minimum(np.maximum((gy - chin_px) / (0.3 * px), 0.0), 1.0)
         shade = ident.ambient * (0.75 + 0.25 * under) + ident.light_intensity * lam * (0.25 + 0.75 * under * under)
         colour = skin * np.array([0.96, 0.91, 0.89], np.float32) * shade[..., None]
@@ -200,16 +207,16 @@ def _body_layer(ident: Identity, chin_y: float, size: int) -> np.ndarray:
                    [2.6, base + 1.1], [2.6, base + 3.0], [-2.6, base + 3.0], [-2.6, base + 1.1],
                    [-1.9, base + 0.6], [-1.45, base + 0.28], [-0.95, base + 0.1], [-0.56 * fw, base],
                    [0.0, base + 0.55]])
-    shirt_poly = (np.concatenate([sh, np.full((len(sh), 1), -0.3)], 1) - PIVOT) @ m_body.T + off_b
+    shirt_poly = (np.concatenate([sh, np.full((len(sh), 1), -0.3)], 1) - PIVOT) @ m.T + off
     roi = Roi(shirt_poly, 2, shape)
     if not roi.empty:
         alpha = poly_mask(roi, [shirt_poly])
         gx, gy = roi.grid()
-        # the tops of the shoulders face the (high) light, the chest faces the camera
+        # the tops of the shoulders face up, the chest faces the camera, each side faces outward
         top_y = float(shirt_poly[0, 1])
-        slope = np.minimum(np.maximum((gy - top_y) / (0.6 * px), 0.0), 1.0)
-        side = (gx - off_b[0]) / (1.6 * px)
-        lam = 0.75 - 0.35 * slope * float(light[1]) * -1 + 0.25 * side * float(light[0])
+        down = np.minimum(np.maximum((gy - top_y) / (0.6 * px), 0.0), 1.0)
+        side = (gx - off[0]) / (1.6 * px)
+        lam = 0.3 + (1 - down) * float(-light[1]) + down * float(light[2]) + 0.25 * side * float(light[0])
         shirt = np.array(ident.shirt, np.float32)
         colour = shirt * (ident.ambient + 0.55 * ident.light_intensity * np.maximum(lam, 0.1))[..., None]
         blend(img, roi, colour, alpha)
@@ -223,6 +230,7 @@ def _body_layer(ident: Identity, chin_y: float, size: int) -> np.ndarray:
 
 
 _BODY_CACHE: dict[tuple[Identity, int], np.ndarray] = {}
+_IDENTITY_WARP = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
 
 
 def draw_body(img: np.ndarray, ident: Identity, chin_y: float, c: Mapping[str, float], size: int) -> np.ndarray:
@@ -238,13 +246,15 @@ def draw_body(img: np.ndarray, ident: Identity, chin_y: float, c: Mapping[str, f
             _BODY_CACHE.clear()
         layer = _BODY_CACHE[key] = _body_layer(ident, chin_y, size)
     m0, off0 = camera(None, size)
-    m1, off1 = camera(dict(c, yaw=c["yaw"] * 0.25, pitch=0.0, roll=c["roll"] * 0.3), size)
+    body = resolve_controls(c).copy()
+    body.update(yaw=c["yaw"] * 0.25, pitch=0.0, roll=c["roll"] * 0.3)
+    m1, off1 = camera(ResolvedControls(body), size)
     # points of the body plane (z = -0.3) map from the neutral layer to this frame by one affine map
     a = m1[:, :2] @ np.linalg.inv(m0[:, :2])
     z = np.array([0.0, 0.0, -0.3]) - PIVOT
     t = (m1 @ z + off1) - a @ (m0 @ z + off0)
     warp = np.concatenate([a, t[:, None]], 1)
-    if np.allclose(warp, [[1, 0, 0], [0, 1, 0]], atol=1e-4):
+    if np.abs(warp - _IDENTITY_WARP).max() < 1e-4:
         moved = layer
     else:  # replicate the border: the shirt runs on past the frame edges
         moved = cv2.warpAffine(layer, warp, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
@@ -258,8 +268,11 @@ def draw_body(img: np.ndarray, ident: Identity, chin_y: float, c: Mapping[str, f
 def displacement_with_slopes(disp: np.ndarray) -> np.ndarray:
     """(gh, gw, 9) float32: the displacement (dx, dy, dz) followed by its derivatives along the two
     grid axes, so the ray cast can use the full Jacobian (the jaw stretches the chin a lot)."""
-    gy, gx = np.gradient(disp, axis=(0, 1))
-    return np.concatenate([disp, gx, gy], axis=-1).astype(np.float32)
+    out = np.zeros(disp.shape[:2] + (9,), np.float32)
+    out[..., :3] = disp
+    out[:, 1:-1, 3:6] = (disp[:, 2:] - disp[:, :-2]) * 0.5  # central differences; the rim stays 0
+    out[1:-1, :, 6:9] = (disp[2:] - disp[:-2]) * 0.5
+    return out
 
 
 def cast_head(tex: HeadTexture, disp9: np.ndarray, c: Mapping[str, float], size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -298,55 +311,53 @@ def cast_head(tex: HeadTexture, disp9: np.ndarray, c: Mapping[str, float], size:
 
 
 class _NewtonStep:
-    """One Newton update of the ray cast, with the camera folded into scalars."""
+    """One Newton update of the ray cast.
+
+    The residual and the Jacobian are linear in the sampled height (H, dH/dU, dH/dV) and displacement
+    (D and its two slopes), so both come out of two small matrix products per step.
+    """
 
     def __init__(self, tex: HeadTexture, disp9: np.ndarray, m, a, b, cst):
         self.tex, self.disp = tex, disp9
-        self.m = [float(m[i, j]) for i in range(2) for j in range(2)]
+        dk = tex.disp_scale
+        self.dk, self.do = dk, tex.disp_offset
+        mb = np.concatenate([m[:, :2], b[:, None]], 1)  # (2,3): image motion of a 3-D displacement
+        # columns: residual x, residual y, J00, J10, J01, J11 (without the constant texel-axis part)
+        self.w_geo = np.zeros((3, 6), np.float32)
+        self.w_geo[0, :2] = b
+        self.w_geo[1, 2:4] = b
+        self.w_geo[2, 4:6] = b
+        self.w_disp = np.zeros((9, 6), np.float32)
+        self.w_disp[0:3, :2] = mb.T
+        self.w_disp[3:6, 2:4] = mb.T * dk
+        self.w_disp[6:9, 4:6] = mb.T * dk
         self.a = [float(a[i, j]) for i in range(2) for j in range(2)]
-        self.b = (float(b[0]), float(b[1]))
         self.cst = (float(cst[0]), float(cst[1]))
-        self.dk = tex.disp_scale
-        self.do = tex.disp_offset
+        self.max_step = 0.6 * tex.rho  # damp wild first steps (a guess far off a cliff) to 0.6 units
 
     def __call__(self, u, v, qx, qy):
-        tex, dk = self.tex, self.dk
-        g = cv2.remap(tex.geo, u, v, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-        d = cv2.remap(self.disp, u * dk + self.do[0], v * dk + self.do[1], cv2.INTER_LINEAR,
+        shape = u.shape
+        g = cv2.remap(self.tex.geo, u, v, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        d = cv2.remap(self.disp, u * self.dk + self.do[0], v * self.dk + self.do[1], cv2.INTER_LINEAR,
                       borderMode=cv2.BORDER_CONSTANT)
-        m00, m01, m10, m11 = self.m
+        lin = g.reshape(-1, 3) @ self.w_geo + d.reshape(-1, 9) @ self.w_disp
         a00, a01, a10, a11 = self.a
-        b0, b1 = self.b
-        hz = g[..., 0] + d[..., 2]
-        r0 = self.cst[0] - qx + a00 * u + a01 * v + m00 * d[..., 0] + m01 * d[..., 1] + b0 * hz
-        r1 = self.cst[1] - qy + a10 * u + a11 * v + m10 * d[..., 0] + m11 * d[..., 1] + b1 * hz
-        # Jacobian columns: texel axis + height slope (+ displacement slope, per grid step -> per texel)
-        hu, hv = g[..., 1], g[..., 2]
-        if d.shape[-1] == 9:
-            du, dv = d[..., 3:6] * dk, d[..., 6:9] * dk
-            hu, hv = hu + du[..., 2], hv + dv[..., 2]
-            j00 = a00 + m00 * du[..., 0] + m01 * du[..., 1] + b0 * hu
-            j10 = a10 + m10 * du[..., 0] + m11 * du[..., 1] + b1 * hu
-            j01 = a01 + m00 * dv[..., 0] + m01 * dv[..., 1] + b0 * hv
-            j11 = a11 + m10 * dv[..., 0] + m11 * dv[..., 1] + b1 * hv
-        else:
-            j00, j10, j01, j11 = a00 + b0 * hu, a10 + b1 * hu, a01 + b0 * hv, a11 + b1 * hv
-        det = j00 * j11 - j01 * j10
-        inv_det = 1.0 / np.where(np.abs(det) < 1e-6, 1e-6, det)
-        step_u = (j11 * r0 - j01 * r1) * inv_det
-        step_v = (j00 * r1 - j10 * r0) * inv_det
-        # damp wild steps (first guesses far off a cliff) to a few texels
-        limit = 6.0
-        step_u = np.clip(step_u, -limit * self.tex.rho / 10, limit * self.tex.rho / 10)
-        step_v = np.clip(step_v, -limit * self.tex.rho / 10, limit * self.tex.rho / 10)
-        return u - step_u, v - step_v
+        uf, vf = u.reshape(-1), v.reshape(-1)
+        r0 = lin[:, 0] + (a00 * uf + a01 * vf + (self.cst[0] - qx.reshape(-1)))
+        r1 = lin[:, 1] + (a10 * uf + a11 * vf + (self.cst[1] - qy.reshape(-1)))
+        j00, j10, j01, j11 = lin[:, 2] + a00, lin[:, 3] + a10, lin[:, 4] + a01, lin[:, 5] + a11
+        inv_det = 1.0 / (j00 * j11 - j01 * j10 + 1e-12)
+        lim = self.max_step
+        step_u = np.clip((j11 * r0 - j01 * r1) * inv_det, -lim, lim)
+        step_v = np.clip((j00 * r1 - j10 * r0) * inv_det, -lim, lim)
+        return (uf - step_u).reshape(shape), (vf - step_v).reshape(shape)
 
 
 def shade_head(ident: Identity, attr: np.ndarray, detail: np.ndarray | None, c: Mapping[str, float]) -> np.ndarray:
     """Lit colour (h,w,3) of the head from the sampled maps (albedo already carries the features).
 
-    Works in head coordinates: every world vector (light, half vector, up, view) is rotated into the
-    head frame once, so each per-pixel dot product with the normal (-sx, -sy, 1)/|.| costs 5 ops.
+    Works in head coordinates: the light and half vectors are rotated into the head frame once, so
+    each per-pixel dot product with the normal (-sx, -sy, 1)/|.| costs 5 ops.
     """
     ch = cv2.split(attr)
     sx, sy, ao = ch[A_SLOPE_X], ch[A_SLOPE_Y], ch[A_AO]
@@ -358,34 +369,31 @@ def shade_head(ident: Identity, attr: np.ndarray, detail: np.ndarray | None, c: 
     light = light_vector(ident)
     half = light + (0.0, 0.0, 1.0)
     half /= np.linalg.norm(half)
-    lh, hh, up, view = (tuple(float(x) for x in rot_t @ v) for v in (light, half, (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)))
+    lh, hh = (tuple(float(x) for x in rot_t @ v) for v in (light, half))
     inv = 1.0 / np.sqrt(sx * sx + sy * sy + 1.0)
 
     def dot(v: tuple[float, float, float]) -> np.ndarray:
         return (v[2] - sx * v[0] - sy * v[1]) * inv
 
-    ndl, ny, nz, ndh = dot(lh), dot(up), dot(view), dot(hh)
+    ndl, ndh = dot(lh), dot(hh)
     lit = (0.3 + 0.7 * ch[A_SHADOW]) * ident.light_intensity  # penumbra and bounce light
     skin = 1.0 - hair
-    amb = (ident.ambient * ao) * (0.82 - 0.22 * ny)
     hard = np.maximum(ndl, 0.0)
     # skin scatters light past the terminator, red most: blend toward a wrapped Lambert per channel
-    soft = (np.maximum(ndl + 0.42, 0.0) * (1 / 1.42) - hard) * skin
-    out = []
-    for k, spread in enumerate((1.0, 0.55, 0.45)):
-        out.append(ch[k] * (amb + lit * (hard + spread * soft)))
-    # Blinn highlight on skin and lips; Kajiya-Kay band across the hair strands; a faint rim light
+    soft = (np.maximum(ndl + 0.42, 0.0) * (1 / 1.42) - hard) * skin * lit
+    base = (0.85 * ident.ambient) * ao + lit * hard
+    out = [ch[k] * (base + spread * soft) for k, spread in enumerate((1.0, 0.55, 0.45))]
+    # Blinn highlight on skin and lips, Kajiya-Kay band across the hair strands
     spec = np.maximum(ndh, 0.0)
     for _ in range(5):
         spec = spec * spec
-    tdh = ch[9] * hh[0] + ch[10] * hh[1] + ch[11] * hh[2]
+    tx, ty, tz = ch[A_TANGENT]
+    tdh = tx * hh[0] + ty * hh[1] + tz * hh[2]
     sheen = 1.0 - tdh * tdh
     for _ in range(4):
         sheen = sheen * sheen
     glint = (gloss * lit) * (skin * spec * np.minimum(hard * 4.0, 1.0)
                              + (0.16 * hair) * sheen * np.maximum(ndl + 0.3, 0.0))
-    rim = 1.0 - np.maximum(nz, 0.0)
-    glint += (0.12 * skin) * rim * rim
     return cv2.merge([out[0] + glint, out[1] + 0.97 * glint, out[2] + 0.92 * glint])
 
 
@@ -454,12 +462,13 @@ def _paint_brows(albedo, hairness, ident: Identity, lm, ff: FaceFrame, shape) ->
     polys = []
     for pts, outer_first in ((lm[17:22], True), (lm[22:27], False)):
         curve = spline(pts, False, 5)
-        tang = np.gradient(curve, axis=0)
+        tang = np.concatenate([curve[1:2] - curve[:1], curve[2:] - curve[:-2], curve[-1:] - curve[-2:-1]])
         normal = np.stack([tang[:, 1], -tang[:, 0]], 1)
         normal /= np.linalg.norm(normal, axis=1, keepdims=True) + 1e-9
         normal *= np.sign((normal @ up).mean() + 1e-9)  # point the normal up the forehead
         t = thick * _BROW_PROFILE[::-1 if outer_first else 1]
-        polys.append(np.concatenate([curve + normal * (t * 0.45)[:, None], (curve - normal * (t * 0.55)[:, None])[::-1]]))
+        top, bottom = curve + normal * (t * 0.45)[:, None], curve - normal * (t * 0.55)[:, None]
+        polys.append(np.concatenate([top, bottom[::-1]]))
     roi = Roi(np.concatenate(polys), 2, shape)
     if roi.empty:
         return
@@ -470,7 +479,8 @@ def _paint_brows(albedo, hairness, ident: Identity, lm, ff: FaceFrame, shape) ->
 
 _BROW_INNER_FIRST = np.linspace(0, 1, 21)  # 5 landmarks, 5 spline samples per segment
 # thickness along the brow from its inner end: full at the head, swelling a little, tapering to the tail
-_BROW_PROFILE = (0.85 + 0.35 * np.sin(np.pi * np.clip(_BROW_INNER_FIRST * 1.4, 0, 1))) * (1 - 0.72 * _BROW_INNER_FIRST ** 2.2)
+_BROW_PROFILE = ((0.85 + 0.35 * np.sin(np.pi * np.clip(_BROW_INNER_FIRST * 1.4, 0, 1)))
+                 * (1 - 0.72 * _BROW_INNER_FIRST ** 2.2))
 
 
 def _paint_eyes(albedo, ident: Identity, lm, ff: FaceFrame, shape, skin, strokes) -> None:
@@ -517,8 +527,9 @@ def _paint_eyes(albedo, ident: Identity, lm, ff: FaceFrame, shape, skin, strokes
         patch *= lid[..., None]
         # the key light's reflection: an albedo far above 1 stays white after shading
         light = light_vector(ident)
-        toward = np.array([light[0], light[1]]) / (np.hypot(light[0], light[1]) + 1e-6) * (0.42 * iris_r)
-        r_c = max(0.2 * iris_r, 0.55 / ff.px)
+        toward = np.array([light[0], light[1]]) / (np.hypot(light[0], light[1]) + 1e-6) * (0.5 * iris_r)
+        r_c = 0.2 * iris_r
+        small = min(1.0, r_c * ff.px / 0.6)  # a sub-pixel glint is drawn fainter, not bigger
         for e, on in ((right, ~sel), (left, sel)):
             f = ff.to_face(e["pts"])
             opening = min(f[5, 1] - f[1, 1], f[4, 1] - f[2, 1])
@@ -526,7 +537,7 @@ def _paint_eyes(albedo, ident: Identity, lm, ff: FaceFrame, shape, skin, strokes
             if strength > 0:
                 gx, gy = e["centre"] + toward
                 dc = np.sqrt((fx - gx) ** 2 + (fy - gy) ** 2)
-                a_c = np.minimum(np.maximum((r_c - dc) * ff.px + 0.5, 0), 1) * (0.85 * strength) * on
+                a_c = np.minimum(np.maximum((r_c - dc) * ff.px + 0.5, 0), 1) * (0.85 * strength * small) * on
                 patch += (3.0 - patch) * a_c[..., None]
         blend(albedo, roi, patch, poly_mask(roi, [e["opening"] for e in eyes]))
     lash = max(1, int(round(0.028 * ff.px)))
@@ -534,7 +545,8 @@ def _paint_eyes(albedo, ident: Identity, lm, ff: FaceFrame, shape, skin, strokes
     for e in eyes:
         upper, pts = e["upper"], e["pts"]
         a, b = pts[0], pts[3]
-        crease = spline(np.array([a + ff.vec(0, -0.025), (a + b) / 2 + ff.vec(0, -arch), b + ff.vec(0, -0.035)]), False, 6)
+        crease = np.array([a + ff.vec(0, -0.025), (a + b) / 2 + ff.vec(0, -arch), b + ff.vec(0, -0.035)])
+        crease = spline(crease, False, 6)
         strokes += [(upper, lash, 0.9), (e["lower"], 1, 0.2), (crease, 1, 0.13)]
 
 
@@ -553,7 +565,7 @@ def _paint_nose_and_corners(albedo, lm, ff: FaceFrame, shape, skin, strokes) -> 
     roi = Roi(np.concatenate(polys), 2, shape)
     if not roi.empty:
         m = np.zeros(roi.shape(), np.uint8)
-        for poly, level in zip(polys, levels):
+        for poly, level in zip(polys, levels, strict=True):
             cv2.fillPoly(m, [roi.fixed(poly)], int(255 * level), cv2.LINE_AA, SHIFT)
         blend(albedo, roi, skin * 0.32, m.astype(np.float32) * (1 / 255))
     for side, sgn in ((31, -1), (35, 1)):
@@ -618,7 +630,8 @@ def _paint_mouth(albedo, gloss, ident: Identity, lm, aux, ff: FaceFrame, shape, 
     patch *= (0.55 + 0.45 * across)[..., None]
     dt = ((fx - tongue[0]) / (0.62 * hw)) ** 2 + ((fy - tongue[1]) / 0.11) ** 2
     a_t = np.clip((1 - dt) * 0.11 * px * 0.5 + 0.5, 0, 1)
-    patch += (np.array([0.68, 0.3, 0.31], np.float32) * (0.7 + 0.3 * np.clip(1 - dt, 0, 1))[..., None] - patch) * a_t[..., None]
+    tongue_colour = np.array([0.68, 0.3, 0.31], np.float32) * (0.7 + 0.3 * np.clip(1 - dt, 0, 1))[..., None]
+    patch += (tongue_colour - patch) * a_t[..., None]
     teeth_span = np.clip((0.9 * hw - np.abs(fx)) * px + 0.5, 0, 1)
     a_lo = np.clip((fy - lo_edge(fx)) * px + 0.5, 0, 1) * teeth_span
     patch += (np.array([0.82, 0.8, 0.74], np.float32) * (0.7 + 0.3 * across)[..., None] - patch) * a_lo[..., None]
