@@ -76,7 +76,7 @@ def generate_builtin(out_dir: str | Path, base: BaseParams, p: CorpusParams) -> 
     samples_per_frame = base.sample_rate / base.fps
 
     # 1. speech for every real clip (fast, in-process: espeak holds global state)
-    visemes, lengths, phoneme_rows = {}, {}, []
+    visemes, phoneme_rows = {}, []
     for clip in clips:
         if clip.kind != "real":
             continue
@@ -85,7 +85,6 @@ def generate_builtin(out_dir: str | Path, base: BaseParams, p: CorpusParams) -> 
         samples = speech.samples[: int(round(n_frames * samples_per_frame))]
         write_wav(out_dir / "wav" / f"{clip.clip_id}.wav", samples, base.sample_rate)
         visemes[clip.audio_key] = viseme_tracks(speech.phonemes, n_frames, fps=base.fps)
-        lengths[clip.audio_key] = n_frames
         for ev in speech.phonemes:
             phoneme_rows.append({"clip_id": clip.clip_id, "start_s": ev.start_s, "end_s": ev.end_s,
                                  "phoneme": ev.phoneme})
@@ -123,7 +122,7 @@ def generate_builtin(out_dir: str | Path, base: BaseParams, p: CorpusParams) -> 
         "sentence_id": c.sentence_id, "text": SENTENCES[c.sentence_id], "frames": len(ctrl), "fps": base.fps,
         "split": c.split, "kind": c.kind, "source_clip_id": c.source_clip_id,
         "start": int(s), "stop": int(e),
-        "wav_path": f"wav/{c.clip_id if c.kind == 'real' else _audio_clip(c)}.wav",
+        "wav_path": f"wav/{audio_clip_id(c)}.wav",
         "frames_store": "frames.zarr",
     } for c, ctrl, s, e in zip(clips, controls, writer.starts, writer.stops)])
     manifest.to_parquet(out_dir / "manifest.parquet", index=False)
@@ -134,8 +133,9 @@ def generate_builtin(out_dir: str | Path, base: BaseParams, p: CorpusParams) -> 
     return manifest
 
 
-def _audio_clip(clip: ClipSpec) -> str:
-    """A counterfactual shows sentence b's mouth, so it plays the real clip (actor, emotion, level, b)."""
+def audio_clip_id(clip: ClipSpec) -> str:
+    """The real clip whose wav a clip plays: itself, or for a counterfactual showing sentence b's mouth,
+    the real clip (actor, emotion, level, b)."""
     return clip_name(clip.actor_id, clip.emotion, clip.level, clip.sentence_id)
 
 
