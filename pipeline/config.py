@@ -79,12 +79,15 @@ class TrainFommParams:
     sigma_affine: float = 0.05
     sigma_tps: float = 0.005
     points_tps: int = 5
+    augment_flip: bool = True  # mirror both frames of a pair (FOMM's augmentation)
+    augment_jitter: float = 0.1  # brightness/contrast/saturation/hue jitter of a pair (0 = off)
     gan_weight: float = 0.0  # 0 = no discriminator
     feature_matching_weight: float = 10.0
     bf16: bool = False
     resume: bool = False  # continue from the existing output checkpoint
     checkpoint_every: int = 100
     log_every: int = 10
+    threads: int = 0  # torch intra-op threads; 0 = torch's default (all cores). 1 on a busy, shared machine
 
 
 @dataclass(frozen=True)
@@ -96,8 +99,79 @@ class KeypointsParams:
     extra_frames: tuple[str, ...] = ()  # more frame stores (e.g. kept pseudo clips), appended after the corpus
     report_clips: int = 24  # held-out clips reconstructed for the report (0 = all)
     probe_stride: int = 2  # every n-th frame of the real clips feeds the probes
-    probe_alpha: float = 1.0  # ridge penalty on standardised features
+    # ridge penalties (standardised features) tried; one picked by leave-one-actor-out CV on training actors
+    probe_alphas: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
     mouth_open_param: str = "jaw_open"  # render_params column the mouth-opening probe predicts
+
+
+@dataclass(frozen=True)
+class TrainSyncnetParams:
+    pretrained: str | None = None  # official lipsync_expert.pth: import it instead of training
+    width: float = 0.25  # channel multiplier of SyncNet_color (1.0 = the official layout)
+    batch_size: int = 32  # windows per step
+    windows_per_clip: int = 8  # windows drawn from each clip; every in-clip pairing is an example
+    steps: int = 20000  # upper bound; on CPU max_minutes stops first
+    max_minutes: float = 4.0  # wall-clock budget of one run (0 = none)
+    lr: float = 1.0e-3
+    negative_min_shift: int = 1  # off-sync windows take audio at least this many frames away (Wav2Lip: 1)
+    bf16: bool = True  # bf16 autocast (about 2x faster on CPUs with AVX-512 bf16)
+    eval_windows: int = 2000  # held-out windows for the in-sync / off-sync accuracy
+    eval_offsets: int = 2  # known shifts per held-out clip for the offset-recovery test
+    max_eval_offset: int = 10  # shifts drawn from [-max, max] frames
+    resume: bool = False
+    checkpoint_every: int = 200
+    log_every: int = 20
+    threads: int = 0  # torch threads while training; 0 = leave torch's default
+    seed_offset: int = 0  # training seed = base.seed + seed_offset
+
+
+@dataclass(frozen=True)
+class TrainSyncScorerParams(TrainSyncnetParams):
+    """A second SyncNet_color, trained from another seed, that scores pseudo clips: Wav2Lip learns to please
+    the expert it trains against, so that expert's confidence on its own output is biased (the paper
+    filters with SyncNet, a model Wav2Lip never saw)."""
+
+    max_minutes: float = 3.0
+    seed_offset: int = 1
+
+
+@dataclass(frozen=True)
+class TrainWav2lipParams:
+    pretrained: str | None = None  # official wav2lip.pth / wav2lip_gan.pth: import it instead of training
+    width: float = 0.25  # channel multiplier of the generator (1.0 = the official layout)
+    batch_size: int = 8  # 5-frame windows per step
+    steps: int = 20000
+    max_minutes: float = 6.0
+    lr: float = 1.0e-3
+    sync_weight: float = 0.03  # expert sync loss weight (Wav2Lip: 0.03 once the expert loss is low)
+    sync_warmup_steps: int = 300  # steps of pure L1 before the sync loss joins
+    l1_region: str = "full"  # full (official) | lower: L1 on the lower half only, the part pasted back
+    bf16: bool = True  # bf16 autocast (about 2x faster on CPUs with AVX-512 bf16)
+    eval_clips: int = 60  # held-out clips for L1/PSNR/sync (0 = all)
+    resume: bool = False
+    checkpoint_every: int = 100
+    log_every: int = 10
+    threads: int = 0  # torch threads while training; 0 = leave torch's default
+
+
+@dataclass(frozen=True)
+class PseudoPairsParams:
+    sentences_per_clip: int = 2  # re-dubs per training clip, counterfactual sentences first (0 = all others)
+    frame_extension: str = "pingpong"  # source frames beyond its length: pingpong | loop (Wav2Lip inference)
+    paste: str = "lower"  # lower: generated lower half blended into the frame | full: whole face (official)
+    batch_size: int = 32
+    landmark_minutes: float = 1.5  # budget of the mouth-landmark regressor that scores pseudo clips
+    landmark_steps: int = 4000
+    chunk_frames: int = 16
+    shard_frames: int = 512
+
+
+@dataclass(frozen=True)
+class SyncFilterParams:
+    weights: str | None = None  # scorer: null = data/models/sync_scorer.pt; or official syncnet_v2.model
+    threshold: float = 0.2  # keep clips whose confidence (LSE-C, scorer units) exceeds this
+    max_offset: int = 1  # ... and whose AV offset is within +-max_offset frames
+    hist_bins: int = 30
 
 
 SECTIONS: dict[str, type] = {
@@ -106,6 +180,11 @@ SECTIONS: dict[str, type] = {
     "audio_features": AudioFeaturesParams,
     "train_fomm": TrainFommParams,
     "keypoints": KeypointsParams,
+    "train_syncnet": TrainSyncnetParams,
+    "train_sync_scorer": TrainSyncScorerParams,
+    "train_wav2lip": TrainWav2lipParams,
+    "pseudo_pairs": PseudoPairsParams,
+    "sync_filter": SyncFilterParams,
 }
 
 
@@ -165,4 +244,5 @@ __all__ = [
     "AudioFeaturesParams", "BaseParams", "CorpusParams", "MEAD_EMOTIONS", "SECTIONS",
     "as_dict", "build_section", "deep_merge", "load_section", "read_yaml", "with_field",
     "TrainFommParams", "KeypointsParams",
+    "TrainSyncnetParams", "TrainSyncScorerParams", "TrainWav2lipParams", "PseudoPairsParams", "SyncFilterParams",
 ]

@@ -1,0 +1,159 @@
+"""FOMM training losses: multi-scale reconstruction (perceptual or L1), equivariance, optional LSGAN.
+
+Equivariance (Siarohin et al. 2019, §3.3): warp the driving frame X with a known random transform T
+(affine + thin-plate spline), detect keypoints in the warped frame, and ask for consistency:
+    value:    p_X  ~  T(p_{T(X)})
+    jacobian: J_X  ~  dT/dz(p_{T(X)}) J_{T(X)},  penalised as | I - J_X^-1 dT/dz J_{T(X)} |
+Here the warped frame samples X at T(z) (backward warp), so a keypoint found at z in it sits at T(z)
+in X. T's Jacobian is analytic (no double backward through autograd).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.models.fomm import ImagePyramid
+from pipeline.models.fomm_blocks import make_coordinate_grid
+from pipeline.models.vgg19 import Vgg19Features
+
+TPS_EPS = 1e-6
+MIN_VGG_SIZE = 16  # relu5_1 sits behind four 2x2 max pools: smaller pyramid levels are skipped
+
+
+@dataclass
+class RandomTransform:
+    """z -> A z + b + sum_k U(|z - c_k|) w_k on [-1,1] coordinates, one transform per batch item.
+
+    `affine` [B,2,3] holds [A | b]; `control_points` [K,2] and `weights` [B,K,2] are the thin-plate
+    spline; U(r) = r^2 log r, written 0.5 r^2 log(r^2 + eps) so it and its gradient are finite at r = 0.
+    """
+
+    affine: torch.Tensor
+    control_points: torch.Tensor
+    weights: torch.Tensor
+
+    @classmethod
+    def random(cls, batch: int, *, sigma_affine: float, sigma_tps: float, points_tps: int,
+               generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> RandomTransform:
+        """Identity plus Gaussian noise (drawn on the CPU generator, so the draws do not depend on device)."""
+        noise = torch.randn(batch, 2, 3, generator=generator) * sigma_affine
+        affine = torch.eye(2, 3).unsqueeze(0) + noise
+        points = make_coordinate_grid(points_tps, points_tps).view(-1, 2)
+        weights = torch.randn(batch, points.shape[0], 2, generator=generator) * sigma_tps
+        return cls(affine.to(device), points.to(device), weights.to(device))
+
+    @classmethod
+    def identity(cls, batch: int, device: torch.device | str = "cpu") -> RandomTransform:
+        return cls(torch.eye(2, 3, device=device).expand(batch, 2, 3).clone(), torch.zeros(1, 2, device=device),
+                   torch.zeros(batch, 1, 2, device=device))
+
+    def _radial(self, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """diff = z - c_k [B,P,K,2] and U(|diff|) [B,P,K]."""
+        diff = coords.unsqueeze(2) - self.control_points.to(coords.dtype)
+        r2 = (diff ** 2).sum(-1)
+        return diff, 0.5 * r2 * torch.log(r2 + TPS_EPS)
+
+    def warp_coordinates(self, coords: torch.Tensor) -> torch.Tensor:
+        """T(z) for coords [B,P,2]."""
+        affine = self.affine.to(coords.dtype)
+        out = torch.matmul(coords, affine[:, :, :2].transpose(1, 2)) + affine[:, None, :, 2]
+        _, radial = self._radial(coords)
+        return out + torch.matmul(radial, self.weights.to(coords.dtype))
+
+    def jacobian(self, coords: torch.Tensor) -> torch.Tensor:
+        """dT/dz at coords [B,P,2] -> [B,P,2,2] (row i: output coordinate, column j: input coordinate)."""
+        affine = self.affine.to(coords.dtype)
+        diff, _ = self._radial(coords)
+        r2 = (diff ** 2).sum(-1, keepdim=True)
+        # d/dz of 0.5 r^2 log(r^2 + eps) = diff * (log(r^2 + eps) + r^2 / (r^2 + eps))
+        grad_u = diff * (torch.log(r2 + TPS_EPS) + r2 / (r2 + TPS_EPS))  # [B,P,K,2]
+        tps = torch.einsum("bki,bpkj->bpij", self.weights.to(coords.dtype), grad_u)
+        return affine[:, None, :, :2] + tps
+
+    def transform_frame(self, frame: torch.Tensor) -> torch.Tensor:
+        """The frame resampled at T(z) for every pixel z; border pixels reflect.
+
+        align_corners=True because the grid includes both ends (x = 2i/(W-1) - 1): the identity transform
+        then returns the frame exactly.
+        """
+        batch, _, height, width = frame.shape
+        grid = make_coordinate_grid(height, width, dtype=frame.dtype, device=frame.device).view(1, -1, 2)
+        warped = self.warp_coordinates(grid.expand(batch, -1, 2)).view(batch, height, width, 2)
+        return F.grid_sample(frame, warped, mode="bilinear", padding_mode="reflection", align_corners=True)
+
+
+def equivariance_losses(kp_driving: Mapping[str, torch.Tensor], kp_transformed: Mapping[str, torch.Tensor],
+                        transform: RandomTransform) -> dict[str, torch.Tensor]:
+    """`equivariance_value` = mean |p_X - T(p_TX)|; `equivariance_jacobian` = mean |I - J_X^-1 dT J_TX|."""
+    value_t = kp_transformed["value"].float()
+    losses = {"equivariance_value": (kp_driving["value"].float() - transform.warp_coordinates(value_t)).abs().mean()}
+    if "jacobian" in kp_driving and "jacobian" in kp_transformed:
+        mapped = torch.matmul(transform.jacobian(value_t), kp_transformed["jacobian"].float())
+        product = torch.matmul(torch.inverse(kp_driving["jacobian"].float()), mapped)
+        eye = torch.eye(2, dtype=product.dtype, device=product.device)
+        losses["equivariance_jacobian"] = (eye - product).abs().mean()
+    return losses
+
+
+class ReconstructionLoss(nn.Module):
+    """Sum over pyramid scales of weight x mean |f(prediction) - f(target)|.
+
+    f = the five VGG19 feature maps (FOMM's perceptual loss) when `vgg` is given, else the pixels
+    themselves (multi-scale L1). Target features are constants (no gradient through the real image).
+    With VGG, levels under 16 px (e.g. 1/8 of a 64 px image) are skipped.
+    """
+
+    def __init__(self, scales: Sequence[float], weight: float, vgg: Vgg19Features | None = None,
+                 num_channels: int = 3):
+        super().__init__()
+        self.pyramid = ImagePyramid(tuple(scales), num_channels)
+        self.scales = tuple(scales)
+        self.weight = weight
+        self.vgg = vgg
+        self.kind = "perceptual_vgg19" if vgg is not None else "multiscale_l1"
+
+    def forward(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        # The pyramid's large depthwise blur kernels (29x29 at scale 1/8) crawl in bf16 on CPU: float32 always.
+        with torch.autocast(device_type=prediction.device.type, enabled=False):
+            pred_pyramid, real_pyramid = self.pyramid(prediction.float()), self.pyramid(target.float())
+        total = prediction.new_zeros((), dtype=torch.float32)
+        for key in pred_pyramid:
+            pred, real = pred_pyramid[key], real_pyramid[key].detach()
+            if self.vgg is None:
+                total = total + self.weight * (pred.float() - real.float()).abs().mean()
+                continue
+            if min(pred.shape[-2:]) < MIN_VGG_SIZE:
+                continue
+            with torch.no_grad():
+                real_maps = self.vgg(real)
+            for pred_map, real_map in zip(self.vgg(pred), real_maps):
+                total = total + self.weight * (pred_map.float() - real_map.float()).abs().mean()
+        return total
+
+
+def generator_gan_losses(disc_fake: Mapping[str, object], disc_real: Mapping[str, object], scales: Sequence[float],
+                         gan_weight: float, feature_matching_weight: float) -> dict[str, torch.Tensor]:
+    """LSGAN generator loss (1 - D(fake))^2 and feature matching |D_l(real) - D_l(fake)| per scale."""
+    gan, matching = 0.0, 0.0
+    for scale in scales:
+        key = str(scale)
+        gan = gan + ((1 - disc_fake["prediction_map_" + key].float()) ** 2).mean()
+        for real_map, fake_map in zip(disc_real["feature_maps_" + key], disc_fake["feature_maps_" + key]):
+            matching = matching + (real_map.detach().float() - fake_map.float()).abs().mean()
+    return {"generator_gan": gan_weight * gan, "feature_matching": feature_matching_weight * matching}
+
+
+def discriminator_loss(disc_fake: Mapping[str, object], disc_real: Mapping[str, object], scales: Sequence[float],
+                       gan_weight: float) -> torch.Tensor:
+    """LSGAN discriminator loss (1 - D(real))^2 + D(fake)^2 summed over scales."""
+    total = 0.0
+    for scale in scales:
+        key = str(scale)
+        real, fake = disc_real["prediction_map_" + key].float(), disc_fake["prediction_map_" + key].float()
+        total = total + ((1 - real) ** 2 + fake ** 2).mean()
+    return gan_weight * total

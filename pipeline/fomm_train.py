@@ -1,0 +1,336 @@
+"""Self-supervised FOMM training on corpus frames (Siarohin et al. 2019), and the `fomm.pt` format.
+
+A training pair is two frames of one real training-split clip: the generator must rebuild the driving
+frame from the source frame and both frames' keypoints (reconstruction loss), while the keypoints must
+follow a known random warp of the driving frame (equivariance on values and Jacobians). An optional
+LSGAN discriminator (off by default) adds adversarial and feature-matching terms.
+
+Checkpoint (`data/models/fomm.pt`, plain dict): {model: {kp_detector, generator}, config:
+FommConfig.to_dict(), step, metrics, train_state: {optimizer[, discriminator, optimizer_d]}}.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pipeline.config import BaseParams, TrainFommParams, deep_merge
+from pipeline.errors import InputError
+from pipeline.fomm_io import frames_to_tensor
+from pipeline.fomm_losses import (
+    RandomTransform,
+    ReconstructionLoss,
+    discriminator_loss,
+    equivariance_losses,
+    generator_gan_losses,
+)
+from pipeline.models.fomm import (
+    FommConfig,
+    ImagePyramid,
+    KPDetector,
+    MultiScaleDiscriminator,
+    OcclusionAwareGenerator,
+    load_official_fomm,
+)
+from pipeline.models.vgg19 import load_vgg19
+from pipeline.store import open_store
+from pipeline.train import (
+    Budget,
+    LossLog,
+    autocast,
+    count_parameters,
+    load_training_state,
+    pick_device,
+    restore_training_state,
+    run_loop,
+    save_training_state,
+    seed_all,
+    step_rngs,
+    torch_threads,
+)
+
+PRESETS = {"slim": FommConfig.slim, "vox256": FommConfig.vox256}
+
+# ------------------------------------------------------------------------------------ config, models
+
+
+def fomm_config(p: TrainFommParams) -> FommConfig:
+    """The preset at `image_size`/`num_kp`, with `model` overrides (FommConfig.to_dict() layout) on top."""
+    if p.preset not in PRESETS:
+        raise InputError("params.yaml", f"train_fomm.preset must be one of {sorted(PRESETS)}, not '{p.preset}'")
+    values = deep_merge(PRESETS[p.preset]().to_dict(), {"image_size": p.image_size, "num_kp": p.num_kp})
+    try:
+        return FommConfig.from_dict(deep_merge(values, dict(p.model)))
+    except InputError as exc:
+        raise InputError("params.yaml", f"train_fomm: {exc.problem}") from None
+
+
+def init_fomm(config: FommConfig, seed: int) -> tuple[KPDetector, OcclusionAwareGenerator]:
+    """Freshly initialised detector and generator; the same seed gives the same weights (the report's
+    'untrained detector' is exactly the training run's starting point)."""
+    seed_all(seed)
+    kp_detector = KPDetector(config)
+    generator = OcclusionAwareGenerator(config)
+    return kp_detector, generator
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+class FramePairSampler:
+    """(source, driving) batches: two distinct random frames of one random real clip of a split."""
+
+    def __init__(self, corpus_dir: str | Path, image_size: int, split: str = "train"):
+        corpus_dir = Path(corpus_dir)
+        manifest_path = corpus_dir / "manifest.parquet"
+        if not manifest_path.is_file():
+            raise InputError(manifest_path, "corpus manifest not found (run the corpus stage first)")
+        manifest = pd.read_parquet(manifest_path)
+        clips = manifest[(manifest.split == split) & (manifest.kind == "real") & (manifest.frames >= 2)]
+        if clips.empty:
+            raise InputError(manifest_path, f"no {split}-split real clips with 2+ frames to train on")
+        self.frames = open_store(corpus_dir / "frames.zarr")["frames"]
+        self.starts = clips.start.to_numpy(np.int64)
+        self.lengths = (clips.stop - clips.start).to_numpy(np.int64)
+        if int((self.starts + self.lengths).max()) > self.frames.shape[0]:
+            raise InputError(corpus_dir / "frames.zarr", "manifest start/stop run past the frames array")
+        self.image_size = image_size
+        self.num_clips = len(clips)
+        self.num_frames = int(self.lengths.sum())
+
+    def sample(self, rng: np.random.Generator, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        clips = rng.integers(self.num_clips, size=batch)
+        rows = []
+        for c in clips:
+            i, j = rng.choice(int(self.lengths[c]), size=2, replace=False)
+            rows.append((int(self.starts[c] + i), int(self.starts[c] + j)))
+        # One frame at a time: a frame is one small chunk read; fancy indexing over shards is slower.
+        source = np.stack([self.frames[s] for s, _ in rows])
+        driving = np.stack([self.frames[d] for _, d in rows])
+        return frames_to_tensor(source, self.image_size), frames_to_tensor(driving, self.image_size)
+
+
+# YIQ: luma + two chroma axes; rotating the chroma plane shifts hue.
+_RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
+
+
+def augment_pair(source: torch.Tensor, driving: torch.Tensor, generator: torch.Generator, *, flip: bool,
+                 jitter: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """FOMM's augmentation, identical for both frames of a pair: random horizontal flip, and brightness,
+    contrast, saturation (factors 1 +- jitter) and hue (+- jitter of a full turn) jitter.
+
+    Unseen identities are the test: recolouring and mirroring the few training faces widens what the
+    generator must carry over from the source image instead of memorising.
+    """
+    batch = source.shape[0]
+    draws = torch.rand(batch, 5, generator=generator)
+    pair = torch.stack([source, driving])  # [2,B,3,H,W]
+    if flip:
+        mirrored = draws[:, 0] < 0.5
+        pair[:, mirrored] = pair[:, mirrored].flip(-1)
+    if jitter > 0:
+        brightness, contrast, saturation = (1 + (2 * draws[:, 1:4] - 1) * jitter).T.reshape(3, 1, batch, 1, 1, 1)
+        hue = (2 * draws[:, 4] - 1) * jitter * 2 * torch.pi
+        luma = _RGB_TO_YIQ[0].view(1, 1, 3, 1, 1)
+        pair = pair * brightness
+        mean = (pair * luma).sum(2, keepdim=True).mean(dim=(3, 4), keepdim=True)
+        pair = (pair - mean) * contrast + mean
+        gray = (pair * luma).sum(2, keepdim=True)
+        pair = gray + (pair - gray) * saturation
+        rotation = torch.zeros(batch, 3, 3)
+        rotation[:, 0, 0] = 1
+        rotation[:, 1, 1], rotation[:, 1, 2] = torch.cos(hue), -torch.sin(hue)
+        rotation[:, 2, 1], rotation[:, 2, 2] = torch.sin(hue), torch.cos(hue)
+        colour = _YIQ_TO_RGB @ rotation @ _RGB_TO_YIQ  # [B,3,3]
+        pair = torch.einsum("bij,pbjhw->pbihw", colour, pair)
+    pair = pair.clamp(0, 1)
+    return pair[0], pair[1]
+
+
+# ------------------------------------------------------------------------------------------- training
+
+
+class FommTrainer:
+    """Modules, losses and optimizers of one FOMM training run; `train_step` does one update."""
+
+    def __init__(self, config: FommConfig, p: TrainFommParams, device: torch.device, seed: int,
+                 vgg: torch.nn.Module | None = None):
+        self.config, self.p, self.device = config, p, device
+        kp_detector, generator = init_fomm(config, seed)
+        self.kp_detector, self.generator = kp_detector.to(device), generator.to(device)
+        self.reconstruction = ReconstructionLoss(p.reconstruction_scales, p.reconstruction_weight, vgg,
+                                                 config.num_channels).to(device)
+        params = list(self.kp_detector.parameters()) + list(self.generator.parameters())
+        self.optimizer = torch.optim.Adam(params, lr=p.lr, betas=(0.5, 0.999))  # FOMM's betas
+        self.discriminator = None
+        if p.gan_weight > 0:
+            self.discriminator = MultiScaleDiscriminator(config).to(device)
+            self.disc_pyramid = ImagePyramid(config.discriminator.scales, config.num_channels).to(device)
+            self.optimizer_d = torch.optim.Adam(self.discriminator.parameters(), lr=p.lr, betas=(0.5, 0.999))
+
+    @property
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"kp_detector": self.kp_detector, "generator": self.generator}
+
+    @property
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        out = {"optimizer": self.optimizer}
+        if self.discriminator is not None:
+            out["optimizer_d"] = self.optimizer_d
+        return out
+
+    @property
+    def extra_modules(self) -> dict[str, torch.nn.Module]:
+        return {} if self.discriminator is None else {"discriminator": self.discriminator}
+
+    def losses(self, source: torch.Tensor, driving: torch.Tensor, gen: torch.Generator
+               ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Weighted loss terms for one batch (train mode) and the prediction."""
+        p = self.p
+        use_equivariance = p.equivariance_value_weight > 0 or p.equivariance_jacobian_weight > 0
+        if use_equivariance:
+            # The warp is data augmentation: outside autocast and the graph (grid_sample in float32).
+            transform = RandomTransform.random(driving.shape[0], sigma_affine=p.sigma_affine, sigma_tps=p.sigma_tps,
+                                               points_tps=p.points_tps, generator=gen, device=self.device)
+            with torch.no_grad():
+                transformed = transform.transform_frame(driving)
+        with autocast(self.device, p.bf16):
+            kp_source = self.kp_detector(source)
+            kp_driving = self.kp_detector(driving)
+            out = self.generator(source, kp_driving=kp_driving, kp_source=kp_source)
+            prediction = out["prediction"]
+            losses = {"reconstruction": self.reconstruction(prediction, driving)}
+            kp_transformed = self.kp_detector(transformed) if use_equivariance else None
+            if self.discriminator is not None:
+                fake = self.discriminator(self.disc_pyramid(prediction))
+                real = self.discriminator(self.disc_pyramid(driving))
+                losses.update(generator_gan_losses(fake, real, self.config.discriminator.scales, p.gan_weight,
+                                                   p.feature_matching_weight))
+        zero = prediction.new_zeros((), dtype=torch.float32)
+        equivariance = equivariance_losses(kp_driving, kp_transformed, transform) if use_equivariance else {}
+        losses["equivariance_value"] = p.equivariance_value_weight * equivariance.get("equivariance_value", zero)
+        losses["equivariance_jacobian"] = (p.equivariance_jacobian_weight
+                                           * equivariance.get("equivariance_jacobian", zero))
+        return losses, prediction
+
+    def train_step(self, source: torch.Tensor, driving: torch.Tensor, gen: torch.Generator) -> dict[str, float]:
+        self.kp_detector.train()
+        self.generator.train()
+        source, driving = source.to(self.device), driving.to(self.device)
+        losses, prediction = self.losses(source, driving, gen)
+        total = sum(losses.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        logged = {"total": float(total.detach()), **{k: float(v.detach()) for k, v in losses.items()}}
+        if self.discriminator is not None:
+            with autocast(self.device, self.p.bf16):
+                fake = self.discriminator(self.disc_pyramid(prediction.detach()))
+                real = self.discriminator(self.disc_pyramid(driving))
+                loss_d = discriminator_loss(fake, real, self.config.discriminator.scales, self.p.gan_weight)
+            self.optimizer_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            self.optimizer_d.step()
+            logged["discriminator"] = float(loss_d.detach())
+        return logged
+
+
+def _first_difference(a: Any, b: Any, where: str = "") -> str:
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                return _first_difference(a.get(key), b.get(key), f"{where}.{key}" if where else key)
+    return f"{where}: checkpoint {a!r}, params {b!r}"
+
+
+def train_fomm_model(corpus_dir: str | Path, model_out: str | Path, losses_csv: str | Path, base: BaseParams,
+                     p: TrainFommParams, *, log=print) -> dict:
+    """Train (or import, with `pretrained`) FOMM and write `model_out` + the loss log; return a summary."""
+    model_out = Path(model_out)
+    config = fomm_config(p)
+    if p.pretrained:
+        return import_pretrained(p.pretrained, model_out, losses_csv, log=log)
+    with torch_threads(p.threads):
+        return _train(config, corpus_dir, model_out, losses_csv, base, p, log)
+
+
+def _train(config: FommConfig, corpus_dir: str | Path, model_out: Path, losses_csv: str | Path, base: BaseParams,
+           p: TrainFommParams, log) -> dict:
+    device = pick_device(base.device)
+    sampler = FramePairSampler(corpus_dir, config.image_size)  # bad corpus input fails before any model work
+    vgg = load_vgg19(p.vgg19).to(device) if p.vgg19 else None
+    trainer = FommTrainer(config, p, device, base.seed, vgg)
+    kind = trainer.reconstruction.kind
+    log(f"train_fomm: reconstruction loss = {kind}"
+        + (f" (VGG19 weights {p.vgg19})" if vgg is not None else " (no train_fomm.vgg19 weights given)")
+        + f"; GAN {'on' if trainer.discriminator is not None else 'off'}; device {device}; bf16 {p.bf16}")
+    log(f"train_fomm: {sampler.num_clips} training clips, {sampler.num_frames} frames; "
+        f"{count_parameters(trainer.kp_detector, trainer.generator) / 1e6:.2f}M parameters at {config.image_size}px")
+
+    start_step, seconds_before = 0, 0.0
+    if p.resume and model_out.is_file():
+        ckpt = load_training_state(model_out)
+        if ckpt["config"] != config.to_dict():
+            raise InputError(model_out, "cannot resume, model config differs from params ("
+                             + _first_difference(ckpt["config"], config.to_dict())
+                             + "); set train_fomm.resume: false to start over")
+        start_step = restore_training_state(ckpt, model_out, modules=trainer.modules, optimizers=trainer.optimizers,
+                                            extra_modules=trainer.extra_modules)
+        for opt in trainer.optimizers.values():  # a changed lr in params applies to the resumed run
+            for group in opt.param_groups:
+                group["lr"] = p.lr
+        seconds_before = float(ckpt.get("metrics", {}).get("train_seconds", 0.0))
+        log(f"train_fomm: resumed at step {start_step} from {model_out}")
+    loss_log = LossLog(losses_csv, resume_step=start_step if start_step else None)
+    budget = Budget(p.steps, p.max_minutes)
+
+    def step_fn(step: int) -> dict[str, float]:
+        rng, gen = step_rngs(base.seed, step)
+        source, driving = sampler.sample(rng, p.batch_size)
+        source, driving = augment_pair(source, driving, gen, flip=p.augment_flip, jitter=p.augment_jitter)
+        return trainer.train_step(source, driving, gen)
+
+    def metrics(step: int) -> dict[str, Any]:
+        seconds = seconds_before + budget.elapsed
+        return {"reconstruction_loss": kind, "train_seconds": round(seconds, 1), "steps": step,
+                "seconds_per_step": round(budget.elapsed / max(step - start_step, 1), 4),
+                "parameters": count_parameters(trainer.kp_detector, trainer.generator),
+                **{f"final_{k}": round(v, 6) for k, v in loss_log.recent_means().items()}}
+
+    def save(step: int) -> None:
+        save_training_state(model_out, modules=trainer.modules, config=config.to_dict(), step=step,
+                            metrics=metrics(step), optimizers=trainer.optimizers, extra_modules=trainer.extra_modules)
+
+    t0 = time.monotonic()
+    step = run_loop(step_fn, start_step=start_step, budget=budget, log=loss_log, log_every=p.log_every,
+                    checkpoint_fn=save, checkpoint_every=p.checkpoint_every, description="train_fomm",
+                    seconds_offset=seconds_before)
+    save(step)
+    summary = metrics(step)
+    log(f"train_fomm: {step - start_step} steps in {time.monotonic() - t0:.0f}s -> {model_out}")
+    return summary
+
+
+def import_pretrained(path: str | Path, model_out: str | Path, losses_csv: str | Path, *, log=print) -> dict:
+    """Official weights (vox-256 layout) -> fomm.pt in the pipeline format; an empty loss log."""
+    config = FommConfig.vox256()
+    kp_detector, generator = load_official_fomm(path, config)
+    metrics = {"pretrained": str(path), "steps": 0, "parameters": count_parameters(kp_detector, generator)}
+    save_training_state(model_out, modules={"kp_detector": kp_detector, "generator": generator},
+                        config=config.to_dict(), step=0, metrics=metrics)
+    LossLog(losses_csv)  # header-less empty log: the DVC plot output exists, with no curve
+    log(f"train_fomm: imported official weights {path} (vox-256) -> {model_out}; no training")
+    return metrics
+
+
+__all__ = [
+    "FommTrainer", "FramePairSampler", "augment_pair", "fomm_config", "import_pretrained", "init_fomm",
+    "train_fomm_model",
+]

@@ -1,0 +1,153 @@
+"""`keypoints` stage: FOMM keypoints (E_k, paper §3.2) of every corpus clip into data/features/keypoints.zarr.
+
+    python -m stages.keypoints
+Writes `value` (F, N, 2) (x, y in [-1, 1]) and `jacobian` (F, N, 2, 2), NaN fill, with the per-clip
+index of the corpus frames (row r = corpus frame r), then the clips of every store in
+`keypoints.extra_frames` (the hook for the kept pseudo clips: any Zarr store with `frames` and a
+per-clip index). Clip groups are mapped over Dask workers; this process is the ONE writer, so no
+shard ever has two. Then data/reports/fomm.json (+ a held-out side-by-side video) is written.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+
+from pipeline.config import BaseParams, KeypointsParams, as_dict, load_section
+from pipeline.errors import InputError
+from pipeline.fomm_io import detect_keypoints, load_fomm
+from pipeline.fomm_report import build_fomm_report, write_report
+from pipeline.parallel import dask_client, ordered_map
+from pipeline.store import ArraySpec, RaggedStoreWriter, atomic_output, open_store, read_index
+from pipeline.train import pick_device
+from stages.common import ParamsOption, one_line_errors, stage_app
+
+SCHEMA = "emmn.keypoints/v1"
+app = stage_app()
+
+
+def keypoints_task(task: tuple) -> list[dict[str, np.ndarray]]:
+    """Worker: keypoints of a group of clips (row ranges of one frames store), one dict per clip.
+
+    The checkpoint is loaded once per group; in a Dask worker torch runs on one thread (two
+    processes with two threads each are slower than one each on the 2-core machines).
+    """
+    model_path, frames_path, ranges, batch_size, single_thread, device = task
+    import torch
+
+    if single_thread:
+        torch.set_num_threads(1)
+    model = load_fomm(model_path)
+    model.kp_detector.to(pick_device(device))
+    frames = open_store(frames_path)["frames"]
+    out = []
+    for start, stop in ranges:
+        value, jacobian = detect_keypoints(model.kp_detector, frames[start:stop], model.config.image_size,
+                                           batch_size)
+        out.append({"value": value, "jacobian": jacobian})
+    return out
+
+
+def clip_sources(corpus_dir: Path, extra: tuple[str, ...]) -> list[tuple[Path, list[str], np.ndarray, np.ndarray]]:
+    """(frames store, clip ids, starts, stops) for the corpus and each extra store; clip ids must be unique."""
+    stores = [corpus_dir / "frames.zarr", *(Path(e) for e in extra)]
+    sources, seen = [], set()
+    for store in stores:
+        root = open_store(store)
+        if "frames" not in root:
+            raise InputError(store, "no 'frames' array")
+        index = read_index(store)
+        clash = sorted(set(index.clip_id) & seen)
+        if clash:
+            raise InputError(store, f"clip id '{clash[0]}' is already in an earlier store")
+        seen.update(index.clip_id)
+        sources.append((store, list(index.clip_id), index.start.to_numpy(), index.stop.to_numpy()))
+    return sources
+
+
+def group_tasks(sources: list, model_path: Path, p: KeypointsParams, single_thread: bool, device: str
+                ) -> list[tuple]:
+    """Consecutive clips of one store grouped until a group holds `task_frames` frames (clip order kept)."""
+    tasks = []
+    for store, _, starts, stops in sources:
+        group, frames = [], 0
+        for start, stop in zip(starts.tolist(), stops.tolist()):
+            group.append((start, stop))
+            frames += stop - start
+            if frames >= p.task_frames:
+                tasks.append((str(model_path), str(store), group, p.batch_size, single_thread, device))
+                group, frames = [], 0
+        if group:
+            tasks.append((str(model_path), str(store), group, p.batch_size, single_thread, device))
+    return tasks
+
+
+def build_keypoints(corpus_dir: Path, model_path: Path, out: Path, base: BaseParams, p: KeypointsParams) -> int:
+    """Write keypoints.zarr atomically; return the number of frames."""
+    model = load_fomm(model_path)
+    sources = clip_sources(corpus_dir, p.extra_frames)
+    clip_ids = [c for _, ids, _, _ in sources for c in ids]
+    lengths = [int(e - s) for _, _, starts, stops in sources for s, e in zip(starts, stops)]
+    num_kp = model.config.num_kp
+    attrs = {"schema": SCHEMA, "stage": "keypoints",
+             "params": {"base": as_dict(base), "keypoints": as_dict(p)},
+             "model": {"path": str(model_path), "step": model.step, "config": model.config.to_dict()},
+             "sources": [{"store": str(store), "clips": len(ids)} for store, ids, _, _ in sources],
+             "value": "keypoint x, y in [-1, 1] (FOMM heatmap grid, both ends included)",
+             "jacobian": "2x2 local affine per keypoint, row-major (a b; c d); NaN if the model estimates none"}
+    with atomic_output(out) as tmp:
+        writer = RaggedStoreWriter(
+            tmp, clip_ids, lengths,
+            {"value": ArraySpec((num_kp, 2), "float32", ("keypoint", "xy")),
+             "jacobian": ArraySpec((num_kp, 2, 2), "float32", ("keypoint", "row", "col"))},
+            attrs=attrs, chunk_frames=p.chunk_frames, shard_frames=p.shard_frames)
+        with dask_client(base.workers, base.scheduler_address) as client:
+            tasks = group_tasks(sources, model_path, p, single_thread=client is not None, device=base.device)
+            clip = 0
+            for results in ordered_map(keypoints_task, tasks, client=client, window=2 * max(base.workers, 1),
+                                       description="keypoints: clip groups"):
+                for result in results:
+                    writer.write_clip(clip, result)
+                    clip += 1
+        writer.close()
+    return int(sum(lengths))
+
+
+def run_keypoints(corpus_dir: Path, model_path: Path, out: Path, report: Path, video: Path, strip: Path,
+                  base: BaseParams, p: KeypointsParams) -> dict:
+    """The keypoints store, then the FOMM report (returned) with its video and PNG strip."""
+    frames = build_keypoints(corpus_dir, model_path, out, base, p)
+    model = load_fomm(model_path)
+    device = pick_device(base.device)
+    model.kp_detector.to(device)
+    model.generator.to(device)
+    summary = build_fomm_report(model, corpus_dir, out, base, p, video_path=video, strip_png=strip)
+    summary["info"]["keypoint_frames"] = frames
+    write_report(summary, report)
+    return summary
+
+
+@app.command()
+@one_line_errors
+def keypoints(
+    params: ParamsOption = Path("params.yaml"),
+    corpus: Annotated[Path, typer.Option(help="corpus folder")] = Path("data/corpus"),
+    model: Annotated[Path, typer.Option(help="fomm.pt from train_fomm")] = Path("data/models/fomm.pt"),
+    out: Annotated[Path, typer.Option(help="output store")] = Path("data/features/keypoints.zarr"),
+    report: Annotated[Path, typer.Option(help="report JSON")] = Path("data/reports/fomm.json"),
+    video: Annotated[Path, typer.Option(help="held-out side-by-side mp4")] = Path("data/reports/fomm_heldout.mp4"),
+    strip: Annotated[Path, typer.Option(help="held-out side-by-side PNG strip")] = Path(
+        "data/reports/fomm_heldout.png"),
+) -> None:
+    """FOMM keypoints + Jacobians of every clip into data/features/keypoints.zarr, and data/reports/fomm.json."""
+    base, p = load_section("base", params), load_section("keypoints", params)
+    summary = run_keypoints(corpus, model, out, report, video, strip, base, p)
+    typer.echo(json.dumps({k: summary[k] for k in ("heldout", "probe")}))
+
+
+if __name__ == "__main__":
+    app()

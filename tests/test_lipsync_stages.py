@@ -1,0 +1,189 @@
+"""The lip-sync stages on the tiny corpus: train_syncnet -> train_wav2lip -> pseudo_pairs -> sync_filter.
+
+Tiny seeded models (a few steps): these tests check the outputs' structure, the frame and length rules,
+resuming and determinism, not model quality (that is the default profile's report).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipeline.errors import CheckpointError
+from pipeline.lipsync_io import load_pipeline_model
+from pipeline.pseudo import relative_time_indices
+from pipeline.redub import paste_faces, source_frame_indices
+from pipeline.store import read_clip, read_index
+from pipeline.train import read_loss_csv, torch_threads
+from tests.conftest import tiny_section
+from tests.lipsync_fixtures import tiny_audio  # noqa: F401  (fixture)
+
+
+@pytest.fixture(scope="module")
+def chain(tiny_audio, tmp_path_factory):  # noqa: F811
+    corpus, audio = tiny_audio
+    out = tmp_path_factory.mktemp("lipsync")
+    base = tiny_section("base")
+    with torch_threads(1):  # the test machines share 2 cores: spinning torch threads stall under load
+        return _run_chain(corpus, audio, out, base)
+
+
+def _run_chain(corpus, audio, out, base) -> dict:
+    from stages.pseudo_pairs import build_pseudo_pairs
+    from stages.sync_filter import run_sync_filter
+    from stages.train_syncnet import run_train_syncnet
+    from stages.train_wav2lip import run_train_wav2lip
+
+    sync = run_train_syncnet(corpus, audio, out / "syncnet.pt", out / "syncnet.json", out / "syncnet_losses.csv",
+                             out / "syncnet_losses.png", base, tiny_section("train_syncnet"))
+    run_train_syncnet(corpus, audio, out / "sync_scorer.pt", out / "sync_scorer.json", out / "scorer_losses.csv",
+                      out / "scorer_losses.png", base, tiny_section("train_sync_scorer"), stage="train_sync_scorer")
+    w2l = run_train_wav2lip(corpus, audio, out / "syncnet.pt", out / "wav2lip.pt", out / "wav2lip.json",
+                            out / "wav2lip_losses.csv", out / "wav2lip_losses.png", base, tiny_section("train_wav2lip"))
+    pseudo = build_pseudo_pairs(corpus, audio, out / "wav2lip.pt", out / "pseudo", base, tiny_section("pseudo_pairs"))
+    report = run_sync_filter(out / "pseudo", corpus, out / "sync_scorer.pt", out / "pseudo_pairs.json",
+                             out / "sync_hist.png", base, tiny_section("sync_filter"))
+    return {"corpus": corpus, "audio": audio, "out": out, "sync": sync, "w2l": w2l, "pseudo": pseudo,
+            "report": report}
+
+
+def test_train_syncnet_writes_checkpoint_report_and_losses(chain):
+    out = chain["out"]
+    loaded = load_pipeline_model(out / "syncnet.pt", "syncnet_color")
+    assert loaded.step == 4 and loaded.config["model"]["embed_dim"] == 64  # 512 x width 0.125
+    report = json.loads((out / "syncnet.json").read_text())
+    for key in ("heldout_accuracy", "in_sync_accuracy", "off_sync_accuracy", "offset_recovery"):
+        assert 0.0 <= report[key] <= 1.0
+    assert report["heldout_windows"] == 64 and report["offset_trials"] == 4  # 4 held-out clips x 1 shift
+    rows = read_loss_csv(out / "syncnet_losses.csv")
+    assert [r["step"] for r in rows] == [2, 4] and 0.0 < rows[-1]["bce"] < 5.0
+    assert (out / "syncnet_losses.png").stat().st_size > 1000
+
+
+def test_sync_scorer_is_trained_from_another_seed(chain):
+    out = chain["out"]
+    expert = load_pipeline_model(out / "syncnet.pt", "syncnet_color").module.state_dict()
+    scorer = load_pipeline_model(out / "sync_scorer.pt", "syncnet_color").module.state_dict()
+    assert expert.keys() == scorer.keys()
+    assert not torch.equal(expert["face_encoder.0.conv_block.0.weight"], scorer["face_encoder.0.conv_block.0.weight"])
+    assert json.loads((out / "sync_scorer.json").read_text())["offset_trials"] == 4
+
+
+def test_train_wav2lip_writes_checkpoint_and_heldout_report(chain):
+    out = chain["out"]
+    loaded = load_pipeline_model(out / "wav2lip.pt", "wav2lip")
+    assert loaded.step == 3 and loaded.config["arch"] == "wav2lip"
+    report = json.loads((out / "wav2lip.json").read_text())
+    assert report["heldout_clips"] == 2 and 0.0 < report["heldout_l1"] < 1.0 and report["heldout_psnr"] > 3.0
+    assert report["sync_conf_real"] is not None and report["sync_conf_generated"] is not None
+    assert report["redub_clips"] == 0  # the tiny held-out actor says one sentence: nothing to re-dub
+    assert [r["step"] for r in read_loss_csv(out / "wav2lip_losses.csv")] == [1, 2, 3]
+
+
+def test_pseudo_clips_follow_the_length_and_counterfactual_rules(chain):
+    corpus, pseudo = chain["corpus"], chain["out"] / "pseudo"
+    manifest = pd.read_parquet(corpus / "manifest.parquet").set_index("clip_id")
+    clips = pd.read_parquet(pseudo / "clips.parquet")
+    train_real = manifest[(manifest.kind == "real") & (manifest.split == "train")]
+    assert len(clips) == len(train_real) == 16  # two sentences per actor: one re-dub per clip
+    assert clips.counterfactual_clip_id.notna().all()
+    index = read_index(pseudo / "frames.zarr").set_index("clip_id")
+    for row in clips.itertuples():
+        audio_clip = manifest.loc[row.audio_clip_id]
+        assert row.frames == audio_clip.frames == manifest.loc[row.counterfactual_clip_id].frames
+        assert row.wav_path == audio_clip.wav_path and row.sentence_b == audio_clip.sentence_id
+        assert index.loc[row.pseudo_clip_id, "stop"] - index.loc[row.pseudo_clip_id, "start"] == row.frames
+    assert np.isfinite(clips.mouth_err).all() and (clips.compared_frames > 0).all()
+
+    row = clips.iloc[0]
+    stored = read_clip(pseudo / "frames.zarr", row.pseudo_clip_id)
+    source = read_clip(corpus / "frames.zarr", row.source_clip_id, ("frames",))["frames"]
+    expected = source_frame_indices(len(source), row.frames, "pingpong")
+    np.testing.assert_array_equal(stored["source_frame"], expected)
+    size = source.shape[1]
+    keep = size // 2 - size // 16  # rows above the blend band are the source's own pixels
+    np.testing.assert_array_equal(stored["frames"][:, :keep], source[expected][:, :keep])
+
+
+def test_pairs_table_describes_every_quadruple(chain):
+    pseudo = chain["out"] / "pseudo"
+    clips = pd.read_parquet(pseudo / "clips.parquet").set_index("pseudo_clip_id")
+    pairs = pd.read_parquet(pseudo / "pairs.parquet")
+    assert len(pairs) == 2 * 16  # 2 training actors x 1 sentence pair x 4 x 4 emotion-levels
+    assert pairs.same_style.sum() == 2 * 4
+    for row in pairs.itertuples():
+        y_ib, y_ja = clips.loc[row.y_ib], clips.loc[row.y_ja]
+        assert y_ib.source_clip_id == row.x_ia and y_ja.source_clip_id == row.x_jb
+        assert y_ib.sentence_b == row.sentence_b and y_ja.sentence_b == row.sentence_a
+        assert len(row.y_ib_from_x_ia) == len(row.y_ib_from_x_jb) == row.y_ib_frames == y_ib.frames
+        assert len(row.y_ja_from_x_jb) == len(row.y_ja_from_x_ia) == row.y_ja_frames == y_ja.frames
+        assert max(row.y_ib_from_x_ia) == y_ib.source_frames - 1 or row.y_ib_frames < y_ib.source_frames
+        assert max(row.y_ib_from_x_jb) == clips.loc[row.y_ja].source_frames - 1
+
+
+def test_sync_filter_scores_every_clip_and_reports(chain):
+    out = chain["out"]
+    scores = pd.read_parquet(out / "pseudo" / "sync.parquet")
+    clips = pd.read_parquet(out / "pseudo" / "clips.parquet")
+    assert sorted(scores.pseudo_clip_id) == sorted(clips.pseudo_clip_id)
+    assert scores.offset.abs().max() <= 15 and (scores.confidence >= 0).all()
+    p = tiny_section("sync_filter")
+    expected = (scores.confidence > p.threshold) & (scores.offset.abs() <= p.max_offset)
+    assert scores.kept.tolist() == expected.tolist()
+    report = json.loads((out / "pseudo_pairs.json").read_text())
+    assert {"mouth_err_all", "mouth_err_kept", "kept_fraction", "threshold"} <= set(report)
+    assert report["kept_fraction"] == pytest.approx(expected.mean(), abs=1e-4)
+    assert report["mouth_err_all"] == pytest.approx(clips.mouth_err.mean(), abs=1e-3)
+    assert (out / "sync_hist.png").stat().st_size > 1000
+
+
+def test_training_is_seeded_and_resumes(chain, tmp_path):
+    from stages.train_syncnet import run_train_syncnet
+
+    corpus, audio, out = chain["corpus"], chain["audio"], chain["out"]
+    base = tiny_section("base")
+    again = tmp_path / "again.pt"
+    with torch_threads(1):  # as the chain fixture trained: float reductions depend on the thread count
+        run_train_syncnet(corpus, audio, again, tmp_path / "r.json", tmp_path / "l.csv", tmp_path / "l.png", base,
+                          tiny_section("train_syncnet"))
+    first = load_pipeline_model(out / "syncnet.pt", "syncnet_color").module.state_dict()
+    second = load_pipeline_model(again, "syncnet_color").module.state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+    shutil.copy(out / "syncnet_losses.csv", tmp_path / "resume.csv")
+    with torch_threads(1):
+        run_train_syncnet(corpus, audio, again, tmp_path / "r.json", tmp_path / "resume.csv", tmp_path / "l.png",
+                          base, tiny_section("train_syncnet", steps=6, resume=True))
+    assert load_pipeline_model(again, "syncnet_color").step == 6
+    assert [r["step"] for r in read_loss_csv(tmp_path / "resume.csv")] == [2, 4, 6]
+
+
+def test_wav2lip_refuses_a_wrong_expert_checkpoint(chain, tmp_path):
+    from stages.train_wav2lip import run_train_wav2lip
+
+    corpus, audio, out = chain["corpus"], chain["audio"], chain["out"]
+    with pytest.raises(CheckpointError, match="wrong model"):
+        run_train_wav2lip(corpus, audio, out / "wav2lip.pt", tmp_path / "w.pt", tmp_path / "w.json", tmp_path / "l.csv",
+                          tmp_path / "l.png", tiny_section("base"), tiny_section("train_wav2lip"))
+
+
+def test_frame_index_rules():
+    assert source_frame_indices(4, 10, "pingpong").tolist() == [0, 1, 2, 3, 2, 1, 0, 1, 2, 3]
+    assert source_frame_indices(4, 10, "loop").tolist() == [0, 1, 2, 3, 0, 1, 2, 3, 0, 1]
+    assert source_frame_indices(5, 3, "pingpong").tolist() == [0, 1, 2]
+    assert relative_time_indices(10, 5).tolist() == [1, 3, 5, 7, 9]
+    assert relative_time_indices(3, 6).tolist() == [0, 0, 1, 1, 2, 2]
+
+
+def test_paste_lower_keeps_the_upper_half():
+    frames = np.full((2, 64, 64, 3), 200, np.uint8)
+    generated = np.zeros((2, 96, 96, 3), np.uint8)
+    lower = paste_faces(frames, generated, "lower")
+    assert (lower[:, :28] == 200).all() and (lower[:, 36:] == 0).all()
+    assert 0 < lower[0, 32, 0, 0] < 200  # blended band around the middle
+    assert (paste_faces(frames, generated, "full") == 0).all()

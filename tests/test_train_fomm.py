@@ -1,0 +1,304 @@
+"""FOMM training: generic helpers (pipeline.train), losses, VGG19 layout, the train_fomm worker on the tiny corpus."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.checkpoints import save_checkpoint
+from pipeline.config import BaseParams, with_field
+from pipeline.errors import CheckpointError, InputError
+from pipeline.fomm_io import load_fomm
+from pipeline.fomm_losses import RandomTransform, ReconstructionLoss, equivariance_losses
+from pipeline.fomm_train import (
+    FommTrainer,
+    FramePairSampler,
+    augment_pair,
+    fomm_config,
+    init_fomm,
+    train_fomm_model,
+)
+from pipeline.models.vgg19 import PERCEPTUAL_TAPS, Vgg19Features, load_vgg19
+from pipeline.train import (
+    Budget,
+    LossLog,
+    pick_device,
+    plot_loss_curves,
+    read_loss_csv,
+    run_loop,
+    step_rngs,
+    torch_threads,
+)
+from stages.train_fomm import run_train_fomm
+from tests.conftest import tiny_section
+
+BASE = BaseParams(seed=7, workers=0, device="cpu")
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tests share 2 cores with other jobs: spinning torch threads would stall (40x slower seen at load 7)."""
+    with torch_threads(1):
+        yield
+
+
+def tiny_train_params(**changes):
+    return with_field(tiny_section("train_fomm"), **{"max_minutes": 0, "log_every": 1, **changes})
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def test_pick_device_and_bad_names():
+    assert pick_device("cpu").type == "cpu"
+    assert pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(InputError, match="base.device must be auto, cpu or cuda, not 'gpu'"):
+        pick_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="no CUDA device"):
+            pick_device("cuda")
+
+
+def test_step_rngs_depend_only_on_seed_and_step():
+    a_np, a_torch = step_rngs(3, 10)
+    b_np, b_torch = step_rngs(3, 10)
+    assert a_np.integers(1000, size=5).tolist() == b_np.integers(1000, size=5).tolist()
+    assert torch.equal(torch.rand(4, generator=a_torch), torch.rand(4, generator=b_torch))
+    assert step_rngs(3, 11)[0].integers(10**9) != step_rngs(3, 10)[0].integers(10**9)
+
+
+def test_loss_log_truncates_on_resume_and_plots(tmp_path):
+    log = LossLog(tmp_path / "losses.csv")
+    for step in range(1, 6):
+        log.log(step, step * 0.5, {"total": 10.0 / step, "equivariance": 0.0})
+    resumed = LossLog(tmp_path / "losses.csv", resume_step=3)
+    assert [r["step"] for r in resumed.rows] == [1, 2, 3]
+    resumed.log(4, 2.0, {"total": 1.5, "equivariance": 0.0})
+    rows = read_loss_csv(tmp_path / "losses.csv")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert rows[-1]["total"] == 1.5 and rows[1]["total"] == 5.0
+    assert resumed.recent_means(2) == {"total": pytest.approx((10 / 3 + 1.5) / 2), "equivariance": 0.0}
+    with pytest.raises(ValueError, match="loss columns changed"):
+        resumed.log(5, 2.5, {"total": 1.0})
+    plot_loss_curves(tmp_path / "losses.csv", tmp_path / "losses.png")
+    import cv2
+
+    img = cv2.cvtColor(cv2.imread(str(tmp_path / "losses.png")), cv2.COLOR_BGR2RGB).astype(int)
+    assert img.shape == (420, 720, 3)
+
+    def pixels(rgb):
+        return int((np.abs(img - np.array(rgb)).sum(axis=2) < 40).sum())
+
+    # `total` (first colour) is a curve across the plot; the all-zero loss has only its legend swatch.
+    assert pixels((31, 119, 180)) > 250  # the plot area is 450 px wide
+    assert pixels((255, 127, 14)) < 80
+
+
+def test_run_loop_budget_checkpoints_and_nan(tmp_path):
+    saved = []
+    log = LossLog(tmp_path / "l.csv")
+    final = run_loop(lambda step: {"loss": 1.0 / (step + 1)}, start_step=2, budget=Budget(steps=9), log=log,
+                     log_every=3, checkpoint_fn=saved.append, checkpoint_every=3, description="t")
+    assert final == 9
+    assert saved == [3, 6]  # the caller saves the final state itself
+    assert [r["step"] for r in log.rows] == [3, 6, 9]
+    assert log.rows[0]["loss"] == pytest.approx(1 / 3)  # mean of the single step since start (step index 2)
+    assert log.rows[1]["loss"] == pytest.approx((1 / 4 + 1 / 5 + 1 / 6) / 3)
+    assert Budget(steps=100, max_minutes=1e-9).exhausted(0)
+    with pytest.raises(FloatingPointError, match="non-finite loss at step 1"):
+        run_loop(lambda step: {"loss": math.nan}, start_step=0, budget=Budget(steps=3), log=LossLog(tmp_path / "n.csv"),
+                 log_every=1)
+
+
+# ----------------------------------------------------------------------------------------------- losses
+
+
+def test_identity_transform_returns_frame_and_zero_equivariance():
+    config = fomm_config(tiny_train_params())
+    kp_detector = init_fomm(config, 0)[0].eval()
+    frame = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    identity = RandomTransform.identity(2)
+    assert torch.allclose(identity.transform_frame(frame), frame, atol=1e-5)  # float32 grid rounding only
+    with torch.no_grad():
+        losses = equivariance_losses(kp_detector(frame), kp_detector(identity.transform_frame(frame)), identity)
+    assert float(losses["equivariance_value"]) < 1e-6
+    assert float(losses["equivariance_jacobian"]) < 1e-5
+
+
+def test_equivariance_hand_computed_translation():
+    # T(z) = z + (0.1, -0.2): a keypoint at p in X is at p - t in T(X).
+    shift = torch.tensor([0.1, -0.2])
+    transform = RandomTransform(torch.tensor([[[1.0, 0.0, 0.1], [0.0, 1.0, -0.2]]]), torch.zeros(1, 2),
+                                torch.zeros(1, 1, 2))
+    value = torch.tensor([[[0.3, 0.4], [-0.5, 0.2]]])
+    jac_d = torch.tensor([[2.0, 0.0], [0.0, 1.0]]).expand(1, 2, 2, 2)
+    exact = equivariance_losses({"value": value, "jacobian": jac_d}, {"value": value - shift, "jacobian": jac_d},
+                                transform)
+    assert float(exact["equivariance_value"]) == pytest.approx(0.0, abs=1e-7)
+    assert float(exact["equivariance_jacobian"]) == pytest.approx(0.0, abs=1e-7)
+    # Off by (0.03, 0) in x -> mean |error| over 4 coordinates = 0.015; J_d^-1 J_t = diag(1, 1.5) -> 0.5 / 4.
+    jac_t = torch.tensor([[2.0, 0.0], [0.0, 1.5]]).expand(1, 2, 2, 2)
+    off = equivariance_losses({"value": value, "jacobian": jac_d},
+                              {"value": value - shift + torch.tensor([0.03, 0.0]), "jacobian": jac_t}, transform)
+    assert float(off["equivariance_value"]) == pytest.approx(0.015, abs=1e-6)
+    assert float(off["equivariance_jacobian"]) == pytest.approx(0.125, abs=1e-6)
+
+
+def test_transform_jacobian_matches_autograd():
+    transform = RandomTransform.random(1, sigma_affine=0.05, sigma_tps=0.05, points_tps=5,
+                                       generator=torch.Generator().manual_seed(3))
+    points = torch.tensor([[0.13, -0.42], [0.5, 0.5], [-0.77, 0.21]])  # (0.5, 0.5) is a control point
+    analytic = transform.jacobian(points[None].double())[0]
+    for i, point in enumerate(points.double()):
+        numeric = torch.autograd.functional.jacobian(lambda z: transform.warp_coordinates(z.view(1, 1, 2))[0, 0],
+                                                     point)
+        assert torch.allclose(analytic[i], numeric, atol=1e-8), (i, analytic[i], numeric)
+    assert float((analytic - torch.eye(2)).abs().max()) > 0.01  # the random transform is not the identity
+
+
+def test_reconstruction_loss_kinds():
+    prediction, target = torch.zeros(2, 3, 16, 16), torch.full((2, 3, 16, 16), 0.5)
+    l1 = ReconstructionLoss((1,), weight=10.0)
+    assert l1.kind == "multiscale_l1" and float(l1(prediction, target)) == pytest.approx(5.0)
+    assert float(ReconstructionLoss((1, 0.5), weight=10.0)(target, target)) == 0.0
+    perceptual = ReconstructionLoss((1,), weight=1.0, vgg=Vgg19Features())
+    assert perceptual.kind == "perceptual_vgg19"
+    assert float(perceptual(target, target)) == 0.0 and float(perceptual(prediction, target)) > 0.0
+
+
+def test_augmentation_is_shared_by_the_pair_and_keeps_grey_grey():
+    frame = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    same, off = augment_pair(frame, frame.clone(), torch.Generator().manual_seed(1), flip=False, jitter=0.0)
+    assert torch.equal(same, frame) and torch.equal(off, frame)
+    source, driving = augment_pair(frame, frame.clone(), torch.Generator().manual_seed(1), flip=True, jitter=0.1)
+    assert torch.equal(source, driving)  # one draw per pair: both frames get the same flip and colours
+    flipped = augment_pair(frame, frame, torch.Generator().manual_seed(2), flip=True, jitter=0.0)[0]
+    mirrored = [torch.equal(flipped[i], frame[i].flip(-1)) for i in range(6)]
+    kept = [torch.equal(flipped[i], frame[i]) for i in range(6)]
+    assert all(m != k for m, k in zip(mirrored, kept)) and 0 < sum(mirrored) < 6
+    grey = torch.full((4, 3, 5, 5), 0.5)
+    out = augment_pair(grey, grey, torch.Generator().manual_seed(3), flip=True, jitter=0.1)[0]
+    assert float((out - out.mean(dim=1, keepdim=True)).abs().max()) < 1e-6  # hue/saturation leave grey grey
+    assert 0.5 * 0.9 - 1e-6 <= float(out.min()) and float(out.max()) <= 0.5 * 1.1 + 1e-6  # brightness +-10%
+
+
+# -------------------------------------------------------------------------------------------------- VGG19
+
+
+def vgg19_conv_indices() -> list[int]:
+    return [0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34]
+
+
+def test_vgg19_layout_is_torchvisions(tmp_path):
+    model = Vgg19Features()
+    expected = [f"features.{i}.{kind}" for i in vgg19_conv_indices() for kind in ("weight", "bias")]
+    assert list(model.state_dict()) == expected
+    assert sum(p.numel() for p in model.parameters()) == 20_024_384  # torchvision vgg19().features
+    assert PERCEPTUAL_TAPS == {"relu1_1": 1, "relu2_1": 6, "relu3_1": 11, "relu4_1": 20, "relu5_1": 29}
+    maps = model(torch.rand(1, 3, 32, 32))
+    assert [tuple(m.shape[1:]) for m in maps] == [(64, 32, 32), (128, 16, 16), (256, 8, 8), (512, 4, 4), (512, 2, 2)]
+
+    # A torchvision-format file (features + classifier) loads strictly; classifier keys are ignored.
+    state = {k: torch.randn_like(v) for k, v in model.state_dict().items()}
+    state["classifier.0.weight"] = torch.zeros(4, 4)
+    torch.save(state, tmp_path / "vgg19.pth")
+    loaded = load_vgg19(tmp_path / "vgg19.pth")
+    assert torch.equal(loaded.features[34].weight, state["features.34.weight"])
+    del state["features.10.bias"]
+    torch.save(state, tmp_path / "broken.pth")
+    with pytest.raises(CheckpointError, match="missing key 'features.10.bias'"):
+        load_vgg19(tmp_path / "broken.pth")
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+def test_training_steps_lower_the_loss_on_a_fixed_batch(tiny_corpus):
+    p = tiny_train_params(lr=1e-3)
+    trainer = FommTrainer(fomm_config(p), p, torch.device("cpu"), seed=0)
+    source, driving = FramePairSampler(tiny_corpus, 64).sample(np.random.default_rng(0), 4)
+    totals = [trainer.train_step(source, driving, step_rngs(0, 0)[1])["total"] for _ in range(25)]
+    assert np.mean(totals[-3:]) < 0.6 * np.mean(totals[:3]), totals
+
+
+@pytest.mark.parametrize("changes, vgg, columns", [
+    ({"bf16": True}, False, {"total", "reconstruction", "equivariance_value", "equivariance_jacobian"}),
+    ({"gan_weight": 1.0}, True, {"total", "reconstruction", "equivariance_value", "equivariance_jacobian",
+                                 "generator_gan", "feature_matching", "discriminator"}),
+    ({"equivariance_value_weight": 0, "equivariance_jacobian_weight": 0}, False,
+     {"total", "reconstruction", "equivariance_value", "equivariance_jacobian"}),
+])
+def test_optional_paths_train_one_step(changes, vgg, columns):
+    p = tiny_train_params(**changes)
+    trainer = FommTrainer(fomm_config(p), p, torch.device("cpu"), seed=0, vgg=Vgg19Features() if vgg else None)
+    images = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    losses = trainer.train_step(images[:2], images[2:], step_rngs(0, 0)[1])
+    assert set(losses) == columns and all(math.isfinite(v) for v in losses.values())
+    assert losses["total"] == pytest.approx(sum(v for k, v in losses.items() if k not in ("total", "discriminator")),
+                                            rel=1e-5)
+    if "equivariance_value_weight" in changes:
+        assert losses["equivariance_value"] == 0.0 and losses["total"] == pytest.approx(losses["reconstruction"])
+    if vgg:
+        assert trainer.reconstruction.kind == "perceptual_vgg19"
+
+
+def test_pair_sampler_uses_train_real_clips(tiny_corpus):
+    import pandas as pd
+
+    sampler = FramePairSampler(tiny_corpus, 32)
+    manifest = pd.read_parquet(tiny_corpus / "manifest.parquet")
+    train_real = manifest[(manifest.split == "train") & (manifest.kind == "real")]
+    assert sampler.num_clips == len(train_real) and sampler.num_frames == int(train_real.frames.sum())
+    source, driving = sampler.sample(np.random.default_rng(1), 3)
+    assert source.shape == driving.shape == (3, 3, 32, 32)
+    assert 0.0 <= float(source.min()) and float(source.max()) <= 1.0
+    assert float((source - driving).abs().mean()) > 0.0  # two different frames
+
+
+def test_train_resume_continues_the_step_count_and_equals_an_uninterrupted_run(tiny_corpus, tmp_path):
+    straight = tmp_path / "straight"
+    run_train_fomm(tiny_corpus, straight / "fomm.pt", straight / "l.csv", straight / "l.png", BASE,
+                   tiny_train_params(steps=4))
+    split = tmp_path / "split"
+    train_fomm_model(tiny_corpus, split / "fomm.pt", split / "l.csv", BASE, tiny_train_params(steps=2),
+                     log=lambda s: None)
+    assert load_fomm(split / "fomm.pt").step == 2
+    summary = train_fomm_model(tiny_corpus, split / "fomm.pt", split / "l.csv", BASE,
+                               tiny_train_params(steps=4, resume=True), log=lambda s: None)
+    assert summary["steps"] == 4
+    a, b = load_fomm(straight / "fomm.pt"), load_fomm(split / "fomm.pt")
+    assert a.step == b.step == 4
+    for name in ("kp_detector", "generator"):
+        sa, sb = getattr(a, name).state_dict(), getattr(b, name).state_dict()
+        assert all(torch.allclose(sa[k].float(), sb[k].float(), atol=1e-6) for k in sa), name
+    assert [r["step"] for r in read_loss_csv(split / "l.csv")] == [1, 2, 3, 4]
+    assert read_loss_csv(split / "l.csv")[-1]["total"] == pytest.approx(read_loss_csv(straight / "l.csv")[-1]["total"],
+                                                                        rel=1e-5)
+    assert (straight / "l.png").stat().st_size > 5000
+    ckpt = torch.load(split / "fomm.pt", weights_only=True)
+    assert set(ckpt) >= {"model", "config", "step", "metrics", "train_state"}
+    assert set(ckpt["model"]) == {"kp_detector", "generator"}
+    assert ckpt["metrics"]["reconstruction_loss"] == "multiscale_l1"
+
+    with pytest.raises(InputError, match="cannot resume, model config differs from params \\(num_kp"):
+        train_fomm_model(tiny_corpus, split / "fomm.pt", split / "l.csv", BASE,
+                         tiny_train_params(steps=6, resume=True, num_kp=4), log=lambda s: None)
+
+
+def test_bad_inputs_fail_in_one_line(tmp_path, tiny_corpus):
+    with pytest.raises(InputError, match="manifest.parquet: corpus manifest not found"):
+        train_fomm_model(tmp_path / "nowhere", tmp_path / "f.pt", tmp_path / "l.csv", BASE, tiny_train_params())
+    with pytest.raises(InputError, match="train_fomm.preset must be one of"):
+        fomm_config(tiny_train_params(preset="huge"))
+    with pytest.raises(InputError, match="unknown FOMM config key 'generator.widht'"):
+        fomm_config(tiny_train_params(model={"generator": {"widht": 3}}))
+    with pytest.raises(CheckpointError, match="vox-cpk.pth.tar: checkpoint file not found"):
+        train_fomm_model(tiny_corpus, tmp_path / "f.pt", tmp_path / "l.csv", BASE,
+                         tiny_train_params(pretrained=str(tmp_path / "vox-cpk.pth.tar")))
+    assert not (tmp_path / "f.pt").exists()
+    save_checkpoint(tmp_path / "other.pt", model={"x": {}}, config={}, step=0)
+    with pytest.raises(CheckpointError, match="model needs kp_detector and generator"):
+        load_fomm(tmp_path / "other.pt")
