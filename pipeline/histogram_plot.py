@@ -7,7 +7,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.errors import InputError
+# the PNG writer of the loss-curve plots (pipeline.train): same error on an unwritable path
+from pipeline.train import _write_png as write_png
 
 _COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40)]  # RGB
 
@@ -27,7 +28,7 @@ def draw_histograms(series: dict[str, np.ndarray], png_path: str | Path, *, bins
     values = np.concatenate([v for v in finite.values()] + ([np.array([threshold])] if threshold is not None else []))
     if values.size == 0:
         cv2.putText(img, "no values", (x0 + 20, (y0 + y1) // 2), font, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
-        _write(png_path, img)
+        write_png(png_path, img)
         return
     lo, hi = float(values.min()), float(values.max())
     hi = hi if hi > lo else lo + 1.0
@@ -63,11 +64,5 @@ def draw_histograms(series: dict[str, np.ndarray], png_path: str | Path, *, bins
     cv2.putText(img, str(top_count), (8, y0 + 4), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(img, "0", (40, y1 + 4), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(img, xlabel, ((x0 + x1) // 2 - 40, height - 10), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
-    _write(png_path, img)
+    write_png(png_path, img)
 
-
-def _write(path: str | Path, rgb: np.ndarray) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-        raise InputError(path, "could not write PNG")
