@@ -96,7 +96,7 @@ class KeypointsParams:
     task_frames: int = 2048  # frames per Dask task (the model is loaded once per task)
     chunk_frames: int = 256
     shard_frames: int = 16384
-    extra_frames: tuple[str, ...] = ()  # more frame stores (e.g. kept pseudo clips), appended after the corpus
+    extra_frames: tuple[str, ...] = ()  # more frame stores (params.yaml: the pseudo clips), after the corpus
     report_clips: int = 24  # held-out clips reconstructed for the report (0 = all)
     probe_stride: int = 2  # every n-th frame of the real clips feeds the probes
     # ridge penalties (standardised features) tried; one picked by leave-one-actor-out CV on training actors
@@ -174,6 +174,189 @@ class SyncFilterParams:
     hist_bins: int = 30
 
 
+@dataclass(frozen=True)
+class TrainMotionParams:
+    """Motion Reconstruction (paper 3.2, Eq. 1-5): E_e, E_m, D_em trained on keypoints of the quadruples."""
+
+    expression_dim: int = 32  # f_e size
+    mouth_dim: int = 16  # f_m size
+    hidden: int = 128  # MLP width
+    layers: int = 2  # hidden layers per MLP
+    relative_input: bool = True  # encoders read (p, j) - (p_neu, j_neu); false = absolute keypoints (the paper's E_e(p, j))
+    neutral_to_decoder: bool = False  # D_em's MLP also reads (p_neu, j_neu); false = it only adds its output to them
+    feature_norm: str = "batch"  # batch | layer: f_e, f_m standardised per dimension over the batch, or per vector
+    use_rec: bool = True  # Table 2 ablations: false = "w/o L_rec" (Eq. 1)
+    use_self: bool = True  # false = "w/o L_self" (Eq. 2)
+    use_con: bool = True  # false = "w/o L_e/m-con" (Eq. 3 and 4)
+    use_filter: bool = True  # train on quadruples whose two pseudo clips sync_filter kept; false = "w/o filter"
+    lambda_e_con: float = 0.03  # Eq. 5 weights of the consistency losses
+    lambda_m_con: float = 0.03
+    jacobian_weight: float = 1.0  # weight of Jacobian differences inside ||(p, j)||_2
+    batch_size: int = 256  # quadruples per step (each gives 6 frames)
+    steps: int = 30000  # upper bound; on CPU max_minutes stops first
+    max_minutes: float = 3.0
+    lr: float = 1.0e-3
+    resume: bool = False
+    checkpoint_every: int = 1000
+    log_every: int = 100
+    threads: int = 1  # torch threads (tiny MLPs gain nothing from more); 0 = torch's default
+
+
+@dataclass(frozen=True)
+class DecomposeParams:
+    batch_size: int = 4096  # frames per forward pass
+    task_frames: int = 16384  # frames per Dask task (the model is loaded once per worker)
+    chunk_frames: int = 1024
+    shard_frames: int = 65536
+
+
+@dataclass(frozen=True)
+class MotionReportParams:
+    stride: int = 2  # every n-th frame of each clip is measured (reconstruction and probes)
+    # ridge penalties (standardised features) tried; one picked by leave-one-actor-out CV on training actors
+    probe_alphas: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
+    mouth_open_param: str = "jaw_open"  # render_params column of the mouth-opening probe
+    viseme_params: tuple[str, ...] = ("viseme_jaw", "viseme_spread", "viseme_round", "viseme_closure")
+
+
+@dataclass(frozen=True)
+class TrainEvaluatorParams:
+    """The judges of `evaluate`: an emotion classifier and a 68-point landmark regressor on TRAIN actors' frames."""
+
+    image_size: int = 64  # side of the faces both nets see (landmarks are still reported in corpus px)
+    width: int = 16  # channels of the first conv block (x2, x4, x6 after)
+    frame_stride: int = 2  # every n-th frame of each training clip (neighbours are near duplicates)
+    eval_stride: int = 1  # every n-th frame of the held-out clips
+    batch_size: int = 64
+    steps: int = 800  # the cosine schedule runs over these: a run that reaches them is reproducible
+    max_minutes: float = 3.0  # wall-clock guard for both nets together
+    lr: float = 2.0e-3
+    shift: int = 3  # random shift in px of image_size (landmark targets move along)
+    jitter: float = 0.1  # per-channel gain and brightness offset range (unseen actors' colours)
+    soften_fraction: float = 0.5  # share of each batch blurred 2x down/up (generated frames are softer)
+    bf16: bool = True  # bf16 autocast for the conv stacks (heads stay fp32)
+    log_every: int = 20
+    threads: int = 0  # torch threads; 0 = torch's default
+
+
+@dataclass(frozen=True)
+class TrainAudioParams:
+    """EVP's emotion/content disentanglement (EMMN 3.3): content e_c per frame, utterance-level emotion e_e."""
+
+    pretrained: str | None = None  # EVP disentanglement checkpoint (<epoch>_pretrain.pth): import, do not train
+    width: float = 0.125  # channel multiplier of EVP's layout (1.0 = the released one; with 256/128 dims, no temporal)
+    content_dim: int = 128  # e_c size (EVP: 256)
+    emotion_dim: int = 64  # e_e size (EVP: 128)
+    emotion_input: str = "mel"  # mel: E_e on the Wav2Lip mel windows (keep pitch, loudness) | mfcc: EVP's E_e on MFCC windows
+    emotion_stride: int = 2  # E_e reads every n-th frame's window (windows span 7 frames: n <= 7 hears everything)
+    temporal_channels: int = 64  # temporal conv stack over window embeddings before pooling; 0 = EVP's mean
+    temporal_layers: int = 3
+    standardize: bool = True  # MFCC standardised per coefficient (training statistics); false = EVP's raw MFCC
+    batch_quads: int = 8  # quads per step (4 clips each)
+    segment_frames: int = 24  # frames of content / reconstruction per clip and step
+    emotion_frames: int = 40  # frames E_e hears per clip and step (the whole clip at evaluation)
+    cross_actor_prob: float = 0.5  # share of quads whose second sentence (the emotion source) is another actor's
+    self_weight: float = 1.0  # loss weights; reconstructions are mean |.| in MFCC units
+    cross_weight: float = 1.0
+    content_weight: float = 1.0
+    classification_weight: float = 1.0
+    lr: float = 1.0e-3
+    steps: int = 20000  # upper bound; on CPU max_minutes stops first
+    max_minutes: float = 3.0
+    bn_recalibration_batches: int = 30  # training batches whose exact BN statistics replace the running ones
+    eval_quads: int = 64  # held-out quads for the reconstruction errors
+    probe_alphas: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0, 1000.0)  # linear-probe penalties (leave-one-actor-out)
+    resume: bool = False
+    checkpoint_every: int = 200
+    log_every: int = 10
+    threads: int = 0  # torch threads; 0 = torch's default
+
+
+@dataclass(frozen=True)
+class TrainMemoryParams:
+    """Stage 1 (paper Eq. 6-14): E_i, Mouth Decoder D_m and the Motion Memory-Net on the training actors' clips."""
+
+    variant: str = "emmn"  # emmn | baseline (ablation 1: no memory, no decomposition) | mmn (ablation 2: EAMM-style)
+    slots: int = 64  # S, slots of each memory
+    temperature: float = 0.1  # tau of the cosine softmax (Eq. 7, 10); 1 = the printed formula (near-uniform)
+    balance_query: bool = True  # unit-normalise f^_m and e_e before concatenating them into the Eq. 10 query
+    lambda_exp_mem: float = 1.0  # Eq. 14 weights
+    lambda_align: float = 1.0
+    lambda_pj: float = 1.0
+    window: int = 32  # T: consecutive frames per training window (e_e is pooled over them)
+    batch_size: int = 16  # windows per step
+    steps: int = 20000  # upper bound; on CPU max_minutes stops first
+    max_minutes: float = 4.0  # wall-clock budget
+    lr: float = 1.0e-3
+    identity_dim: int = 64  # f_i size
+    identity_size: int = 64  # E_i reads the reference image at this side
+    identity_channels: tuple[int, ...] = (16, 32, 64, 64)  # E_i: one stride-2 conv per entry
+    hidden: int = 128  # D_m width
+    decoder_blocks: int = 3  # D_m residual temporal conv blocks
+    kernel: int = 5  # D_m temporal kernel (odd): context of blocks * (kernel // 2) frames each side
+    latent_dim: int = 16  # ablations: D_m output size (emmn uses motion.pt's mouth_dim)
+    mmn_keypoints: int = 3  # mmn: upper-face keypoints the expression memory stores
+    eval_clips: int = 0  # held-out clips scored in memory.json (0 = all); as many training clips for comparison
+    log_every: int = 20
+    threads: int = 0  # torch threads; 0 = torch's default
+
+
+@dataclass(frozen=True)
+class FinetuneRenderParams:
+    """Stage 2 (paper Eq. 15): the FOMM renderer fine-tuned on frames rendered from EmmnNet's keypoints."""
+
+    vgg19: str | None = None  # torchvision VGG19 weights: Eq. 15 on VGG features; unset = multi-scale L1 on pixels
+    train_dense_motion: bool = True  # also fine-tune the flow estimator (else the image generator only)
+    scales: tuple[float, ...] = (1.0, 0.5, 0.25, 0.125)  # image pyramid the loss is summed over (FOMM's)
+    batch_size: int = 8
+    steps: int = 20000  # upper bound; on CPU max_minutes stops first
+    max_minutes: float = 3.0  # wall-clock budget
+    lr: float = 1.0e-4
+    eval_clips: int = 4  # held-out clips rendered before and after fine-tuning (0 = all)
+    log_every: int = 10
+    threads: int = 0  # torch threads; 0 = torch's default
+
+
+@dataclass(frozen=True)
+class GenerateParams:
+    """Inference: `emmn generate` on a photo, and the generate stage over the held-out clips."""
+
+    # rows of data/outputs: ground_truth, static, wav2lip_only, emmn, baseline, mmn
+    rows: tuple[str, ...] = ("ground_truth", "static", "wav2lip_only", "emmn")
+    # EmmnNet checkpoints of the ablation rows (train_memory with another `variant`); a row whose file is
+    # missing is skipped and reported
+    variant_models: dict = dataclasses.field(
+        default_factory=lambda: {"baseline": "data/models/emmn_baseline.pt", "mmn": "data/models/emmn_mmn.pt"})
+    wav2lip_paste: str = "lower"  # wav2lip_only row: lower | full (as pseudo_pairs.paste)
+    filter: bool = True  # one-euro filter on (p^, j^) before rendering (paper 3.5)
+    filter_min_cutoff: float = 1.0  # Hz
+    filter_beta: float = 0.5
+    filter_d_cutoff: float = 1.0  # Hz
+    crop_enlarge: float = 1.4  # photo: detector box -> crop side (measured on the corpus frames: 1.39)
+    crop_shift_down: float = 0.12  # photo: crop centre below the box centre, in box heights (corpus: 0.12)
+    feather: float = 0.12  # paste-back: soft border, fraction of the crop side
+    max_side: int = 1280  # photo scaled down to this longer side
+    min_seconds: float = 0.2  # shorter audio is refused
+    silence_dbfs: float = -55.0  # audio with a lower RMS level is refused as silent
+    block_frames: int = 250  # frames per block (memory bound for long audio; also e_e's pooling span)
+    batch_size: int = 4  # frames per generator call (larger batches were slower per frame on CPU)
+    crf: int = 18  # H.264 quality
+    max_clips: int = 0  # held-out clips per row (0 = all; spread over actors and emotions)
+    sheet_actor: str | None = None  # emotions_sheet.png: held-out actor (null = the first)
+    sheet_frames: int = 6  # generated frames per emotion in the sheet
+    chunk_frames: int = 16
+    shard_frames: int = 512
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    """Table 1: every row of data/outputs/frames.zarr scored against the held-out ground truth."""
+
+    rows: tuple[str, ...] = ("ground_truth", "static", "wav2lip_only", "baseline", "mmn", "emmn")
+    sync_weights: str | None = None  # null = data/models/sync_scorer.pt; or the official syncnet_v2.model
+    dlib_predictor: str | None = None  # shape_predictor_68_face_landmarks.dat (or auto) for real faces; null = regressor
+
+
 SECTIONS: dict[str, type] = {
     "base": BaseParams,
     "corpus": CorpusParams,
@@ -185,6 +368,15 @@ SECTIONS: dict[str, type] = {
     "train_wav2lip": TrainWav2lipParams,
     "pseudo_pairs": PseudoPairsParams,
     "sync_filter": SyncFilterParams,
+    "train_motion": TrainMotionParams,
+    "decompose": DecomposeParams,
+    "motion_report": MotionReportParams,
+    "train_evaluator": TrainEvaluatorParams,
+    "evaluate": EvaluateParams,
+    "train_audio": TrainAudioParams,
+    "train_memory": TrainMemoryParams,
+    "finetune_render": FinetuneRenderParams,
+    "generate": GenerateParams,
 }
 
 
@@ -245,4 +437,6 @@ __all__ = [
     "as_dict", "build_section", "deep_merge", "load_section", "read_yaml", "with_field",
     "TrainFommParams", "KeypointsParams",
     "TrainSyncnetParams", "TrainSyncScorerParams", "TrainWav2lipParams", "PseudoPairsParams", "SyncFilterParams",
+    "TrainMotionParams", "DecomposeParams", "MotionReportParams", "TrainEvaluatorParams", "EvaluateParams",
+    "TrainAudioParams", "TrainMemoryParams", "FinetuneRenderParams", "GenerateParams",
 ]

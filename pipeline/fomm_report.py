@@ -7,6 +7,8 @@
 * probe: ridge probes fitted on training actors and scored (R^2) on held-out actors, from keypoints
   (values + Jacobians, read from keypoints.zarr) to the corpus's mouth-opening control and to the 68
   GT landmarks; the same probes on an UNTRAINED detector (same seed = the training run's start).
+  Features are centred per actor (relative motion, as the pipeline uses keypoints); the uncentred
+  probes are reported too (`*_uncentred`): across faces they mostly measure identity, not motion.
 Plus a side-by-side video (source | driving | reconstruction, keypoints drawn) of one held-out clip and
 a PNG strip of it.
 """
@@ -29,7 +31,7 @@ from pipeline.errors import InputError
 from pipeline.fomm_io import FommModel, detect_keypoints, frames_to_tensor, keypoints_dict, reconstruct
 from pipeline.fomm_train import init_fomm
 from pipeline.media import write_mp4
-from pipeline.probes import grouped_probe_r2
+from pipeline.probes import centre_per_group, grouped_probe_r2
 from pipeline.store import open_store, read_index
 
 MOUTH = slice(48, 68)  # dlib 68-point layout: outer + inner lips
@@ -193,14 +195,19 @@ def keypoint_probes(model: FommModel, seed: int, corpus_dir: Path, kp_store: Pat
     targets = {"mouth_open": "mouth", "landmarks": "landmarks"}
     for detector in ("trained", "untrained"):
         suffix = "" if detector == "trained" else "_untrained"
-        for name, key in targets.items():
-            if key == "mouth" and mouth_column is None:
-                r2, alpha = math.nan, math.nan
-            else:
-                r2, alpha = grouped_probe_r2(train[detector], train[key], train["actor"], test[detector], test[key],
-                                             tuple(p.probe_alphas))
-            out[f"r2_{name}{suffix}"] = r2
-            out[f"alpha_{name}{suffix}"] = alpha
+        for centred in (True, False):
+            tag = "" if centred else "_uncentred"
+            train_x, test_x = train[detector], test[detector]
+            if centred:  # the features as the pipeline uses them: relative to the same face
+                train_x, test_x = centre_per_group(train_x, train["actor"]), centre_per_group(test_x, test["actor"])
+            for name, key in targets.items():
+                if key == "mouth" and mouth_column is None:
+                    r2, alpha = math.nan, math.nan
+                else:
+                    r2, alpha = grouped_probe_r2(train_x, train[key], train["actor"], test_x, test[key],
+                                                 tuple(p.probe_alphas))
+                out[f"r2_{name}{suffix}{tag}"] = r2
+                out[f"alpha_{name}{suffix}{tag}"] = alpha
     out["r2_mouth_open_gain"] = out["r2_mouth_open"] - out["r2_mouth_open_untrained"]
     out["train_frames"] = int(len(train["trained"]))
     out["test_frames"] = int(len(test["trained"]))

@@ -5,6 +5,10 @@ Features are standardised with the TRAINING rows' mean and std, targets centred 
 uniformly over targets (so 68 landmarks x 2 coordinates count equally). The penalty is picked
 from a grid by leave-one-group-out cross-validation on the training rows only (groups = actors), so
 the scoring rows (held-out actors) never influence the probe.
+
+`centre_per_group` removes each actor's mean feature vector first: keypoint positions carry the
+face's shape, which a linear map fitted on other faces cannot undo, while the FOMM pipeline only ever
+uses keypoints relative to the same face (driving minus initial, or minus the neutral frame).
 """
 
 from __future__ import annotations
@@ -86,6 +90,16 @@ def grouped_probe_r2(train_x: np.ndarray, train_y: np.ndarray, train_groups: np.
     """(test R^2, alpha): alpha chosen by `select_alpha` on the training rows, then fitted on all of them."""
     alpha, _ = select_alpha(train_x, train_y, train_groups, alphas)
     return probe_r2(train_x, train_y, test_x, test_y, alpha), alpha
+
+
+def centre_per_group(features: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Subtract each group's mean row (NaN rows ignored in the mean) from that group's rows."""
+    x = np.asarray(features, np.float64).reshape(len(features), -1).copy()
+    groups = np.asarray(groups)
+    for g in np.unique(groups):
+        rows = groups == g
+        x[rows] -= np.nanmean(x[rows], axis=0)
+    return x
 
 
 def _finite_rows(x: np.ndarray, y: np.ndarray, *others: np.ndarray) -> tuple[np.ndarray, ...]:

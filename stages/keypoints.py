@@ -3,9 +3,13 @@
     python -m stages.keypoints
 Writes `value` (F, N, 2) (x, y in [-1, 1]) and `jacobian` (F, N, 2, 2), NaN fill, with the per-clip
 index of the corpus frames (row r = corpus frame r), then the clips of every store in
-`keypoints.extra_frames` (the hook for the kept pseudo clips: any Zarr store with `frames` and a
-per-clip index). Clip groups are mapped over Dask workers; this process is the ONE writer, so no
-shard ever has two. Then data/reports/fomm.json (+ a held-out side-by-side video) is written.
+`keypoints.extra_frames` (any Zarr store with `frames` and a per-clip index; params.yaml names
+data/pseudo/frames.zarr: every pseudo clip, kept by sync_filter or not, so a new threshold or the
+train_motion.use_filter ablation needs no new keypoints). Also `reference_value` (A, N, 2),
+`reference_jacobian` (A, N, 2, 2) and `reference_actor` (A,): the keypoints of each actor's neutral
+reference frame (corpus `reference_frames`), the (p_neu, j_neu) of Motion Reconstruction.
+Clip groups are mapped over Dask workers; this process is the ONE writer, so no shard ever has two.
+Then data/reports/fomm.json (+ a held-out side-by-side video) is written.
 """
 
 from __future__ import annotations
@@ -16,13 +20,14 @@ from typing import Annotated
 
 import numpy as np
 import typer
+import zarr
 
 from pipeline.config import BaseParams, KeypointsParams, as_dict, load_section
 from pipeline.errors import InputError
 from pipeline.fomm_io import detect_keypoints, load_fomm
 from pipeline.fomm_report import build_fomm_report, write_report
 from pipeline.parallel import dask_client, ordered_map
-from pipeline.store import ArraySpec, RaggedStoreWriter, atomic_output, open_store, read_index
+from pipeline.store import ArraySpec, RaggedStoreWriter, atomic_output, blosc_zstd, open_store, read_index
 from pipeline.train import pick_device
 from stages.common import ParamsOption, one_line_errors, stage_app
 
@@ -86,6 +91,25 @@ def group_tasks(sources: list, model_path: Path, p: KeypointsParams, single_thre
     return tasks
 
 
+def write_reference_keypoints(store: Path, corpus_dir: Path, model, batch_size: int, device: str) -> None:
+    """`reference_value`, `reference_jacobian`, `reference_actor`: keypoints of each actor's neutral frame."""
+    frames_path = Path(corpus_dir) / "frames.zarr"
+    corpus = open_store(frames_path)
+    if "reference_frames" not in corpus or "reference_actor" not in corpus:
+        raise InputError(frames_path, "no reference_frames / reference_actor (the neutral frame per actor)")
+    model.kp_detector.to(pick_device(device))
+    value, jacobian = detect_keypoints(model.kp_detector, corpus["reference_frames"][:], model.config.image_size,
+                                       batch_size)
+    actors = [str(a) for a in corpus["reference_actor"][:]]
+    root = zarr.open_group(store, mode="a")
+    root.create_array("reference_value", data=value, compressors=blosc_zstd(value.dtype),
+                      dimension_names=("actor", "keypoint", "xy"))
+    root.create_array("reference_jacobian", data=jacobian, compressors=blosc_zstd(jacobian.dtype),
+                      dimension_names=("actor", "keypoint", "row", "col"))
+    ids = root.create_array("reference_actor", shape=(len(actors),), dtype=str, dimension_names=("actor",))
+    ids[:] = np.asarray(actors)
+
+
 def build_keypoints(corpus_dir: Path, model_path: Path, out: Path, base: BaseParams, p: KeypointsParams) -> int:
     """Write keypoints.zarr atomically; return the number of frames."""
     model = load_fomm(model_path)
@@ -114,6 +138,7 @@ def build_keypoints(corpus_dir: Path, model_path: Path, out: Path, base: BasePar
                     writer.write_clip(clip, result)
                     clip += 1
         writer.close()
+        write_reference_keypoints(tmp, corpus_dir, model, p.batch_size, base.device)
     return int(sum(lengths))
 
 

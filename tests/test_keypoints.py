@@ -13,7 +13,7 @@ from pipeline.config import BaseParams, with_field
 from pipeline.errors import InputError
 from pipeline.fomm_io import detect_keypoints, load_fomm
 from pipeline.fomm_report import mouth_boxes, mouth_l1, psnr, select_evenly, ssim
-from pipeline.probes import fit_ridge, grouped_probe_r2, probe_r2, r2_score, select_alpha
+from pipeline.probes import centre_per_group, fit_ridge, grouped_probe_r2, probe_r2, r2_score, select_alpha
 from pipeline.store import ArraySpec, RaggedStoreWriter, read_clip, read_index
 from pipeline.train import torch_threads
 from stages.keypoints import build_keypoints, run_keypoints
@@ -41,7 +41,8 @@ def stage_run(tiny_corpus, tmp_path_factory):
         run_train_fomm(tiny_corpus, out / "fomm.pt", out / "losses.csv", out / "losses.png", BASE,
                        tiny_section("train_fomm"))
         report = run_keypoints(tiny_corpus, out / "fomm.pt", out / "keypoints.zarr", out / "fomm.json",
-                               out / "heldout.mp4", out / "heldout.png", BASE, tiny_section("keypoints"))
+                               out / "heldout.mp4", out / "heldout.png", BASE,
+                               tiny_section("keypoints", extra_frames=()))  # no pseudo clips here
     return out, report
 
 
@@ -181,4 +182,28 @@ def test_missing_model_is_a_one_line_error(tiny_corpus, tmp_path):
     from pipeline.errors import CheckpointError
 
     with pytest.raises(CheckpointError, match="checkpoint file not found"):
-        build_keypoints(tiny_corpus, tmp_path / "none.pt", tmp_path / "kp.zarr", BASE, tiny_section("keypoints"))
+        build_keypoints(tiny_corpus, tmp_path / "none.pt", tmp_path / "kp.zarr", BASE,
+                        tiny_section("keypoints", extra_frames=()))
+
+
+def test_reference_keypoints_are_the_detector_on_each_actors_neutral_frame(stage_run, tiny_corpus):
+    out, _ = stage_run
+    store = zarr.open_group(out / "keypoints.zarr", mode="r")
+    corpus = zarr.open_group(tiny_corpus / "frames.zarr", mode="r")
+    actors = list(corpus["reference_actor"][:])
+    assert list(store["reference_actor"][:]) == actors and len(actors) == 3  # 2 training + 1 held-out actor
+    assert store["reference_value"].shape == (3, 5, 2) and store["reference_jacobian"].shape == (3, 5, 2, 2)
+    value, jacobian = detect_keypoints(load_fomm(out / "fomm.pt").kp_detector, corpus["reference_frames"][:], 64)
+    np.testing.assert_allclose(store["reference_value"][:], value, atol=1e-6)
+    np.testing.assert_allclose(store["reference_jacobian"][:], jacobian, atol=1e-6)
+    first_clip = read_index(out / "keypoints.zarr").clip_id[0]
+    assert set(read_clip(out / "keypoints.zarr", first_clip)) == {"value", "jacobian"}  # references are not per frame
+
+
+def test_centre_per_group_removes_each_groups_mean():
+    x = np.array([[1.0, 10.0], [3.0, 14.0], [100.0, 0.0], [np.nan, np.nan], [104.0, 2.0]])
+    groups = np.array(["a", "a", "b", "b", "b"])
+    centred = centre_per_group(x, groups)
+    np.testing.assert_allclose(centred[:3], [[-1.0, -2.0], [1.0, 2.0], [-2.0, -1.0]])
+    assert np.isnan(centred[3]).all()
+    np.testing.assert_allclose(centred[4], [2.0, 1.0])

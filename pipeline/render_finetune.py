@@ -1,0 +1,287 @@
+"""Stage 2 of EMMN training (paper §3.5, Eq. 15): fine-tune the renderer on EmmnNet-predicted keypoints.
+
+The FOMM generator was trained (train_fomm) on keypoints E_k detects in real frames. At inference it
+is driven by keypoints EmmnNet predicts from audio, which are smoother and carry their own small
+errors. Stage 2 closes that gap: for a frame t of a training clip, the frozen EmmnNet predicts (p^, j^)
+from the clip's audio and the actor's neutral reference; the generator renders y^ from the reference
+with source keypoints (p_neu, j_neu) and driving (p^, j^); the loss compares y^ with the real frame y.
+EmmnNet's predictions for every clip are computed once up front (it is frozen); they are the raw
+per-frame keypoints, not one-euro filtered (the filter only smooths them over time, and training
+samples single frames). E_k is not trained; the output keeps it so the file is a complete renderer.
+
+Loss: Eq. 15 on VGG19 features (relu1_1 ... relu5_1, FOMM's perceptual layers) when `vgg19` names
+torchvision's weight file; without it no pretrained VGG exists here, and the same equation is applied
+to the pixels themselves (multi-scale L1): `RenderLoss.kind` says which, and the log and report say it.
+Either way over an image pyramid (FOMM's scales), summed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from pipeline.config import BaseParams, FinetuneRenderParams
+from pipeline.errors import InputError
+from pipeline.fomm_io import detect_keypoints, frames_to_tensor, load_fomm
+from pipeline.fomm_losses import MIN_VGG_SIZE
+from pipeline.fomm_report import psnr
+from pipeline.generate import check_keypoint_count, predict_keypoints
+from pipeline.models.fomm import ImagePyramid
+from pipeline.models.vgg19 import Vgg19Features, load_vgg19
+from pipeline.store import open_store, read_index
+from pipeline.train import (
+    Budget,
+    LossLog,
+    pick_device,
+    run_loop,
+    save_training_state,
+    seed_all,
+    step_rngs,
+    torch_threads,
+)
+
+
+def stage2_loss(real_maps: Sequence[torch.Tensor], fake_maps: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Eq. 15, L_stage2 = sum_{i=1}^{l} || VGG_i(y^(t)) - VGG_i(y^^(t)) ||_1.
+
+    `real_maps` are the feature maps VGG_i(y) of the ground-truth frame, `fake_maps` those of the rendered
+    frame, one per layer i. Each layer's L1 norm is taken as the mean absolute difference over its
+    elements (batch, channels, pixels), as FOMM's perceptual loss does, so layers of different sizes
+    count alike; the layers' terms are summed. Real maps are constants (no gradient).
+    """
+    if len(real_maps) != len(fake_maps) or not real_maps:
+        raise ValueError(f"need the same, non-zero number of feature maps, got {len(real_maps)} and {len(fake_maps)}")
+    total = fake_maps[0].new_zeros((), dtype=torch.float32)
+    for real, fake in zip(real_maps, fake_maps):
+        total = total + (real.detach().float() - fake.float()).abs().mean()
+    return total
+
+
+class RenderLoss(nn.Module):
+    """Eq. 15 summed over an image pyramid: VGG19 feature maps per level, or the level's pixels (L1)."""
+
+    def __init__(self, scales: Sequence[float], vgg: Vgg19Features | None = None, num_channels: int = 3):
+        super().__init__()
+        self.pyramid = ImagePyramid(tuple(scales), num_channels)
+        self.vgg = vgg
+        self.kind = "perceptual_vgg19" if vgg is not None else "multiscale_l1"
+
+    def forward(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        pred_levels, real_levels = self.pyramid(prediction.float()), self.pyramid(target.float())
+        total = prediction.new_zeros((), dtype=torch.float32)
+        for key, pred in pred_levels.items():
+            real = real_levels[key]
+            if self.vgg is None:
+                total = total + stage2_loss([real], [pred])
+            elif min(pred.shape[-2:]) >= MIN_VGG_SIZE:  # relu5_1 needs 16 px after four 2x2 pools
+                with torch.no_grad():
+                    real_maps = self.vgg(real)
+                total = total + stage2_loss(real_maps, self.vgg(pred))
+        return total
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+@dataclass
+class PredictedClips:
+    """Real clips with EmmnNet's keypoints for each frame: where their frames are, and their actors."""
+
+    clip_ids: list[str]
+    actors: list[str]
+    starts: np.ndarray  # first corpus frame of each clip
+    lengths: np.ndarray
+    value: list[np.ndarray]  # per clip (T,N,2) predicted p^
+    jacobian: list[np.ndarray]  # per clip (T,N,2,2) predicted j^
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.lengths.sum())
+
+
+@dataclass
+class References:
+    """Each actor's neutral reference frame as a [1,3,S,S] tensor and its (p_neu, j_neu)."""
+
+    images: dict[str, torch.Tensor]
+    keypoints: dict[str, dict[str, np.ndarray]]
+
+
+def actor_references(corpus_dir: Path, kp_detector: nn.Module, image_size: int) -> References:
+    root = open_store(corpus_dir / "frames.zarr")
+    if "reference_frames" not in root or "reference_actor" not in root:
+        raise InputError(corpus_dir / "frames.zarr", "no reference_frames / reference_actor (re-run the corpus stage)")
+    frames, actors = root["reference_frames"][:], [str(a) for a in root["reference_actor"][:]]
+    value, jacobian = detect_keypoints(kp_detector, frames, image_size)
+    images = {a: frames_to_tensor(frames[i:i + 1], image_size) for i, a in enumerate(actors)}
+    keypoints = {a: {"value": value[i:i + 1], "jacobian": jacobian[i:i + 1]} for i, a in enumerate(actors)}
+    return References(images, keypoints)
+
+
+def real_clips(corpus_dir: Path, split: str, limit: int = 0) -> pd.DataFrame:
+    manifest_path = corpus_dir / "manifest.parquet"
+    if not manifest_path.is_file():
+        raise InputError(manifest_path, "corpus manifest not found (run the corpus stage first)")
+    manifest = pd.read_parquet(manifest_path)
+    clips = manifest[(manifest.split == split) & (manifest.kind == "real")].sort_values("clip_id")
+    if clips.empty:
+        raise InputError(manifest_path, f"no {split}-split real clips")
+    if limit > 0 and len(clips) > limit:  # evenly spread over the (sorted) clips: every actor and emotion
+        clips = clips.iloc[np.linspace(0, len(clips) - 1, limit).round().astype(int)]
+    return clips
+
+
+def predict_clips(emmn: nn.Module, clips: pd.DataFrame, audio_store: Path, refs: References) -> PredictedClips:
+    """EmmnNet's (p^, j^) for every frame of the clips (emotion from each clip's audio, as at inference)."""
+    audio_index = read_index(audio_store).set_index("clip_id")
+    mfcc = open_store(audio_store)["mfcc"]
+    mel = open_store(audio_store)["mel"] if getattr(emmn, "needs_mel", False) else None
+    values, jacobians = [], []
+    for row in clips.itertuples():
+        if row.clip_id not in audio_index.index:
+            raise InputError(audio_store, f"clip '{row.clip_id}' has no audio features (re-run audio_features)")
+        a = audio_index.loc[row.clip_id]
+        windows = np.asarray(mfcc[int(a.start):int(a.stop)], np.float32)
+        mel_windows = None if mel is None else np.asarray(mel[int(a.start):int(a.stop)], np.float32)
+        value, jacobian = predict_keypoints(emmn, refs.images[row.actor], windows, refs.keypoints[row.actor],
+                                            mel=mel_windows)
+        values.append(value)
+        jacobians.append(jacobian)
+    lengths = np.array([len(v) for v in values], np.int64)
+    if not np.array_equal(lengths, clips.frames.to_numpy(np.int64)):
+        raise InputError(audio_store, "audio features and corpus clips differ in length (re-run audio_features)")
+    return PredictedClips(list(clips.clip_id), list(clips.actor), clips.start.to_numpy(np.int64), lengths,
+                          values, jacobians)
+
+
+class FrameSampler:
+    """Random (clip, frame) batches: references, their keypoints, predicted driving keypoints, real frames."""
+
+    def __init__(self, corpus_dir: Path, clips: PredictedClips, refs: References, image_size: int):
+        self.frames = open_store(corpus_dir / "frames.zarr")["frames"]
+        self.clips, self.refs, self.image_size = clips, refs, image_size
+
+    def batch(self, picks: Sequence[tuple[int, int]]) -> dict[str, torch.Tensor]:
+        c = self.clips
+        kp_src = [self.refs.keypoints[c.actors[i]] for i, _ in picks]
+        return {
+            "source": torch.cat([self.refs.images[c.actors[i]] for i, _ in picks]),
+            "target": frames_to_tensor(np.stack([self.frames[int(c.starts[i]) + t] for i, t in picks]),
+                                       self.image_size),
+            "kp_source_value": torch.from_numpy(np.concatenate([k["value"] for k in kp_src])),
+            "kp_source_jacobian": torch.from_numpy(np.concatenate([k["jacobian"] for k in kp_src])),
+            "kp_driving_value": torch.from_numpy(np.stack([c.value[i][t] for i, t in picks])),
+            "kp_driving_jacobian": torch.from_numpy(np.stack([c.jacobian[i][t] for i, t in picks])),
+        }
+
+    def sample(self, rng: np.random.Generator, size: int) -> dict[str, torch.Tensor]:
+        clips = rng.integers(len(self.clips.clip_ids), size=size)
+        return self.batch([(int(i), int(rng.integers(self.clips.lengths[i]))) for i in clips])
+
+    def clip_batches(self, index: int, batch_size: int):
+        for start in range(0, int(self.clips.lengths[index]), batch_size):
+            stop = min(start + batch_size, int(self.clips.lengths[index]))
+            yield self.batch([(index, t) for t in range(start, stop)])
+
+
+def render_batch(generator: nn.Module, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+    """The generator's prediction for a sampler batch (source = reference, driving = predicted keypoints)."""
+    b = {k: v.to(device) for k, v in batch.items()}
+    return generator(b["source"], kp_driving={"value": b["kp_driving_value"], "jacobian": b["kp_driving_jacobian"]},
+                     kp_source={"value": b["kp_source_value"], "jacobian": b["kp_source_jacobian"]})["prediction"]
+
+
+@torch.inference_mode()
+def evaluate(generator: nn.Module, sampler: FrameSampler, device: torch.device, batch_size: int = 16) -> dict:
+    """Mean L1 and PSNR (dB) of rendered vs real frames over every frame of the sampler's clips."""
+    was_training = generator.training
+    generator.eval()
+    l1, db, count = 0.0, 0.0, 0
+    for i in range(len(sampler.clips.clip_ids)):
+        for batch in sampler.clip_batches(i, batch_size):
+            pred = render_batch(generator, batch, device).float().cpu()
+            target = batch["target"]
+            l1 += float((pred - target).abs().flatten(1).mean(1).sum())
+            db += float(psnr(pred, target).sum())
+            count += len(pred)
+    generator.train(was_training)
+    return {"l1": round(l1 / max(count, 1), 6), "psnr": round(db / max(count, 1), 4), "frames": count}
+
+
+# ------------------------------------------------------------------------------------------- training
+
+
+def finetune_render(corpus_dir: str | Path, audio_store: str | Path, emmn_path: str | Path, fomm_path: str | Path,
+                    model_out: str | Path, losses_csv: str | Path, base: BaseParams, p: FinetuneRenderParams,
+                    *, log=print) -> dict:
+    """Fine-tune fomm.pt's generator (+ dense motion) with Eq. 15 on EmmnNet-driven renders of training
+    clips; write `model_out` (fomm.pt layout: the unchanged E_k + the fine-tuned generator) and the loss
+    log; return metrics (held-out L1/PSNR before and after, loss kind, steps)."""
+    from pipeline.models.emmn import load_emmn
+
+    corpus_dir, audio_store = Path(corpus_dir), Path(audio_store)
+    with torch_threads(p.threads):
+        device = pick_device(base.device)
+        seed_all(base.seed)
+        fomm = load_fomm(fomm_path)
+        emmn = load_emmn(emmn_path).to(device)
+        check_keypoint_count(emmn, emmn_path, fomm.config.num_kp, fomm_path)
+        kp_detector, generator = fomm.kp_detector.to(device), fomm.generator.to(device)
+        size = fomm.config.image_size
+        refs = actor_references(corpus_dir, kp_detector, size)
+        train = predict_clips(emmn, real_clips(corpus_dir, "train"), audio_store, refs)
+        heldout = predict_clips(emmn, real_clips(corpus_dir, "test", p.eval_clips), audio_store, refs)
+        del emmn  # frozen: its predictions are all stage 2 needs
+        train_sampler = FrameSampler(corpus_dir, train, refs, size)
+        eval_sampler = FrameSampler(corpus_dir, heldout, refs, size)
+
+        vgg = load_vgg19(p.vgg19).to(device) if p.vgg19 else None
+        loss_fn = RenderLoss(p.scales, vgg, fomm.config.num_channels).to(device)
+        log(f"finetune_render: loss = Eq. 15 on {loss_fn.kind}"
+            + (f" (VGG19 weights {p.vgg19})" if vgg is not None
+               else " (no finetune_render.vgg19 weights given: no pretrained VGG here, so the equation is applied "
+                    "to the pixels of an image pyramid)")
+            + f"; dense motion {'fine-tuned' if p.train_dense_motion else 'frozen'}; device {device}")
+        log(f"finetune_render: {len(train.clip_ids)} training clips ({train.num_frames} frames) driven by EmmnNet "
+            f"keypoints; {len(heldout.clip_ids)} held-out clips for evaluation")
+        generator.dense_motion_network.requires_grad_(p.train_dense_motion)
+        trainable = [q for q in generator.parameters() if q.requires_grad]
+        optimizer = torch.optim.Adam(trainable, lr=p.lr, betas=(0.5, 0.999))  # FOMM's betas
+        before = evaluate(generator, eval_sampler, device)
+        log(f"finetune_render: held-out before: L1 {before['l1']:.4f}, PSNR {before['psnr']:.2f} dB")
+
+        def step_fn(step: int) -> dict[str, float]:
+            rng, _ = step_rngs(base.seed, step)
+            batch = train_sampler.sample(rng, p.batch_size)
+            generator.train()
+            loss = loss_fn(render_batch(generator, batch, device), batch["target"].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            return {"stage2": float(loss.detach())}
+
+        loss_log = LossLog(losses_csv)
+        budget = Budget(p.steps, p.max_minutes)
+        steps = run_loop(step_fn, start_step=0, budget=budget, log=loss_log, log_every=p.log_every,
+                         description="finetune_render")
+        train_seconds = budget.elapsed
+        after = evaluate(generator, eval_sampler, device)
+        log(f"finetune_render: held-out after {steps} steps: L1 {after['l1']:.4f}, PSNR {after['psnr']:.2f} dB")
+        metrics = {
+            "loss": loss_fn.kind, "vgg19": p.vgg19, "train_dense_motion": p.train_dense_motion, "steps": steps,
+            "train_seconds": round(train_seconds, 1), "train_clips": len(train.clip_ids),
+            "heldout_clips": len(heldout.clip_ids), "heldout_frames": after["frames"],
+            "heldout_l1_before": before["l1"], "heldout_l1_after": after["l1"],
+            "heldout_psnr_before": before["psnr"], "heldout_psnr_after": after["psnr"],
+            "fomm": str(fomm_path), "fomm_step": fomm.step, "emmn": str(emmn_path),
+            **{f"final_{k}": round(v, 6) for k, v in loss_log.recent_means().items()},
+        }
+        save_training_state(model_out, modules={"kp_detector": kp_detector, "generator": generator.eval()},
+                            config=fomm.config.to_dict(), step=steps, metrics=metrics)
+    return metrics

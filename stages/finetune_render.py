@@ -1,0 +1,60 @@
+"""`finetune_render` stage (paper §3.5, Eq. 15): the renderer fine-tuned on EmmnNet-driven frames.
+
+    python -m stages.finetune_render             # what dvc repro runs
+    emmn finetune_render --params params.yaml
+Reads the corpus, audio.zarr, data/models/emmn.pt (frozen: predicts the driving keypoints) and
+data/models/fomm.pt (the starting renderer). Writes data/models/emmn_render.pt (fomm.pt layout: E_k
+unchanged + the fine-tuned generator, so `load_fomm` reads it), the loss log
+data/reports/finetune_render_losses.csv + PNG, and data/reports/finetune_render.json (which loss was
+used, held-out L1/PSNR before and after).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipeline.config import BaseParams, FinetuneRenderParams, load_section
+from pipeline.render_finetune import finetune_render as finetune
+from pipeline.train import plot_loss_curves
+from stages.common import ParamsOption, one_line_errors, stage_app
+
+app = stage_app()
+
+
+def run_finetune_render(corpus_dir: Path, audio_store: Path, emmn: Path, fomm: Path, model_out: Path,
+                        losses_csv: Path, losses_png: Path, report: Path, base: BaseParams,
+                        p: FinetuneRenderParams) -> dict:
+    """Fine-tune, draw the loss curves, write the report; return the metrics."""
+    metrics = finetune(corpus_dir, audio_store, emmn, fomm, model_out, losses_csv, base, p)
+    plot_loss_curves(losses_csv, losses_png, title=f"finetune_render: Eq. 15 on {metrics['loss']}")
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+@app.command()
+@one_line_errors
+def finetune_render(
+    params: ParamsOption = Path("params.yaml"),
+    corpus: Annotated[Path, typer.Option(help="corpus folder")] = Path("data/corpus"),
+    audio_features: Annotated[Path, typer.Option(help="audio.zarr")] = Path("data/features/audio.zarr"),
+    emmn: Annotated[Path, typer.Option(help="emmn.pt from train_memory")] = Path("data/models/emmn.pt"),
+    fomm: Annotated[Path, typer.Option(help="fomm.pt from train_fomm")] = Path("data/models/fomm.pt"),
+    out: Annotated[Path, typer.Option(help="fine-tuned renderer to write")] = Path("data/models/emmn_render.pt"),
+    losses: Annotated[Path, typer.Option(help="loss log CSV (DVC plot)")] = Path(
+        "data/reports/finetune_render_losses.csv"),
+    losses_png: Annotated[Path, typer.Option(help="loss curves PNG")] = Path("data/reports/finetune_render_losses.png"),
+    report: Annotated[Path, typer.Option(help="report JSON")] = Path("data/reports/finetune_render.json"),
+) -> None:
+    """Stage 2 (Eq. 15): fine-tune the FOMM renderer on frames driven by EmmnNet's predicted keypoints."""
+    base, p = load_section("base", params), load_section("finetune_render", params)
+    metrics = run_finetune_render(corpus, audio_features, emmn, fomm, out, losses, losses_png, report, base, p)
+    typer.echo(json.dumps({k: metrics[k] for k in ("loss", "steps", "heldout_psnr_before", "heldout_psnr_after")}))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,129 @@
+"""Tiny frozen parts (real AudioEncoders / MotionNet classes, seeded) and small synthetic stores laid out as the
+upstream stages write them (manifest, frames.zarr references, keypoints.zarr, motion.zarr, audio.zarr), so
+train_memory can be tested end to end in seconds without training the upstream models.
+
+The synthetic clips carry signal: keypoints = the actor's neutral + an emotion offset on the upper keypoints +
+a mouth opening that follows a per-frame "viseme" on the lower ones; the MFCC windows encode both (the viseme
+in some coefficients, the emotion in others); f_e, f_m are the tiny MotionNet's encodings of the keypoints
+(relative to the actor's neutral ones when its config says so).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import zarr
+
+from pipeline.checkpoints import save_checkpoint
+from pipeline.models.audio import AudioConfig, AudioEncoders
+from pipeline.models.motion import MotionConfig, MotionNet, encode_frames
+from pipeline.store import ArraySpec, RaggedStoreWriter
+
+NUM_KP = 5
+EMOTIONS = ("neutral", "happy", "sad")
+
+
+def tiny_audio(seed: int = 0) -> AudioEncoders:
+    torch.manual_seed(seed)
+    config = AudioConfig.scaled(1 / 16, emotions=EMOTIONS, content_dim=8, emotion_dim=6)
+    return AudioEncoders(config).eval()
+
+
+def tiny_motion(seed: int = 0) -> MotionNet:
+    torch.manual_seed(seed)
+    net = MotionNet(MotionConfig(num_kp=NUM_KP, expression_dim=6, mouth_dim=4, hidden=16, layers=1))
+    torch.nn.init.normal_(net.decoder.net[-1].weight, std=0.1)  # not the all-zero "neutral" start
+    return net.eval()
+
+
+def save_audio(model: AudioEncoders, path: Path) -> Path:
+    """In load_audio_encoders' layout."""
+    save_checkpoint(path, model={"evp_audio": model.state_dict()},
+                    config={"arch": "evp_audio", "model": model.config.to_dict()}, step=0)
+    return path
+
+
+def save_motion(model: MotionNet, path: Path) -> Path:
+    """In load_motion's layout."""
+    save_checkpoint(path, model={"motion": model.state_dict()}, config=model.config.as_dict(), step=0)
+    return path
+
+
+def _per_frame_store(path: Path, clip_ids: list[str], lengths: list[int], arrays: dict[str, np.ndarray]) -> None:
+    specs = {name: ArraySpec(a.shape[1:], str(a.dtype), tuple(f"d{i}" for i in range(a.ndim - 1)))
+             for name, a in arrays.items()}
+    writer = RaggedStoreWriter(path, clip_ids, lengths, specs, attrs={"schema": "test"}, chunk_frames=8,
+                               shard_frames=64)
+    stops = np.cumsum(lengths)
+    for i, (a, b) in enumerate(zip(stops - lengths, stops)):
+        writer.write_clip(i, {name: arr[a:b] for name, arr in arrays.items()})
+    writer.close()
+
+
+def _add_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    root = zarr.open_group(path, mode="a")
+    for name, data in arrays.items():
+        if data.dtype.kind in "UO":
+            arr = root.create_array(name, shape=data.shape, dtype=str)
+            arr[:] = data.astype(str)
+        else:
+            root.create_array(name, data=data)
+
+
+def build_stores(root: Path, motion: MotionNet, *, frames: int = 20, seed: int = 0) -> dict[str, Path]:
+    """A MEAD-shaped toy corpus: train actors A1, A2 and held-out A3; every emotion x 2 sentences x level 1
+    (neutral) or 3; also one counterfactual clip (must be ignored). Returns the paths train_memory reads."""
+    rng = np.random.default_rng(seed)
+    actors = {"A1": "train", "A2": "train", "A3": "test"}
+    neutral = {a: (rng.uniform(-0.6, 0.6, (NUM_KP, 2)).astype(np.float32),
+                   (np.eye(2) + rng.normal(0, 0.05, (NUM_KP, 2, 2))).astype(np.float32)) for a in actors}
+    offsets = {"neutral": 0.0, "happy": 0.15, "sad": -0.15}
+    rows = []
+    for actor, split in actors.items():
+        for emotion in EMOTIONS:
+            for sentence in (0, 1):
+                rows.append((f"{actor}_{emotion}_{sentence}", actor, emotion, 1 if emotion == "neutral" else 3,
+                             sentence, split, "real"))
+    rows.append(("A1_happy_0_cf1", "A1", "happy", 3, 1, "train", "counterfactual"))
+    clips = pd.DataFrame(rows, columns=["clip_id", "actor", "emotion", "level", "sentence_id", "split", "kind"])
+    clips["frames"] = frames
+    clips["stop"] = np.cumsum(clips.frames)
+    clips["start"] = clips.stop - clips.frames
+    total = int(clips.stop.iloc[-1])
+    value = np.zeros((total, NUM_KP, 2), np.float32)
+    jacobian = np.zeros((total, NUM_KP, 2, 2), np.float32)
+    mfcc = rng.normal(0, 0.3, (total, 28, 12)).astype(np.float32)
+    value_neu = np.zeros_like(value)
+    jacobian_neu = np.zeros_like(jacobian)
+    for clip in clips.itertuples():
+        s = slice(clip.start, clip.stop)
+        value_neu[s], jacobian_neu[s] = neutral[clip.actor]
+        viseme = np.abs(np.sin(np.arange(clip.frames) * (0.5 + 0.2 * clip.sentence_id)))
+        v, j = neutral[clip.actor]
+        value[s] = v
+        jacobian[s] = j
+        value[s, :2, 1] += offsets[clip.emotion]  # upper keypoints: the emotion
+        value[s, 3:, 1] += 0.2 * viseme[:, None]  # lower keypoints: the mouth
+        mfcc[s, :, :4] += 2.0 * viseme[:, None, None]
+        mfcc[s, :, 8:] += 10.0 * offsets[clip.emotion]
+    f_e, f_m = encode_frames(motion, value, jacobian, value_neu, jacobian_neu)
+    corpus = root / "corpus"
+    corpus.mkdir(parents=True)
+    clips.assign(wav_path="", frames_store="frames.zarr").to_parquet(corpus / "manifest.parquet")
+    ids, lengths = list(clips.clip_id), list(clips.frames)
+    images = rng.integers(0, 255, (len(actors), 32, 32, 3), dtype=np.uint8)
+    _per_frame_store(corpus / "frames.zarr", ids, lengths, {"frames": np.zeros((total, 4, 4, 3), np.uint8)})
+    _add_arrays(corpus / "frames.zarr", {"reference_frames": images, "reference_actor": np.array(list(actors))})
+    paths = {"corpus": corpus, "keypoints": root / "keypoints.zarr", "motion": root / "motion.zarr",
+             "audio": root / "audio.zarr"}
+    _per_frame_store(paths["keypoints"], ids, lengths, {"value": value, "jacobian": jacobian})
+    order = ["A3", "A1", "A2"]  # a different actor order than the frames store: lookups must go by name
+    _add_arrays(paths["keypoints"], {"reference_value": np.stack([neutral[a][0] for a in order]),
+                                     "reference_jacobian": np.stack([neutral[a][1] for a in order]),
+                                     "reference_actor": np.array(order)})
+    _per_frame_store(paths["motion"], ids, lengths, {"f_e": f_e, "f_m": f_m})
+    _per_frame_store(paths["audio"], ids, lengths, {"mfcc": mfcc})
+    return paths

@@ -1,0 +1,210 @@
+"""`train_evaluator`: the judges of `evaluate` (emotion classifier, 68-point landmarks) on the tiny corpus;
+the mouth regressor of pseudo_pairs it generalises; the dlib / regressor landmark detector choice."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from pipeline.errors import CheckpointError, InputError
+from pipeline.evaluator import load_evaluator
+from pipeline.landmark_detect import DlibLandmarks, landmark_detector
+from pipeline.metrics import f_lmd, m_lmd
+from pipeline.store import open_store
+from stages.cli import app
+from tests.conftest import tiny_params_dict, tiny_section
+
+runner = CliRunner()
+OUTPUTS = ("evaluator.pt", "evaluator.json", "losses.csv", "losses.png", "confusion.png")
+
+
+def stage_args(out) -> list[str]:
+    return ["--out", str(out / "evaluator.pt"), "--report", str(out / "evaluator.json"), "--losses",
+            str(out / "losses.csv"), "--losses-png", str(out / "losses.png"), "--confusion", str(out / "confusion.png")]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_corpus, tmp_path_factory):
+    """The stage run through the CLI on the tiny profile (every held-out frame scored)."""
+    out = tmp_path_factory.mktemp("evaluator")
+    params = tiny_params_dict()
+    params["train_evaluator"]["eval_stride"] = 1
+    (out / "params.yaml").write_text(yaml.safe_dump(params))
+    result = runner.invoke(app, ["train_evaluator", "--params", str(out / "params.yaml"), "--corpus", str(tiny_corpus),
+                                 *stage_args(out)])
+    assert result.exit_code == 0, result.output
+    return out, json.loads(result.output.strip().splitlines()[-1])
+
+
+def test_stage_writes_checkpoint_report_losses_and_confusion(trained):
+    out, summary = trained
+    assert all((out / name).is_file() for name in OUTPUTS)
+    report = json.loads((out / "evaluator.json").read_text())
+    assert summary["steps"] == report["steps"] == 6 and report["stopped_by"] == "steps"
+    assert list(report["emotion_clip_accuracy_by_emotion"]) == ["happy", "neutral", "sad", "surprised"]
+    assert load_evaluator(out / "evaluator.pt").emotions == ("neutral", "happy", "sad", "surprised")  # MEAD order
+    for key in ("emotion_frame_accuracy", "emotion_clip_accuracy", "emotion_clip_accuracy_majority"):
+        assert 0.0 <= report[key] <= 1.0
+    assert report["chance_accuracy"] == 0.25 and report["test_clips"] == 4
+    assert set(report["emotion_clip_accuracy_by_level"]) == {"1", "3"}
+    assert report["landmark_error_px"] > 0 and report["mouth_error_px"] > 0
+    assert 0 < report["m_lmd_floor"] and 0 < report["f_lmd_floor"] <= report["landmark_error_px"] * 1.5
+    header = (out / "losses.csv").read_text().splitlines()[0]
+    assert header == "step,seconds,emotion_ce,train_accuracy,landmark_smooth_l1"
+    confusion = cv2.imread(str(out / "confusion.png"))
+    assert confusion is not None and confusion.shape[0] > 4 * 56
+
+
+def test_loaded_judges_read_frames_and_reproduce_the_floor(trained, tiny_corpus):
+    """The floor in the report is what metrics.f_lmd / m_lmd give on the evaluator's points for real frames."""
+    out, _ = trained
+    report = json.loads((out / "evaluator.json").read_text())
+    evaluator = load_evaluator(out / "evaluator.pt")
+    manifest = pd.read_parquet(tiny_corpus / "manifest.parquet")
+    store = open_store(tiny_corpus / "frames.zarr")
+    f_values, m_values = [], []
+    for row in manifest[(manifest.split == "test") & (manifest.kind == "real")].itertuples():
+        frames, truth = store["frames"][row.start:row.stop], store["landmarks"][row.start:row.stop]
+        points = evaluator.face_landmarks(frames)
+        assert points.shape == (row.frames, 68, 2) and np.isfinite(points).all()
+        f_values.append(f_lmd(points, truth))
+        m_values.append(m_lmd(points, truth))
+        assert evaluator.emotion_logits(frames).shape == (row.frames, 4)
+    assert np.mean(f_values) == pytest.approx(report["f_lmd_floor"], abs=1e-3)
+    assert np.mean(m_values) == pytest.approx(report["m_lmd_floor"], abs=1e-3)
+    # frames of another size: points come back in that size's pixels
+    big = np.stack([cv2.resize(f, (128, 128), interpolation=cv2.INTER_LINEAR) for f in frames[:3]])
+    np.testing.assert_allclose(evaluator.face_landmarks(big), 2 * evaluator.face_landmarks(frames[:3]), atol=2.0)
+
+
+def test_training_is_seeded(trained, tiny_corpus, tmp_path):
+    from stages.train_evaluator import run_train_evaluator
+
+    out, _ = trained
+    run_train_evaluator(tiny_corpus, *(tmp_path / n for n in OUTPUTS[:3]), tmp_path / "l.png", tmp_path / "c.png",
+                        tiny_section("base"), tiny_section("train_evaluator", eval_stride=1))
+    first, second = torch.load(out / "evaluator.pt"), torch.load(tmp_path / "evaluator.pt")
+    for net in ("emotion", "landmarks"):
+        assert all(torch.equal(first["model"][net][k], second["model"][net][k]) for k in first["model"][net])
+    assert json.loads((out / "evaluator.json").read_text())["f_lmd_floor"] == \
+        json.loads((tmp_path / "evaluator.json").read_text())["f_lmd_floor"]
+
+
+def test_both_judges_learn_the_training_frames(tiny_corpus, tmp_path):
+    """A few hundred steps: the regressor beats the mean shape and the classifier beats chance on the
+    frames it trained on (the plumbing of targets, shifts and labels is right)."""
+    from pipeline.evaluator_train import class_order, load_frame_set, train_evaluator_models
+
+    p = tiny_section("train_evaluator", steps=300, frame_stride=1, width=8, shift=1, log_every=100)
+    train_evaluator_models(tiny_corpus, tmp_path / "e.pt", tmp_path / "l.csv", tmp_path / "c.png",
+                           tiny_section("base"), p, log=lambda _: None)
+    evaluator = load_evaluator(tmp_path / "e.pt")
+    manifest = pd.read_parquet(tiny_corpus / "manifest.parquet")
+    clips = manifest[(manifest.split == "train") & (manifest.kind == "real")]
+    frames = load_frame_set(tiny_corpus, clips, class_order(manifest), p.image_size, 1, True)
+    pred = evaluator.landmarks.predict(frames.faces)
+    error = np.linalg.norm(pred - frames.landmarks, axis=-1).mean()
+    mean_shape = np.linalg.norm(frames.landmarks - frames.landmarks.mean(axis=0), axis=-1).mean()
+    assert error < 0.7 * mean_shape  # measured 1.2 vs 2.5 px
+    accuracy = (evaluator.emotion_logits_of_faces(frames.faces).argmax(axis=1) == frames.labels).mean()
+    assert accuracy > 0.6  # four classes; measured 0.95
+
+
+def test_bad_params_and_wrong_checkpoints_are_one_line_errors(tiny_corpus, tmp_path):
+    params = tiny_params_dict()
+    params["train_evaluator"]["soften_fraction"] = 1.5
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    result = runner.invoke(app, ["train_evaluator", "--params", str(tmp_path / "params.yaml"), "--corpus",
+                                 str(tiny_corpus), *stage_args(tmp_path)])
+    assert result.exit_code == 2 and "soften_fraction" in result.output
+    assert not (tmp_path / "evaluator.pt").exists()
+    wrong = tmp_path / "syncnet.pt"
+    torch.save({"model": {"syncnet_color": {"w": torch.zeros(1)}}, "config": {"arch": "syncnet_color"}, "step": 0},
+               wrong)
+    with pytest.raises(CheckpointError, match="wrong model .syncnet_color"):
+        load_evaluator(wrong)
+
+
+def test_mouth_regressor_states_of_pseudo_pairs_still_load():
+    """pseudo_pairs hands workers `MouthRegressor.state()`; a state without the generalised keys is a mouth net."""
+    from pipeline.mouth_landmarks import CROP_TOP, MouthLandmarkNet, MouthRegressor, mouth_input
+
+    torch.manual_seed(0)
+    net = MouthLandmarkNet(8).eval()
+    old_state = {"net": net.state_dict(), "width": 8, "heldout_err_px": 1.5, "frame_size": 128, "steps": 3}
+    regressor = MouthRegressor.from_state(old_state)
+    faces = np.random.default_rng(0).integers(0, 256, (2, 96, 96, 3), dtype=np.uint8)
+    with torch.no_grad():
+        expected = net(mouth_input(faces)).numpy() * 128
+    np.testing.assert_allclose(regressor.predict(faces), expected, rtol=1e-6)
+    assert regressor.crop_top == CROP_TOP and regressor.predict(faces).shape == (2, 20, 2)
+    again = MouthRegressor.from_state(regressor.state())
+    np.testing.assert_array_equal(again.predict(faces), regressor.predict(faces))
+
+
+# ----------------------------------------------------------------------------------- dlib or regressor
+
+
+class FakePoint:
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+
+def fake_dlib(found: list[bool]) -> types.ModuleType:
+    """A stand-in for dlib: the detector finds a face in frame t when found[t]; point i sits at (i, t)."""
+    module = types.ModuleType("dlib")
+    calls = iter(range(len(found)))
+
+    def get_frontal_face_detector():
+        def detect(gray, upsample):
+            t = next(calls)
+            assert gray.ndim == 2 and upsample == 0
+            return [("rect", t)] if found[t] else []
+        return detect
+
+    def shape_predictor(path):
+        class Shape:
+            def __init__(self, t):
+                self.t = t
+
+            def part(self, i):
+                return FakePoint(i, self.t)
+        return lambda gray, rect: Shape(rect[1])
+
+    module.get_frontal_face_detector = get_frontal_face_detector
+    module.shape_predictor = shape_predictor
+    return module
+
+
+def test_dlib_is_used_when_it_imports_and_a_model_is_given(monkeypatch, tmp_path):
+    model = tmp_path / "shape_predictor_68_face_landmarks.dat"
+    model.write_bytes(b"x")
+    monkeypatch.setitem(sys.modules, "dlib", fake_dlib([True, False, True]))
+    detector = landmark_detector(None, model)
+    assert isinstance(detector, DlibLandmarks)
+    points = detector(np.zeros((3, 32, 32, 3), np.uint8))
+    assert points.shape == (3, 68, 2) and np.isnan(points[1]).all()  # no face in frame 1: skipped by LMD
+    assert points[2, 67].tolist() == [67.0, 2.0]
+    with pytest.raises(InputError, match="shape predictor file not found"):
+        landmark_detector(None, tmp_path / "missing.dat")
+
+
+def test_without_dlib_the_regressor_reads_the_landmarks(monkeypatch, trained, tmp_path):
+    monkeypatch.setitem(sys.modules, "dlib", None)  # import dlib -> ImportError
+    evaluator = load_evaluator(trained[0] / "evaluator.pt")
+    messages = []
+    detector = landmark_detector(evaluator, tmp_path / "model.dat", log=messages.append)
+    assert detector == evaluator.face_landmarks and "not installed" in messages[0]
+    assert landmark_detector(evaluator) == evaluator.face_landmarks
+    evaluator.landmarks = None
+    with pytest.raises(InputError, match="no landmark detector"):
+        landmark_detector(evaluator)

@@ -1,0 +1,75 @@
+"""Stage 2 (Eq. 15): the loss on hand-computed cases and the finetune_render stage on the tiny corpus."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from pipeline.fomm_io import load_fomm
+from pipeline.models.vgg19 import Vgg19Features
+from pipeline.render_finetune import RenderLoss, stage2_loss
+from pipeline.train import read_loss_csv
+from tests.conftest import tiny_section
+from tests.generate_fixtures import write_tiny_emmn, write_tiny_fomm
+from tests.lipsync_fixtures import tiny_audio  # noqa: F401
+
+
+def test_stage2_loss_eq15_by_hand():
+    """Two 'layers': mean |diff| of [[1,2],[3,4]] vs [[0,2],[3,6]] = (1+0+0+2)/4 = 0.75, of [1,1] vs [0,0] = 1."""
+    real = [torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([1.0, 1.0])]
+    fake = [torch.tensor([[0.0, 2.0], [3.0, 6.0]], requires_grad=True), torch.tensor([0.0, 0.0], requires_grad=True)]
+    loss = stage2_loss(real, fake)
+    assert loss.item() == pytest.approx(1.75)
+    loss.backward()  # gradient of mean |fake - real|: sign(fake - real) / count, only on the fake side
+    assert torch.equal(fake[0].grad, torch.tensor([[-0.25, 0.0], [0.0, 0.25]]))
+    with pytest.raises(ValueError):
+        stage2_loss(real, fake[:1])
+
+
+def test_render_loss_without_vgg_is_eq15_on_pixels_summed_over_the_pyramid():
+    target = torch.zeros(1, 3, 16, 16)
+    prediction = torch.full((1, 3, 16, 16), 0.25)
+    loss = RenderLoss((1.0,))
+    assert loss.kind == "multiscale_l1" and loss(prediction, target).item() == pytest.approx(0.25)
+    # a constant image stays constant at every scale (away from the blur's zero padding only the border differs)
+    two = RenderLoss((1.0, 0.5))(prediction, target).item()
+    assert 0.25 < two <= 0.5
+
+
+def test_render_loss_with_vgg_sums_eq15_over_the_five_feature_maps():
+    torch.manual_seed(0)
+    vgg = Vgg19Features().eval()
+    loss = RenderLoss((1.0,), vgg)
+    a, b = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        expected = stage2_loss(vgg(b), vgg(a))
+        assert loss.kind == "perceptual_vgg19"
+        assert loss(a, b).item() == pytest.approx(expected.item(), rel=1e-5)
+        assert RenderLoss((0.25,), vgg)(a, b).item() == 0.0  # 8 px: under relu5_1's 16 px, skipped as FOMM does
+
+
+def test_finetune_render_stage_on_the_tiny_corpus(tiny_audio, tmp_path):
+    from stages.finetune_render import run_finetune_render
+
+    corpus, audio = tiny_audio
+    write_tiny_fomm(tmp_path / "fomm.pt")
+    write_tiny_emmn(tmp_path / "emmn.pt", num_kp=tiny_section("train_fomm").num_kp)
+    out = tmp_path / "emmn_render.pt"
+    metrics = run_finetune_render(corpus, audio, tmp_path / "emmn.pt", tmp_path / "fomm.pt", out,
+                                  tmp_path / "losses.csv", tmp_path / "losses.png", tmp_path / "report.json",
+                                  tiny_section("base"), tiny_section("finetune_render"))
+    assert metrics["loss"] == "multiscale_l1" and metrics["steps"] == 3
+    report = json.loads((tmp_path / "report.json").read_text())
+    for key in ("heldout_psnr_before", "heldout_psnr_after", "heldout_l1_before", "heldout_l1_after", "loss"):
+        assert key in report
+    assert [r["step"] for r in read_loss_csv(tmp_path / "losses.csv")] == [1, 2, 3]
+    assert (tmp_path / "losses.png").stat().st_size > 1000
+    tuned, start = load_fomm(out), load_fomm(tmp_path / "fomm.pt")  # loads as a renderer (fomm.pt layout)
+    for name, param in start.kp_detector.state_dict().items():
+        assert torch.equal(param, tuned.kp_detector.state_dict()[name])  # E_k unchanged
+    tuned_state = tuned.generator.state_dict()
+    changed = [n for n, p in start.generator.state_dict().items() if not torch.equal(p, tuned_state[n])]
+    assert any(n.startswith("dense_motion_network.") for n in changed)  # train_dense_motion: true
+    assert any(n.startswith("final.") for n in changed)

@@ -1,0 +1,115 @@
+"""The generate stage on the tiny corpus: every row x held-out clip into frames.zarr + mp4s, the emotions sheet."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.config import with_field
+from pipeline.media import has_audio_stream, read_video
+from pipeline.store import open_store, read_clip, read_index
+from tests.conftest import tiny_section
+from tests.generate_fixtures import write_tiny_emmn, write_tiny_fomm, write_tiny_wav2lip
+from tests.lipsync_fixtures import tiny_audio  # noqa: F401
+
+ALL_ROWS = ("ground_truth", "static", "wav2lip_only", "emmn", "baseline", "mmn")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models")
+    num_kp = tiny_section("train_fomm").num_kp
+    write_tiny_fomm(folder / "emmn_render.pt")
+    write_tiny_emmn(folder / "emmn.pt", num_kp)
+    write_tiny_emmn(folder / "emmn_mmn.pt", num_kp, variant="mmn")
+    write_tiny_wav2lip(folder / "wav2lip.pt")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def outputs(tiny_audio, models, tmp_path_factory):
+    from stages.generate import build_outputs
+
+    corpus, audio = tiny_audio
+    out = tmp_path_factory.mktemp("gen")
+    p = with_field(tiny_section("generate"), rows=ALL_ROWS,
+                   variant_models={"baseline": str(models / "emmn_baseline.pt"), "mmn": str(models / "emmn_mmn.pt")})
+    summary = build_outputs(corpus, audio, models, out / "outputs", out / "generate.json", out / "sheet.png",
+                            tiny_section("base"), p)
+    return corpus, out, summary
+
+
+def test_every_row_has_every_heldout_clip_at_its_corpus_length(outputs):
+    corpus, out, summary = outputs
+    manifest = pd.read_parquet(corpus / "manifest.parquet")
+    heldout = manifest[(manifest.split == "test") & (manifest.kind == "real")].sort_values("clip_id")
+    rows = ["ground_truth", "static", "wav2lip_only", "emmn", "mmn"]
+    assert summary["rows"] == rows and list(summary["skipped_rows"]) == ["baseline"]  # no emmn_baseline.pt
+    store = out / "outputs" / "frames.zarr"
+    index = read_index(store)
+    assert list(index.clip_id) == [f"{r}/{c}" for r in rows for c in heldout.clip_id]
+    assert (index.stop - index.start).tolist() == [int(f) for _ in rows for f in heldout.frames]
+    frames = open_store(store)["frames"]
+    assert frames.dtype == np.uint8 and frames.shape[1:] == (64, 64, 3)
+
+    clip = heldout.iloc[0]
+    corpus_frames = open_store(corpus / "frames.zarr")["frames"][int(clip.start):int(clip.stop)]
+    np.testing.assert_array_equal(read_clip(store, f"ground_truth/{clip.clip_id}")["frames"], corpus_frames)
+    static = read_clip(store, f"static/{clip.clip_id}")["frames"]
+    assert (static == static[:1]).all()
+    emmn = read_clip(store, f"emmn/{clip.clip_id}")["frames"]
+    assert emmn.shape == corpus_frames.shape and emmn.std() > 0
+
+
+def test_each_clip_has_a_playable_mp4_with_sound(outputs):
+    corpus, out, summary = outputs
+    index = read_index(out / "outputs" / "frames.zarr")
+    clip_ids = [c.split("/", 1)[1] for c in index.clip_id if c.startswith("emmn/")]
+    for row in summary["rows"]:
+        mp4 = out / "outputs" / row / f"{clip_ids[0]}.mp4"
+        video, fps = read_video(mp4)
+        assert len(video) == read_clip(out / "outputs" / "frames.zarr", f"{row}/{clip_ids[0]}")["frames"].shape[0]
+        assert has_audio_stream(mp4) and fps == 25.0
+    assert len(list((out / "outputs" / "emmn").glob("*.mp4"))) == len(clip_ids)
+
+
+def test_report_and_emotions_sheet(outputs):
+    corpus, out, summary = outputs
+    report = json.loads((out / "generate.json").read_text())
+    assert report["rows"] == summary["rows"] and set(report["ms_per_frame"]) == set(summary["rows"])
+    sheet = report["sheet"]
+    assert sheet["emotions"] == ["neutral", "happy", "sad", "surprised"]  # every tiny-corpus emotion, corpus order
+    import cv2
+
+    image = cv2.imread(str(out / "sheet.png"))
+    columns = 1 + 1 + tiny_section("generate").sheet_frames + 1  # label, reference, frames, real
+    assert image.shape == (16 + 64 * len(sheet["emotions"]), 64 * columns, 3)  # a title strip, a row per emotion
+
+
+def test_stage_cli_refuses_a_missing_emmn_checkpoint(tiny_audio, models, tmp_path):
+    import shutil
+
+    import yaml
+
+    from stages.cli import app
+    from tests.conftest import tiny_params_dict
+
+    corpus, audio = tiny_audio
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(tiny_params_dict(), sort_keys=False))
+    partial = tmp_path / "models"
+    partial.mkdir()
+    for name in ("wav2lip.pt", "emmn_render.pt"):  # everything but emmn.pt
+        shutil.copy(models / name, partial / name)
+    result = CliRunner().invoke(app, ["generate", "--params", str(params), "--corpus", str(corpus),
+                                      "--audio-features", str(audio), "--models-dir", str(partial),
+                                      "--out", str(tmp_path / "outputs"), "--report", str(tmp_path / "r.json"),
+                                      "--sheet", str(tmp_path / "s.png")])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == f"error: {partial / 'emmn.pt'}: checkpoint for row emmn not found (run " \
+                                    "train_memory first)"
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "r.json").exists()

@@ -1,0 +1,176 @@
+"""train_memory (stage 1, Eq. 14): data loading checks, the mmn keypoint choice, the worker end to end on small
+synthetic stores (tests/memory_fixtures.py) for every variant, and the Typer command's one-line errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import zarr
+from typer.testing import CliRunner
+
+from pipeline.config import BaseParams, with_field
+from pipeline.errors import InputError
+from pipeline.memory_train import MemoryData, choose_upper_keypoints, effective_slots, load_memory_data
+from pipeline.models.emmn import load_emmn
+from pipeline.train import read_loss_csv, torch_threads
+from stages.train_memory import app, run_train_memory
+from tests.conftest import tiny_section
+from tests.lipsync_fixtures import tiny_audio  # noqa: F401  (fixture)
+from tests.memory_fixtures import NUM_KP, build_stores, save_audio, save_motion, tiny_motion
+from tests.memory_fixtures import tiny_audio as tiny_audio_encoders
+from tests.motion_fixtures import motion_inputs  # noqa: F401  (fixture)
+
+BASE = BaseParams(seed=3, device="cpu", workers=0)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    root = tmp_path_factory.mktemp("memory")
+    motion = tiny_motion()
+    paths = build_stores(root, motion)
+    paths["audio_model"] = save_audio(tiny_audio_encoders(), root / "audio.pt")
+    paths["motion_model"] = save_motion(motion, root / "motion.pt")
+    return paths
+
+
+def run(stores, out_dir, **changes):
+    p = with_field(tiny_section("train_memory"), **{"max_minutes": 0, **changes})
+    outs = {k: out_dir / f"{p.variant}.{k}" for k in ("pt", "json", "csv", "png")}
+    report = run_train_memory(stores["corpus"], stores["keypoints"], stores["motion"], stores["audio"],
+                              stores["audio_model"], stores["motion_model"], outs["pt"], outs["json"], outs["csv"],
+                              outs["png"], BASE, p)
+    return report, outs
+
+
+def test_load_memory_data_keeps_real_clips_and_maps_actors_by_name(stores):
+    data = load_memory_data(stores["corpus"], stores["keypoints"], stores["motion"], stores["audio"])
+    assert len(data.clips) == 18 and "A1_happy_0_cf1" not in set(data.clips.clip_id)  # counterfactual dropped
+    assert data.value.shape == (18 * 20, NUM_KP, 2) and data.f_e.shape == (18 * 20, 6)
+    assert data.actors == ["A1", "A2", "A3"]
+    # the keypoints store lists actors as A3, A1, A2: neutral keypoints must follow the names, not positions
+    root = zarr.open_group(stores["keypoints"], mode="r")
+    assert np.array_equal(data.value_neu[0], root["reference_value"][1])
+    first_a1 = data.clips[data.clips.actor == "A1"].iloc[0]
+    assert np.allclose(data.value[first_a1.start, 2], data.value_neu[0, 2])  # keypoint 2 never moves
+
+
+def test_missing_reference_and_misaligned_store_are_one_line_errors(stores, tmp_path):
+    keypoints = tmp_path / "keypoints.zarr"
+    shutil.copytree(stores["keypoints"], keypoints)
+    shutil.rmtree(keypoints / "reference_value")
+    with pytest.raises(InputError, match="no 'reference_value' array"):
+        load_memory_data(stores["corpus"], keypoints, stores["motion"], stores["audio"])
+    manifest = pd.read_parquet(stores["corpus"] / "manifest.parquet")
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    manifest.assign(start=manifest.start + 1, stop=manifest.stop + 1).to_parquet(corpus / "manifest.parquet")
+    with pytest.raises(InputError, match="not at the corpus frame rows"):
+        load_memory_data(corpus, stores["keypoints"], stores["motion"], stores["audio"])
+
+
+def test_choose_upper_keypoints_by_hand():
+    """4 keypoints, 2 emotions, 1 actor. Keypoint 3 (lowest) moves most with emotion but is not upper face;
+    upper ones (mean y below the median 0.25): 0 (moves 0.2) and 1 (moves 0.1); 2 is lower and still."""
+    neutral = np.array([[0.0, -0.5], [0.0, 0.0], [0.0, 0.5], [0.0, 0.9]], np.float32)
+    shift = np.array([0.2, 0.1, 0.0, 0.8], np.float32)
+    value = np.stack([neutral, neutral + np.stack([np.zeros(4), shift], 1)]).astype(np.float32)
+    clips = pd.DataFrame({"clip_id": ["a", "b"], "actor": "A", "emotion": ["neutral", "happy"], "level": 1,
+                          "split": "train", "start": [0, 1], "stop": [1, 2], "actor_index": 0})
+    data = MemoryData(clips, value, np.zeros((2, 4, 2, 2), np.float32), np.zeros((2, 28, 12), np.float32),
+                      mel=None, f_e=None, f_m=None, images=np.zeros((1, 8, 8, 3), np.uint8), value_neu=neutral[None],
+                      jacobian_neu=np.zeros((1, 4, 2, 2), np.float32), actors=["A"])
+    assert choose_upper_keypoints(data, 2) == (0, 1)
+    assert choose_upper_keypoints(data, 3) == (0, 1, 3)  # too few upper ones: the best-scoring others fill up
+
+
+def test_effective_slots():
+    assert effective_slots(torch.full((8,), 1 / 8)) == pytest.approx(8.0)
+    assert effective_slots(torch.tensor([1.0, 0.0, 0.0])) == pytest.approx(1.0)
+    assert effective_slots(torch.tensor([0.5, 0.5, 0.0, 0.0])) == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("variant", ["emmn", "mmn", "baseline"])
+def test_train_memory_end_to_end(stores, tmp_path, variant):
+    report, outs = run(stores, tmp_path, variant=variant)
+    for key in ("slots_used", "align_kl", "retrieval_err", "keypoint_l1"):
+        assert key in report
+    written = json.loads(outs["json"].read_text())
+    assert written["info"]["variant"] == variant and written["heldout"]["clips"] == 2
+    assert written["info"]["heldout_actors"] == ["A3"]
+    rows = read_loss_csv(outs["csv"])
+    assert rows[-1]["step"] == 6 and set(rows[0]) >= {"total", "a2m", "exp_mem", "align", "pj"}
+    assert outs["png"].stat().st_size > 0
+    model = load_emmn(outs["pt"])
+    assert model.step == 6 and model.emotions == ["neutral", "happy", "sad"]
+    if variant == "baseline":
+        assert report["slots_used"] is None and report["retrieval_err"] is None
+        assert all(r["align"] == 0 for r in rows)
+        return
+    assert 1.0 <= report["slots_used"] <= 8.0
+    assert report["align_kl"] >= 0 and np.isfinite(report["retrieval_err"])
+    assert report["retrieval_err_mean_predictor"] > 0
+    if variant == "mmn":
+        assert len(written["info"]["upper_keypoints"]) == 3
+        assert all(r["a2m"] == 0 for r in rows)
+
+
+def test_training_learns_the_keypoints(stores, tmp_path):
+    """After 150 steps the baseline beats predicting the neutral keypoints on training clips (L_p,j goes down)."""
+    report, outs = run(stores, tmp_path, variant="baseline", steps=150, log_every=50)
+    rows = read_loss_csv(outs["csv"])
+    assert rows[-1]["pj"] < rows[0]["pj"]
+    assert report["train"]["keypoint_l1"] < report["train"]["keypoint_l1_static"]
+
+
+def test_cli_bad_variant_is_a_one_line_error(stores, tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("train_memory:\n  variant: eamm\n")
+    result = CliRunner().invoke(app, ["--params", str(params), "--corpus", str(stores["corpus"]),
+                                      "--out", str(tmp_path / "emmn.pt")])
+    assert result.exit_code == 2
+    assert "variant must be one of" in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "emmn.pt").exists()
+
+
+@pytest.mark.slow
+def test_train_memory_on_the_tiny_pipeline(motion_inputs, tiny_audio, tmp_path):  # noqa: F811 (fixtures)
+    """The real upstream workers on the tiny corpus (FOMM keypoints, train_motion, decompose, audio features,
+    train_audio), then train_memory: the stores and checkpoints they write are what this stage reads."""
+    from stages.decompose import build_motion_store
+    from stages.train_audio import run_train_audio
+    from stages.train_motion import run_train_motion
+
+    corpus, audio_store = tiny_audio
+    base = tiny_section("base")
+    run_train_motion(motion_inputs["keypoints"], motion_inputs["pseudo"], tmp_path / "motion.pt",
+                     tmp_path / "motion_losses.csv", tmp_path / "motion_losses.png", base,
+                     tiny_section("train_motion"), log=lambda *_: None)
+    build_motion_store(motion_inputs["keypoints"], tmp_path / "motion.pt", corpus, tmp_path / "motion.zarr", base,
+                       tiny_section("decompose"))
+    run_train_audio(corpus, audio_store, tmp_path / "audio.pt", tmp_path / "audio.json", tmp_path / "audio.csv",
+                    tmp_path / "audio.png", tmp_path / "confusion.png", base, tiny_section("train_audio"),
+                    log=lambda *_: None)
+    report = run_train_memory(corpus, motion_inputs["keypoints"], tmp_path / "motion.zarr", audio_store,
+                              tmp_path / "audio.pt", tmp_path / "motion.pt", tmp_path / "emmn.pt",
+                              tmp_path / "memory.json", tmp_path / "memory.csv", tmp_path / "memory.png", base,
+                              tiny_section("train_memory"))
+    assert 1.0 <= report["slots_used"] <= tiny_section("train_memory").slots
+    assert report["align_kl"] >= 0 and report["retrieval_err"] > 0
+    model = load_emmn(tmp_path / "emmn.pt")
+    frames = 9
+    n = model.config.num_kp
+    out = model.predict(torch.rand(1, 3, 64, 64), torch.randn(1, frames, 28, 12), torch.zeros(1, n, 2),
+                        torch.eye(2).expand(1, n, 2, 2),
+                        mel=torch.randn(1, frames, 80, 16) if model.needs_mel else None)
+    assert out["value"].shape == (1, frames, n, 2)
