@@ -86,6 +86,20 @@ def select_quadruples(pairs: pd.DataFrame, sync: pd.DataFrame | None, use_filter
     return pairs[kept_mask(pairs, sync)].reset_index(drop=True)
 
 
+def counterfactual_targets(pairs: pd.DataFrame, has_clip) -> pd.DataFrame:
+    """The quadruples with the corpus's exact counterfactual renders as targets instead of the Wav2Lip clips.
+
+    y^{i,b} becomes `<x^{i,a}>_cf<b>` (x^{i,a}'s expression, blink and pose track with sentence b's mouth,
+    as long as audio b, so every alignment list still applies) and y^{j,a} becomes `<x^{j,b}>_cf<a>`;
+    quadruples whose two renders do not both exist (`has_clip(id)` false) are dropped.
+    """
+    y_ib = [f"{x}_cf{int(b):03d}" for x, b in zip(pairs.x_ia, pairs.sentence_b)]
+    y_ja = [f"{x}_cf{int(a):03d}" for x, a in zip(pairs.x_jb, pairs.sentence_a)]
+    out = pairs.assign(y_ib=y_ib, y_ja=y_ja)
+    both = np.array([has_clip(a) and has_clip(b) for a, b in zip(y_ib, y_ja)], dtype=bool)
+    return out[both].reset_index(drop=True)
+
+
 def kept_mask(pairs: pd.DataFrame, sync: pd.DataFrame) -> np.ndarray:
     """Per quadruple: both pseudo clips kept by sync_filter."""
     kept = set(sync.pseudo_clip_id[sync.kept.astype(bool)])
@@ -186,4 +200,4 @@ def read_sync(pseudo_dir: str | Path) -> pd.DataFrame:
     return sync
 
 
-__all__ = ["KeypointBank", "QuadrupleFrames", "ROLES", "kept_mask", "read_pairs", "read_sync", "select_quadruples"]
+__all__ = ["KeypointBank", "QuadrupleFrames", "ROLES", "counterfactual_targets", "kept_mask", "read_pairs", "read_sync", "select_quadruples"]

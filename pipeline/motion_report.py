@@ -337,7 +337,9 @@ def build_motion_report(net: MotionNet, bank: KeypointBank, f_e: np.ndarray, f_m
         raise InputError(None, f"features cover {len(f_e)} frames, the corpus part of the keypoint store {corpus_rows}")
     rec = Reconstructor(net, bank)
     train_params = net.metrics.get("train_params") or {}
-    trained_with_filter = bool(train_params.get("use_filter", True))
+    # counterfactual labels train on every quadruple that has the renders: none is unseen
+    trained_with_filter = (bool(train_params.get("use_filter", True))
+                           and train_params.get("labels", "pseudo") == "pseudo")
     eval_pairs, cross_desc = cross_set or evaluation_quadruples(pairs, sync, trained_with_filter)
     recon, self_frames = heldout_self(rec, manifest, p.stride)
     cross_held, cross_held_frames = heldout_cross(rec, manifest, p.stride)
@@ -355,7 +357,7 @@ def build_motion_report(net: MotionNet, bank: KeypointBank, f_e: np.ndarray, f_m
                   "train_seconds": float((net.metrics or {}).get("train_seconds", math.nan)),
                   "quadruples": int((net.metrics or {}).get("quadruples", 0)),
                   **{k: bool(train_params[k]) for k in ("use_rec", "use_self", "use_con", "use_filter")
-                     if k in train_params}},
+                     if k in train_params}, "labels": train_params.get("labels", "pseudo")},
         "info": {"cross_set": cross_desc,
                  "cross_heldout": "held-out actors: f_e of each non-neutral real clip x^{i,a}[t], f_m of the same "
                                   "actor's neutral clip of sentence a at the same relative time; target x^{i,a}[t]",

@@ -24,7 +24,7 @@ import torch
 from pipeline.config import BaseParams, TrainMotionParams, as_dict
 from pipeline.errors import InputError
 from pipeline.models.motion import MotionConfig, MotionNet, init_motion
-from pipeline.motion_data import KeypointBank, QuadrupleFrames, select_quadruples
+from pipeline.motion_data import KeypointBank, QuadrupleFrames, counterfactual_targets, select_quadruples
 from pipeline.motion_losses import (
     DisentanglementWeights,
     cross_reconstruction_loss,
@@ -137,7 +137,14 @@ class MotionTrainer:
 
 
 def training_quadruples(pairs: pd.DataFrame, sync: pd.DataFrame | None, p: TrainMotionParams,
-                        sync_path: str | Path) -> pd.DataFrame:
+                        sync_path: str | Path, bank: KeypointBank) -> pd.DataFrame:
+    if p.labels not in ("pseudo", "counterfactual"):
+        raise InputError("params.yaml", f"train_motion.labels must be pseudo or counterfactual, not {p.labels!r}")
+    if p.labels == "counterfactual":  # exact targets: the sync filter has nothing to judge
+        chosen = counterfactual_targets(pairs, bank.has_clip)
+        if chosen.empty:
+            raise InputError(bank.path, "no quadruple has both counterfactual renders (corpus.counterfactuals: 0?)")
+        return chosen
     chosen = select_quadruples(pairs, sync, p.use_filter, sync_path)
     if chosen.empty:
         raise InputError(sync_path, f"none of the {len(pairs)} quadruples has both pseudo clips kept by sync_filter "
@@ -150,8 +157,8 @@ def train_motion_model(kp_store: str | Path, pairs: pd.DataFrame, sync: pd.DataF
                        log=print) -> dict[str, Any]:
     """Train on the (kept) quadruples and write `model_out` + the loss log; return the checkpoint's metrics."""
     model_out = Path(model_out)
-    chosen = training_quadruples(pairs, sync, p, sync_path)
     bank = KeypointBank(kp_store)
+    chosen = training_quadruples(pairs, sync, p, sync_path, bank)
     quads = QuadrupleFrames.build(chosen, bank)
     bank.check_finite(quads.used_rows())
     config = motion_config(p, bank.num_kp)
@@ -164,7 +171,8 @@ def _train(config: MotionConfig, bank: KeypointBank, quads: QuadrupleFrames, all
     device = pick_device(base.device)
     seed_all(base.seed)
     trainer = MotionTrainer(config, p, device, base.seed, bank, quads)
-    log(f"train_motion: {len(quads)} of {all_quadruples} quadruples (use_filter {p.use_filter}); weights "
+    log(f"train_motion: {len(quads)} of {all_quadruples} quadruples (labels {p.labels}, use_filter {p.use_filter}); "
+        "weights "
         f"{trainer.weights}; {count_parameters(trainer.net) / 1e3:.0f}k parameters; device {device}")
     start_step, seconds_before = 0, 0.0
     if p.resume and model_out.is_file():

@@ -34,10 +34,10 @@ def run_train_motion(kp_store: Path, pseudo_dir: Path, model_out: Path, losses_c
     Table 2 rows through it in one process.
     """
     pairs = read_pairs(pseudo_dir)
-    sync = read_sync(pseudo_dir) if p.use_filter else None
+    sync = read_sync(pseudo_dir) if p.use_filter and p.labels == "pseudo" else None
     summary = train_motion_model(kp_store, pairs, sync, model_out, losses_csv, base, p,
                                  sync_path=Path(pseudo_dir) / "sync.parquet", log=log)
-    switches = ", ".join(f"{k}={getattr(p, k)}" for k in ("use_rec", "use_self", "use_con", "use_filter"))
+    switches = ", ".join(f"{k}={getattr(p, k)}" for k in ("labels", "use_rec", "use_self", "use_con", "use_filter"))
     plot_loss_curves(losses_csv, losses_png, title=f"train_motion losses (unweighted; {switches})")
     return summary
 

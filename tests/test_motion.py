@@ -408,3 +408,25 @@ def test_dvc_wiring_lambda_changes_rerun_only_motion_and_later_stages():
         assert not motion_outputs & set(stages[name]["deps"]), name
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     assert params["keypoints"]["extra_frames"] == ["data/pseudo/frames.zarr"]
+
+
+def test_counterfactual_labels_swap_in_the_exact_renders(motion_inputs):  # noqa: F811
+    from pipeline.motion_data import counterfactual_targets
+    from pipeline.motion_train import training_quadruples
+
+    bank = KeypointBank(motion_inputs["keypoints"])
+    pairs = pd.read_parquet(motion_inputs["pseudo"] / "pairs.parquet")
+    exact = counterfactual_targets(pairs, bank.has_clip)
+    assert 0 < len(exact) <= len(pairs)
+    first = exact.iloc[0]
+    assert first.y_ib == f"{first.x_ia}_cf{first.sentence_b:03d}" and first.y_ja == f"{first.x_jb}_cf{first.sentence_a:03d}"
+    # the fixture's pseudo clips ARE the counterfactual renders, so both targets hold the same keypoints
+    source = pairs.set_index(["x_ia", "x_jb"]).loc[(first.x_ia, first.x_jb)]
+    for column in ("y_ib", "y_ja"):
+        a, b = bank.span(first[column]), bank.span(source[column])
+        np.testing.assert_array_equal(bank.value[a[0]:a[1]], bank.value[b[0]:b[1]])
+    assert counterfactual_targets(pairs, lambda clip_id: False).empty
+    p = with_field(tiny_section("train_motion"), labels="counterfactual", use_filter=True)
+    assert len(training_quadruples(pairs, None, p, "sync.parquet", bank)) == len(exact)  # no sync table needed
+    with pytest.raises(InputError, match="labels"):
+        training_quadruples(pairs, None, with_field(p, labels="oracle"), "sync.parquet", bank)
