@@ -189,7 +189,7 @@ class TrainMotionParams:
     use_self: bool = True  # false = "w/o L_self" (Eq. 2)
     use_con: bool = True  # false = "w/o L_e/m-con" (Eq. 3 and 4)
     use_filter: bool = True  # train on quadruples whose two pseudo clips sync_filter kept; false = "w/o filter"
-    labels: str = "pseudo"  # pseudo: Wav2Lip clips (the paper) | counterfactual: the corpus's exact renders
+    labels: str = "pseudo"  # pseudo: Wav2Lip clips (the paper) | counterfactual: the corpus's exact renders where they exist
     lambda_e_con: float = 0.03  # Eq. 5 weights of the consistency losses
     lambda_m_con: float = 0.03
     jacobian_weight: float = 1.0  # weight of Jacobian differences inside ||(p, j)||_2

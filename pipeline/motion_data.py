@@ -87,17 +87,20 @@ def select_quadruples(pairs: pd.DataFrame, sync: pd.DataFrame | None, use_filter
 
 
 def counterfactual_targets(pairs: pd.DataFrame, has_clip) -> pd.DataFrame:
-    """The quadruples with the corpus's exact counterfactual renders as targets instead of the Wav2Lip clips.
+    """The quadruples with the corpus's exact counterfactual renders as targets wherever they exist.
 
     y^{i,b} becomes `<x^{i,a}>_cf<b>` (x^{i,a}'s expression, blink and pose track with sentence b's mouth,
-    as long as audio b, so every alignment list still applies) and y^{j,a} becomes `<x^{j,b}>_cf<a>`;
-    quadruples whose two renders do not both exist (`has_clip(id)` false) are dropped.
+    as long as audio b, so every alignment list still applies) and y^{j,a} becomes `<x^{j,b}>_cf<a>`,
+    each only where `has_clip(id)`; a target without its render keeps the Wav2Lip clip. With
+    `corpus.counterfactuals: 1` each clip has one render, so a quadruple has at most one exact target
+    (quadruples with none are dropped); `counterfactuals: 2` (three sentences) makes both exact.
     """
-    y_ib = [f"{x}_cf{int(b):03d}" for x, b in zip(pairs.x_ia, pairs.sentence_b)]
-    y_ja = [f"{x}_cf{int(a):03d}" for x, a in zip(pairs.x_jb, pairs.sentence_a)]
-    out = pairs.assign(y_ib=y_ib, y_ja=y_ja)
-    both = np.array([has_clip(a) and has_clip(b) for a, b in zip(y_ib, y_ja)], dtype=bool)
-    return out[both].reset_index(drop=True)
+    cf_ib = [f"{x}_cf{int(b):03d}" for x, b in zip(pairs.x_ia, pairs.sentence_b)]
+    cf_ja = [f"{x}_cf{int(a):03d}" for x, a in zip(pairs.x_jb, pairs.sentence_a)]
+    has_ib = np.array([has_clip(c) for c in cf_ib], dtype=bool)
+    has_ja = np.array([has_clip(c) for c in cf_ja], dtype=bool)
+    out = pairs.assign(y_ib=np.where(has_ib, cf_ib, pairs.y_ib), y_ja=np.where(has_ja, cf_ja, pairs.y_ja))
+    return out[has_ib | has_ja].reset_index(drop=True)
 
 
 def kept_mask(pairs: pd.DataFrame, sync: pd.DataFrame) -> np.ndarray:

@@ -418,13 +418,18 @@ def test_counterfactual_labels_swap_in_the_exact_renders(motion_inputs):  # noqa
     pairs = pd.read_parquet(motion_inputs["pseudo"] / "pairs.parquet")
     exact = counterfactual_targets(pairs, bank.has_clip)
     assert 0 < len(exact) <= len(pairs)
-    first = exact.iloc[0]
-    assert first.y_ib == f"{first.x_ia}_cf{first.sentence_b:03d}" and first.y_ja == f"{first.x_jb}_cf{first.sentence_a:03d}"
-    # the fixture's pseudo clips ARE the counterfactual renders, so both targets hold the same keypoints
+    swapped = exact.y_ib.str.contains("_cf") | exact.y_ja.str.contains("_cf")
+    assert swapped.all()  # quadruples without any exact target are dropped
+    first = exact[exact.y_ib.str.contains("_cf")].iloc[0]
+    assert first.y_ib == f"{first.x_ia}_cf{first.sentence_b:03d}"
+    # the fixture's pseudo clips ARE the counterfactual renders, so the swapped target holds the same keypoints
     source = pairs.set_index(["x_ia", "x_jb"]).loc[(first.x_ia, first.x_jb)]
-    for column in ("y_ib", "y_ja"):
-        a, b = bank.span(first[column]), bank.span(source[column])
-        np.testing.assert_array_equal(bank.value[a[0]:a[1]], bank.value[b[0]:b[1]])
+    a, b = bank.span(first.y_ib), bank.span(source.y_ib)
+    np.testing.assert_array_equal(bank.value[a[0]:a[1]], bank.value[b[0]:b[1]])
+    only_ib = counterfactual_targets(pairs, lambda clip_id: clip_id == first.y_ib)
+    # every quadruple whose y^{i,b} has that render (one per emotion j); the missing y^{j,a} renders keep the re-dubs
+    assert len(only_ib) == (pairs.y_ib == source.y_ib).sum() and (only_ib.y_ib == first.y_ib).all()
+    assert only_ib.y_ja.isin(pairs.y_ja).all()
     assert counterfactual_targets(pairs, lambda clip_id: False).empty
     p = with_field(tiny_section("train_motion"), labels="counterfactual", use_filter=True)
     assert len(training_quadruples(pairs, None, p, "sync.parquet", bank)) == len(exact)  # no sync table needed
