@@ -435,3 +435,27 @@ def test_counterfactual_labels_swap_in_the_exact_renders(motion_inputs):  # noqa
     assert len(training_quadruples(pairs, None, p, "sync.parquet", bank)) == len(exact)  # no sync table needed
     with pytest.raises(InputError, match="labels"):
         training_quadruples(pairs, None, with_field(p, labels="oracle"), "sync.parquet", bank)
+
+
+def test_feature_norm_recalibration_makes_eval_mode_match_the_exact_statistics(motion_inputs):  # noqa: F811
+    from pipeline.models.motion import MotionConfig
+    from pipeline.motion_train import MotionTrainer
+
+    bank = KeypointBank(motion_inputs["keypoints"])
+    pairs = pd.read_parquet(motion_inputs["pseudo"] / "pairs.parquet")
+    quads = QuadrupleFrames.build(pairs, bank)
+    p = with_field(tiny_section("train_motion"), batch_size=8)
+    trainer = MotionTrainer(MotionConfig(num_kp=bank.num_kp), p, torch.device("cpu"), 3, bank, quads)
+    norm = trainer.net.expression_encoder.norm
+    norm.running_mean.fill_(5.0)  # stale statistics, as after a long run
+    assert trainer.recalibrate_feature_norms(seed=3, batches=1) == 2
+    assert norm.momentum == 0.1 and not trainer.net.training
+    # one batch: the running mean is exactly that batch's mean of the pre-norm features
+    rows, actor = quads.sample(np.random.default_rng([3, 7]), 8)
+    idx = torch.from_numpy(np.concatenate([rows[r] for r in rows]))
+    a = torch.from_numpy(np.tile(actor, len(rows)))
+    with torch.no_grad():
+        x = trainer.net.encoder_input(trainer.value[idx], trainer.jacobian[idx], trainer.ref_value[a],
+                                      trainer.ref_jacobian[a])
+        pre = trainer.net.expression_encoder.net(x)
+    torch.testing.assert_close(norm.running_mean, pre.mean(dim=0), rtol=1e-4, atol=1e-5)
