@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 import typer
 
-from pipeline.audio import evp_mfcc_windows, load_audio, mel_window_start, wav2lip_mel
+from pipeline.audio import evp_mfcc_windows, load_audio, wav2lip_mel
+from pipeline.audio_stream import mel_windows
 from pipeline.config import AudioFeaturesParams, BaseParams, as_dict, load_section
 from pipeline.errors import InputError
 from pipeline.parallel import ordered_map
@@ -24,16 +25,6 @@ from stages.common import ParamsOption, one_line_errors, stage_app
 SCHEMA = "emmn.audio/v1"
 MFCC_COEFFS = 12
 app = stage_app()
-
-
-def frame_mel_windows(mel: np.ndarray, n_frames: int, fps: float, step: int) -> np.ndarray:
-    """(n_frames, 80, step): frame i gets mel[:, s:s+step], s = int(i*80/fps); windows that would run past
-    the end take the last `step` columns (Wav2Lip's last-chunk rule) so every video frame has one."""
-    if mel.shape[1] < step:
-        mel = np.pad(mel, ((0, 0), (0, step - mel.shape[1])), mode="edge")
-    last = mel.shape[1] - step
-    starts = [min(mel_window_start(i, fps), last) for i in range(n_frames)]
-    return np.stack([mel[:, s:s + step] for s in starts]).astype(np.float32)
 
 
 def frame_mfcc_windows(samples: np.ndarray, n_frames: int) -> np.ndarray:
@@ -49,7 +40,7 @@ def clip_features(task: tuple) -> dict[str, np.ndarray]:
     samples = load_audio(wav, sample_rate)
     if len(samples) < sample_rate / fps * 5:
         raise InputError(wav, f"audio too short ({len(samples)} samples; need at least 5 video frames)")
-    return {"mel": frame_mel_windows(wav2lip_mel(samples, pad_mode=pad_mode), n_frames, fps, step),
+    return {"mel": mel_windows(wav2lip_mel(samples, pad_mode=pad_mode), 0, n_frames, fps, step),
             "mfcc": frame_mfcc_windows(samples, n_frames)}
 
 
