@@ -99,8 +99,24 @@ def counterfactual_targets(pairs: pd.DataFrame, has_clip) -> pd.DataFrame:
     cf_ja = [f"{x}_cf{int(a):03d}" for x, a in zip(pairs.x_jb, pairs.sentence_a)]
     has_ib = np.array([has_clip(c) for c in cf_ib], dtype=bool)
     has_ja = np.array([has_clip(c) for c in cf_ja], dtype=bool)
-    out = pairs.assign(y_ib=np.where(has_ib, cf_ib, pairs.y_ib), y_ja=np.where(has_ja, cf_ja, pairs.y_ja))
+    out = pairs.assign(y_ib=np.where(has_ib, cf_ib, pairs.y_ib), y_ja=np.where(has_ja, cf_ja, pairs.y_ja),
+                       y_ib_exact=has_ib, y_ja_exact=has_ja)
     return out[has_ib | has_ja].reset_index(drop=True)
+
+
+def label_weights(pairs: pd.DataFrame, sync: pd.DataFrame | None, use_filter: bool) -> dict[str, np.ndarray]:
+    """Per quadruple, whether each target (y_ib, y_ja) is trusted as a label: 1 for an exact render
+    (`y_*_exact` from `counterfactual_targets`), for a Wav2Lip clip the sync filter kept, and for every clip
+    without the filter; 0 for a re-dub the filter rejected (it then drops out of every loss term it is in)."""
+    kept = None
+    if use_filter and sync is not None:
+        kept = set(sync.pseudo_clip_id[sync.kept.astype(bool)])
+    weights = {}
+    for target in ("y_ib", "y_ja"):
+        exact = pairs[f"{target}_exact"].to_numpy(bool) if f"{target}_exact" in pairs else np.zeros(len(pairs), bool)
+        trusted = np.ones(len(pairs), bool) if kept is None else pairs[target].isin(kept).to_numpy()
+        weights[target] = (exact | trusted).astype(np.float32)
+    return weights
 
 
 def kept_mask(pairs: pd.DataFrame, sync: pd.DataFrame) -> np.ndarray:
@@ -118,9 +134,11 @@ class QuadrupleFrames:
     offsets: dict[str, np.ndarray]  # y_ib, y_ja -> (Q,) where quadruple q's alignment lists start
     align: dict[str, np.ndarray]  # alignment column -> flattened int64
     actor: np.ndarray  # (Q,) index into KeypointBank.actors
+    weight: dict[str, np.ndarray] | None = None  # y_ib, y_ja -> (Q,) label weights (label_weights); None = all 1
 
     @classmethod
-    def build(cls, pairs: pd.DataFrame, bank: KeypointBank) -> QuadrupleFrames:
+    def build(cls, pairs: pd.DataFrame, bank: KeypointBank,
+              weight: dict[str, np.ndarray] | None = None) -> QuadrupleFrames:
         if pairs.empty:
             raise InputError("pairs.parquet", "no quadruples to use")
         starts = {}
@@ -142,7 +160,9 @@ class QuadrupleFrames:
                     raise InputError("pairs.parquet", f"column {col}: list lengths differ from {target}_frames")
                 align[col] = flat
         actor = np.array([bank.actor(a) for a in pairs.actor], np.int64)
-        return cls(starts, lengths, offsets, align, actor)
+        if weight is not None and any(len(weight[t]) != len(pairs) for t in ("y_ib", "y_ja")):
+            raise ValueError("label weights need one entry per quadruple")
+        return cls(starts, lengths, offsets, align, actor, weight)
 
     def __len__(self) -> int:
         return len(self.actor)
@@ -162,12 +182,18 @@ class QuadrupleFrames:
         x_jb, x_ia_m, y_ja = self.target_rows("y_ja", q, t_ja)
         return {"x_ia": x_ia, "x_jb_m": x_jb_m, "y_ib": y_ib, "x_jb": x_jb, "x_ia_m": x_ia_m, "y_ja": y_ja}
 
-    def sample(self, rng: np.random.Generator, batch: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """Random quadruples (with replacement) and a uniform target frame of each pseudo clip: (rows, actor)."""
+    def sample(self, rng: np.random.Generator, batch: int
+               ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray]]:
+        """Random quadruples (with replacement) and a uniform target frame of each pseudo clip:
+        (rows, actor, label weights {y_ib, y_ja: (batch,)})."""
         q = rng.integers(len(self), size=batch)
         t_ib = (rng.random(batch) * self.lengths["y_ib"][q]).astype(np.int64)
         t_ja = (rng.random(batch) * self.lengths["y_ja"][q]).astype(np.int64)
-        return self.rows(q, t_ib, t_ja), self.actor[q]
+        if self.weight is None:
+            weight = {t: np.ones(batch, np.float32) for t in ("y_ib", "y_ja")}
+        else:
+            weight = {t: self.weight[t][q] for t in ("y_ib", "y_ja")}
+        return self.rows(q, t_ib, t_ja), self.actor[q], weight
 
     def all_frames(self, target: str, stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """(quadruple, t) for every stride-th frame of every quadruple's y^{i,b} (`y_ib`) or y^{j,a} (`y_ja`)."""
@@ -203,4 +229,4 @@ def read_sync(pseudo_dir: str | Path) -> pd.DataFrame:
     return sync
 
 
-__all__ = ["KeypointBank", "QuadrupleFrames", "ROLES", "counterfactual_targets", "kept_mask", "read_pairs", "read_sync", "select_quadruples"]
+__all__ = ["KeypointBank", "QuadrupleFrames", "ROLES", "counterfactual_targets", "kept_mask", "label_weights", "read_pairs", "read_sync", "select_quadruples"]

@@ -12,6 +12,11 @@ Reductions (the paper writes ||.||_2 without saying how it is reduced):
 * feature distance ||f - f'||_2: the L2 norm of the difference vector, mean over the batch
   (`feature_distance`).
 A tiny epsilon inside the square root keeps the gradient finite at a zero difference.
+
+Label weights: every term that involves a pseudo label y takes an optional per-sample weight (B,) of that
+label; the term is then the weighted mean over the batch. Weight 0 drops a label that cannot be trusted
+(a Wav2Lip re-dub the sync filter rejected), so it neither pulls the decoder nor the features; all-ones is the
+plain mean of the paper.
 """
 
 from __future__ import annotations
@@ -24,31 +29,43 @@ EPS = 1e-12  # inside every sqrt: a finite gradient at a zero difference, a 1e-6
 Motion = tuple[torch.Tensor, torch.Tensor]  # (value (B,N,2), jacobian (B,N,2,2))
 
 
-def motion_distance(prediction: Motion, target: Motion, jacobian_weight: float = 1.0) -> torch.Tensor:
-    """Mean over batch and keypoints of sqrt(|dp_k|^2 + w^2 |dj_k|_F^2): the ||.||_2 of Eq. (1)-(2)."""
+def batch_mean(per_sample: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of (B,) values, or their `weight`-weighted mean (0 when every weight is 0)."""
+    if weight is None:
+        return per_sample.mean()
+    weight = weight.to(per_sample.dtype)
+    return (weight * per_sample).sum() / weight.sum().clamp_min(1e-12)
+
+
+def motion_distance(prediction: Motion, target: Motion, jacobian_weight: float = 1.0,
+                    weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over batch (optionally weighted per sample) and keypoints of sqrt(|dp_k|^2 + w^2 |dj_k|_F^2):
+    the ||.||_2 of Eq. (1)-(2)."""
     dv = prediction[0] - target[0]
     dj = (prediction[1] - target[1]).flatten(2)
     squared = dv.pow(2).sum(-1) + (jacobian_weight ** 2) * dj.pow(2).sum(-1)
-    return torch.sqrt(squared + EPS).mean()
+    return batch_mean(torch.sqrt(squared + EPS).mean(-1), weight)
 
 
-def feature_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Mean over the batch of ||a - b||_2 (feature vectors (B, D)): the ||.||_2 of Eq. (3)-(4)."""
-    return torch.sqrt((a - b).pow(2).sum(-1) + EPS).mean()
+def feature_distance(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over the batch (optionally weighted per sample) of ||a - b||_2 (feature vectors (B, D)):
+    the ||.||_2 of Eq. (3)-(4)."""
+    return batch_mean(torch.sqrt((a - b).pow(2).sum(-1) + EPS), weight)
 
 
 def cross_reconstruction_loss(pred_ib: Motion, y_ib: Motion, pred_ja: Motion, y_ja: Motion,
-                              jacobian_weight: float = 1.0) -> torch.Tensor:
+                              jacobian_weight: float = 1.0, weight_ib: torch.Tensor | None = None,
+                              weight_ja: torch.Tensor | None = None) -> torch.Tensor:
     """Eq. (1) as printed:
     L_rec = ||D_{e,m}(f_e^i, f_m^a) - E_k(y^{i,b})||_2 + ||D_{e,m}(f_e^j, f_m^b) - E_k(y^{j,a})||_2.
 
     As printed it decodes the same pairs as Eq. (2); the text says the features "are crossly recombined"
     to reconstruct (p^{i,b}, j^{i,b}) and (p^{j,a}, j^{j,a}), so here `pred_ib` = D(f_e^i, f_m^b)
     (x^{i,a}'s expression, x^{j,b}'s mouth) against E_k(y^{i,b}), and `pred_ja` = D(f_e^j, f_m^a) against
-    E_k(y^{j,a}) (each decoded with the actor's (p_neu, j_neu)).
+    E_k(y^{j,a}) (each decoded with the actor's (p_neu, j_neu)). `weight_ib` / `weight_ja`: label weights (B,).
     """
-    return (motion_distance(pred_ib, y_ib, jacobian_weight)
-            + motion_distance(pred_ja, y_ja, jacobian_weight))
+    return (motion_distance(pred_ib, y_ib, jacobian_weight, weight_ib)
+            + motion_distance(pred_ja, y_ja, jacobian_weight, weight_ja))
 
 
 def self_reconstruction_loss(pred_ia: Motion, x_ia: Motion, pred_jb: Motion, x_jb: Motion,
@@ -59,7 +76,8 @@ def self_reconstruction_loss(pred_ia: Motion, x_ia: Motion, pred_jb: Motion, x_j
 
 
 def expression_consistency_loss(fe_x_ia: torch.Tensor, fe_y_ib: torch.Tensor, fe_x_jb: torch.Tensor,
-                                fe_y_ja: torch.Tensor) -> torch.Tensor:
+                                fe_y_ja: torch.Tensor, weight_ib: torch.Tensor | None = None,
+                                weight_ja: torch.Tensor | None = None) -> torch.Tensor:
     """Eq. (3) as printed:
     L_e-con = ||E_e(E_k(x^{i,a})) - E_e(E_k(y^{i,b}))||_2 + ||E_e(E_k(x^{j,a})) - E_e(E_k(y^{j,b}))||_2.
 
@@ -67,17 +85,20 @@ def expression_consistency_loss(fe_x_ia: torch.Tensor, fe_y_ib: torch.Tensor, fe
     (x^{i,a}, x^{j,b}, y^{i,b}, y^{j,a}). The consistent reading, used here: each real frame against the
     pseudo label that keeps its expression (emotion i / j) but says the other sentence,
     L_e-con = ||E_e(E_k(x^{i,a})) - E_e(E_k(y^{i,b}))||_2 + ||E_e(E_k(x^{j,b})) - E_e(E_k(y^{j,a}))||_2.
+    `weight_ib` / `weight_ja`: label weights (B,) of y^{i,b} / y^{j,a}.
     """
-    return feature_distance(fe_x_ia, fe_y_ib) + feature_distance(fe_x_jb, fe_y_ja)
+    return feature_distance(fe_x_ia, fe_y_ib, weight_ib) + feature_distance(fe_x_jb, fe_y_ja, weight_ja)
 
 
 def mouth_consistency_loss(fm_x_ia: torch.Tensor, fm_y_ja: torch.Tensor, fm_x_jb: torch.Tensor,
-                           fm_y_ib: torch.Tensor) -> torch.Tensor:
+                           fm_y_ib: torch.Tensor, weight_ja: torch.Tensor | None = None,
+                           weight_ib: torch.Tensor | None = None) -> torch.Tensor:
     """Eq. (4): L_m-con = ||E_m(E_k(x^{i,a})) - E_m(E_k(y^{j,a}))||_2 + ||E_m(E_k(x^{j,b})) - E_m(E_k(y^{i,b}))||_2.
 
     A real frame and the pseudo label that says the same sentence (a / b) with the other expression.
+    `weight_ja` / `weight_ib`: label weights (B,) of y^{j,a} / y^{i,b}.
     """
-    return feature_distance(fm_x_ia, fm_y_ja) + feature_distance(fm_x_jb, fm_y_ib)
+    return feature_distance(fm_x_ia, fm_y_ja, weight_ja) + feature_distance(fm_x_jb, fm_y_ib, weight_ib)
 
 
 @dataclass(frozen=True)
@@ -97,6 +118,6 @@ def disentanglement_loss(l_rec: torch.Tensor, l_self: torch.Tensor, l_e_con: tor
     return weights.rec * l_rec + weights.self_rec * l_self + weights.e_con * l_e_con + weights.m_con * l_m_con
 
 
-__all__ = ["DisentanglementWeights", "cross_reconstruction_loss", "disentanglement_loss",
+__all__ = ["DisentanglementWeights", "batch_mean", "cross_reconstruction_loss", "disentanglement_loss",
            "expression_consistency_loss", "feature_distance", "motion_distance", "mouth_consistency_loss",
            "self_reconstruction_loss"]

@@ -24,7 +24,8 @@ import torch
 from pipeline.config import BaseParams, TrainMotionParams, as_dict
 from pipeline.errors import InputError
 from pipeline.models.motion import MotionConfig, MotionNet, init_motion
-from pipeline.motion_data import KeypointBank, QuadrupleFrames, counterfactual_targets, select_quadruples
+from pipeline.motion_data import (KeypointBank, QuadrupleFrames, counterfactual_targets, label_weights,
+                                  select_quadruples)
 from pipeline.motion_losses import (
     DisentanglementWeights,
     cross_reconstruction_loss,
@@ -64,6 +65,12 @@ def loss_weights(p: TrainMotionParams) -> DisentanglementWeights:
                                   m_con=con * p.lambda_m_con)
 
 
+def real_rows(roles: list[str], batch: int, device: torch.device) -> torch.Tensor:
+    """Bool mask over the role-major concatenation of a batch: True for the real corpus frames (x_*), whose
+    statistics alone normalise f_e and f_m (see pipeline.models.motion: labels must not set the scale)."""
+    return torch.tensor([r.startswith("x_") for r in roles], device=device).repeat_interleave(batch)
+
+
 class MotionTrainer:
     """The network, its optimizer and the keypoints on the training device; `train_step` does one update."""
 
@@ -84,7 +91,7 @@ class MotionTrainer:
 
     def _set_normalization(self, bank: KeypointBank, seed: int) -> None:
         """Input and residual statistics from a fixed, seeded draw of training frames."""
-        rows, actor = self.quads.sample(np.random.default_rng([seed, 6]), NORMALIZATION_SAMPLES)
+        rows, actor, _ = self.quads.sample(np.random.default_rng([seed, 6]), NORMALIZATION_SAMPLES)
         all_rows = np.concatenate([rows[r] for r in rows])
         actors = np.tile(actor, len(rows))
         motion = np.concatenate([bank.value[all_rows].reshape(len(all_rows), -1),
@@ -112,10 +119,11 @@ class MotionTrainer:
         self.net.train()
         rng = np.random.default_rng([seed, 7])
         for _ in range(batches):
-            rows, actor = self.quads.sample(rng, self.p.batch_size)
+            rows, actor, _ = self.quads.sample(rng, self.p.batch_size)
             idx = torch.from_numpy(np.concatenate([rows[r] for r in rows])).to(self.device)
             a = torch.from_numpy(np.tile(actor, len(rows))).to(self.device)
-            self.net.encode(self.value[idx], self.jacobian[idx], self.ref_value[a], self.ref_jacobian[a])
+            self.net.encode(self.value[idx], self.jacobian[idx], self.ref_value[a], self.ref_jacobian[a],
+                            stats_rows=real_rows(list(rows), len(actor), self.device))
         for n, momentum in zip(norms, saved):
             n.momentum = momentum
         self.net.eval()
@@ -129,8 +137,10 @@ class MotionTrainer:
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"optimizer": self.optimizer}
 
-    def losses(self, rows: dict[str, np.ndarray], actor: np.ndarray) -> dict[str, torch.Tensor]:
-        """Eq. 1-5 for one batch: the four unweighted terms and `total` (L_dis)."""
+    def losses(self, rows: dict[str, np.ndarray], actor: np.ndarray,
+               label_weight: dict[str, np.ndarray] | None = None) -> dict[str, torch.Tensor]:
+        """Eq. 1-5 for one batch: the four unweighted terms and `total` (L_dis); `label_weight` {y_ib, y_ja: (B,)}
+        drops untrusted targets (see pipeline.motion_losses)."""
         batch = len(actor)
         order = list(rows)
         idx = torch.from_numpy(np.concatenate([rows[r] for r in order])).to(self.device)
@@ -138,7 +148,8 @@ class MotionTrainer:
         a = torch.from_numpy(actor).to(self.device)
         neu_v, neu_j = self.ref_value[a], self.ref_jacobian[a]  # all six frames of a quadruple: one actor
         f_e_all, f_m_all = self.net.encode(value, jacobian, neu_v.repeat(len(order), 1, 1),
-                                           neu_j.repeat(len(order), 1, 1, 1))
+                                           neu_j.repeat(len(order), 1, 1, 1),
+                                           stats_rows=real_rows(order, batch, self.device))
         f_e = dict(zip(order, f_e_all.split(batch)))
         f_m = dict(zip(order, f_m_all.split(batch)))
         target = dict(zip(order, zip(value.split(batch), jacobian.split(batch))))
@@ -147,18 +158,23 @@ class MotionTrainer:
             return self.net.decode(f_e[expression], f_m[mouth], neu_v, neu_j)
 
         w = self.p.jacobian_weight
+        lw = {k: None if label_weight is None else torch.as_tensor(label_weight[k], device=self.device)
+              for k in ("y_ib", "y_ja")}
         l_rec = cross_reconstruction_loss(decode("x_ia", "x_jb_m"), target["y_ib"], decode("x_jb", "x_ia_m"),
-                                          target["y_ja"], w)
+                                          target["y_ja"], w, lw["y_ib"], lw["y_ja"])
         l_self = self_reconstruction_loss(decode("x_ia", "x_ia"), target["x_ia"], decode("x_jb", "x_jb"),
                                           target["x_jb"], w)
-        l_e_con = expression_consistency_loss(f_e["x_ia"], f_e["y_ib"], f_e["x_jb"], f_e["y_ja"])
-        l_m_con = mouth_consistency_loss(f_m["x_ia_m"], f_m["y_ja"], f_m["x_jb_m"], f_m["y_ib"])
+        l_e_con = expression_consistency_loss(f_e["x_ia"], f_e["y_ib"], f_e["x_jb"], f_e["y_ja"], lw["y_ib"],
+                                              lw["y_ja"])
+        l_m_con = mouth_consistency_loss(f_m["x_ia_m"], f_m["y_ja"], f_m["x_jb_m"], f_m["y_ib"], lw["y_ja"],
+                                         lw["y_ib"])
         total = disentanglement_loss(l_rec, l_self, l_e_con, l_m_con, self.weights)
         return {"total": total, "rec": l_rec, "self": l_self, "e_con": l_e_con, "m_con": l_m_con}
 
-    def train_step(self, rows: dict[str, np.ndarray], actor: np.ndarray) -> dict[str, float]:
+    def train_step(self, rows: dict[str, np.ndarray], actor: np.ndarray,
+                   label_weight: dict[str, np.ndarray] | None = None) -> dict[str, float]:
         self.net.train()
-        losses = self.losses(rows, actor)
+        losses = self.losses(rows, actor, label_weight)
         self.optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
         self.optimizer.step()
@@ -166,19 +182,27 @@ class MotionTrainer:
 
 
 def training_quadruples(pairs: pd.DataFrame, sync: pd.DataFrame | None, p: TrainMotionParams,
-                        sync_path: str | Path, bank: KeypointBank) -> pd.DataFrame:
+                        sync_path: str | Path, bank: KeypointBank
+                        ) -> tuple[pd.DataFrame, dict[str, np.ndarray] | None]:
+    """The quadruples to train on and their label weights (None: every label counts).
+
+    labels pseudo: the quadruples whose two re-dubs sync_filter kept (all with use_filter false).
+    labels counterfactual: every quadruple with an exact render among its targets; its other target, a
+    Wav2Lip re-dub, counts only if sync_filter kept it (or use_filter is false). With the default run's
+    Wav2Lip (0 re-dubs kept) training on the rejected re-dubs taught the opposite of the exact targets —
+    they mostly keep the source's own mouth — and f_m ended up carrying no mouth at all."""
     if p.labels not in ("pseudo", "counterfactual"):
         raise InputError("params.yaml", f"train_motion.labels must be pseudo or counterfactual, not {p.labels!r}")
-    if p.labels == "counterfactual":  # exact targets: the sync filter has nothing to judge
+    if p.labels == "counterfactual":
         chosen = counterfactual_targets(pairs, bank.has_clip)
         if chosen.empty:
             raise InputError(bank.path, "no quadruple has both counterfactual renders (corpus.counterfactuals: 0?)")
-        return chosen
+        return chosen, label_weights(chosen, sync, p.use_filter)
     chosen = select_quadruples(pairs, sync, p.use_filter, sync_path)
     if chosen.empty:
         raise InputError(sync_path, f"none of the {len(pairs)} quadruples has both pseudo clips kept by sync_filter "
                                     "(lower sync_filter.threshold, or train_motion.use_filter: false)")
-    return chosen
+    return chosen, None
 
 
 def train_motion_model(kp_store: str | Path, pairs: pd.DataFrame, sync: pd.DataFrame | None, model_out: str | Path,
@@ -187,8 +211,11 @@ def train_motion_model(kp_store: str | Path, pairs: pd.DataFrame, sync: pd.DataF
     """Train on the (kept) quadruples and write `model_out` + the loss log; return the checkpoint's metrics."""
     model_out = Path(model_out)
     bank = KeypointBank(kp_store)
-    chosen = training_quadruples(pairs, sync, p, sync_path, bank)
-    quads = QuadrupleFrames.build(chosen, bank)
+    chosen, weight = training_quadruples(pairs, sync, p, sync_path, bank)
+    quads = QuadrupleFrames.build(chosen, bank, weight)
+    if weight is not None:
+        trusted = {t: float(w.mean()) for t, w in weight.items()}
+        log(f"train_motion: share of trusted labels y_ib {trusted['y_ib']:.3f}, y_ja {trusted['y_ja']:.3f}")
     bank.check_finite(quads.used_rows())
     config = motion_config(p, bank.num_kp)
     with torch_threads(p.threads):
@@ -219,8 +246,8 @@ def _train(config: MotionConfig, bank: KeypointBank, quads: QuadrupleFrames, all
 
     def step_fn(step: int) -> dict[str, float]:
         rng, _ = step_rngs(base.seed, step)
-        rows, actor = quads.sample(rng, p.batch_size)
-        return trainer.train_step(rows, actor)
+        rows, actor, label_weight = quads.sample(rng, p.batch_size)
+        return trainer.train_step(rows, actor, label_weight)
 
     def metrics(step: int) -> dict[str, Any]:
         return {"train_seconds": round(seconds_before + budget.elapsed, 1), "steps": step,
@@ -243,4 +270,4 @@ def _train(config: MotionConfig, bank: KeypointBank, quads: QuadrupleFrames, all
     return metrics(step)
 
 
-__all__ = ["MotionTrainer", "loss_weights", "motion_config", "train_motion_model", "training_quadruples"]
+__all__ = ["MotionTrainer", "loss_weights", "real_rows", "motion_config", "train_motion_model", "training_quadruples"]

@@ -4,7 +4,8 @@
     emmn train_motion --params params.yaml
 Reads data/features/keypoints.zarr (corpus + pseudo clips, neutral reference keypoints) and
 data/pseudo/pairs.parquet, restricted by data/pseudo/sync.parquet to the quadruples whose two pseudo
-clips sync_filter kept (`use_filter: false` = the paper's "w/o filter"). Writes data/models/motion.pt
+clips sync_filter kept (`use_filter: false` = the paper's "w/o filter"; with `labels: counterfactual`
+the filter decides which re-dub targets count next to the exact renders). Writes data/models/motion.pt
 ({model: {motion}, config, step, metrics, train_state}), the loss log data/reports/motion_losses.csv
 (DVC plot, x = step) and its PNG. `resume: true` continues from an existing motion.pt.
 """
@@ -34,7 +35,7 @@ def run_train_motion(kp_store: Path, pseudo_dir: Path, model_out: Path, losses_c
     Table 2 rows through it in one process.
     """
     pairs = read_pairs(pseudo_dir)
-    sync = read_sync(pseudo_dir) if p.use_filter and p.labels == "pseudo" else None
+    sync = read_sync(pseudo_dir) if p.use_filter else None  # counterfactual labels: it judges the re-dub targets
     summary = train_motion_model(kp_store, pairs, sync, model_out, losses_csv, base, p,
                                  sync_path=Path(pseudo_dir) / "sync.parquet", log=log)
     switches = ", ".join(f"{k}={getattr(p, k)}" for k in ("labels", "use_rec", "use_self", "use_con", "use_filter"))

@@ -3,6 +3,7 @@ motion_report on the tiny corpus, the Table 2 runner, and the DVC wiring of the 
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -82,6 +83,39 @@ def test_feature_distance_and_the_four_terms_by_hand():
     assert float(mouth_consistency_loss(x_ia, y_ib, x_jb, y_ja)) == pytest.approx(5.0 + 13 ** 0.5, abs=1e-5)
 
 
+def test_subset_batch_norm_takes_its_statistics_from_the_given_rows():
+    from pipeline.models.motion import SubsetBatchNorm
+
+    norm = SubsetBatchNorm(1, affine=False, eps=1e-20, momentum=None)
+    x = torch.tensor([[0.0], [2.0], [100.0]])  # the third row (a pseudo label) must not set the scale
+    out = norm(x, torch.tensor([True, True, False]))
+    torch.testing.assert_close(out, torch.tensor([[-1.0], [1.0], [99.0]]))  # mean 1, std 1 from rows 0, 1
+    torch.testing.assert_close(norm.running_mean, torch.tensor([1.0]))  # momentum None: the exact average
+    torch.testing.assert_close(norm.running_var, torch.tensor([2.0]))  # unbiased, as BatchNorm1d keeps it
+    plain = SubsetBatchNorm(1, affine=False, eps=1e-20)
+    torch.testing.assert_close(plain(x), (x - x.mean()) / x.std(unbiased=False))  # no rows given: BatchNorm1d
+
+
+def test_label_weights_drop_untrusted_targets_from_every_term():
+    # two samples: distances 5 and 10; weight (1, 0) keeps 5, (0, 1) keeps 10, (0, 0) gives 0, (1, 1) the mean 7.5
+    a, zero = torch.tensor([[3.0, 4.0], [6.0, 8.0]]), torch.zeros(2, 2)
+    for w, expected in (((1.0, 0.0), 5.0), ((0.0, 1.0), 10.0), ((0.0, 0.0), 0.0), ((1.0, 1.0), 7.5)):
+        assert float(feature_distance(a, zero, torch.tensor(w))) == pytest.approx(expected, abs=1e-5)
+    two = motion([[[3.0, 4.0]], [[0.0, 1.0]]])  # motion distances 5 and 1 from the origin
+    origin = motion([[[0.0, 0.0]], [[0.0, 0.0]]])
+    keep_second, keep_both = torch.tensor([0.0, 1.0]), torch.ones(2)
+    # Eq. 1: y_ib term keeps only the second sample (1), y_ja term both (3): 4
+    assert float(cross_reconstruction_loss(two, origin, two, origin, 1.0, keep_second, keep_both)) == \
+        pytest.approx(4.0, abs=1e-5)
+    # Eq. 3 / 4: a zero-weight label neither pulls nor is pulled (its gradient is exactly 0)
+    f_y = torch.tensor([[3.0, 4.0], [0.0, 0.0]], requires_grad=True)
+    loss = expression_consistency_loss(zero, f_y, zero, zero, weight_ib=torch.tensor([0.0, 1.0]))
+    loss.backward()
+    assert float(loss.detach()) == pytest.approx(0.0, abs=1e-5) and float(f_y.grad[0].abs().sum()) == 0.0
+    assert float(mouth_consistency_loss(a, zero, a, zero, torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]))) == \
+        pytest.approx(15.0, abs=1e-5)
+
+
 def test_eq5_weights_and_ablation_switches():
     terms = [torch.tensor(v) for v in (1.0, 2.0, 3.0, 4.0)]
     weights = DisentanglementWeights(rec=1.0, self_rec=1.0, e_con=0.1, m_con=0.2)
@@ -118,8 +152,14 @@ def test_motion_net_shapes_and_an_untrained_decoder_returns_the_neutral_frame():
     assert f_e.shape == (7, 6) and f_m.shape == (7, 3)
     # training mode: every feature dimension standardised over the batch (no constant, no shrunk feature)
     assert torch.allclose(f_m.mean(dim=0), torch.zeros(3), atol=1e-5)
-    variance = f_m.var(dim=0, unbiased=False)  # 1 up to BatchNorm's eps (1e-5) against the raw variance
-    assert ((variance > 0.9) & (variance <= 1.0)).all()
+    variance = f_m.var(dim=0, unbiased=False)
+    assert torch.allclose(variance, torch.ones(3), atol=1e-4)
+    shrunk_net = copy.deepcopy(net)
+    with torch.no_grad():  # an encoder whose output scale has shrunk (the default run's E_m: variance ~1e-9)
+        shrunk_net.mouth_encoder.net[-1].weight.mul_(1e-5)
+        shrunk_net.mouth_encoder.net[-1].bias.mul_(1e-5)
+    shrunk = shrunk_net.encode_mouth(value, jacobian, neu_v, neu_j).var(dim=0, unbiased=False)
+    assert torch.allclose(shrunk, torch.ones(3), atol=1e-3)  # with BatchNorm's default eps 1e-5: ~0.01
     layer = init_motion(MotionConfig(num_kp=5, expression_dim=6, mouth_dim=3, hidden=16, feature_norm="layer"), 0)
     f_layer = layer.encode_expression(value, jacobian, neu_v, neu_j)  # per vector: norm sqrt(dim)
     assert torch.allclose(f_layer.norm(dim=1), torch.full((7,), 6 ** 0.5), atol=5e-3)
@@ -195,8 +235,9 @@ def test_quadruple_rows_follow_the_alignment_lists(motion_inputs):  # noqa: F811
         assert rows["x_jb"][k] == bank.span(pair.x_jb)[0] + pair.y_ja_from_x_jb[t[k] + 1]
         assert rows["x_ia_m"][k] == bank.span(pair.x_ia)[0] + pair.y_ja_from_x_ia[t[k] + 1]
         assert rows["y_ja"][k] == bank.span(pair.y_ja)[0] + t[k] + 1
-    sampled, actor = quads.sample(np.random.default_rng(0), 500)
+    sampled, actor, weight = quads.sample(np.random.default_rng(0), 500)
     assert all(len(v) == 500 for v in sampled.values())
+    assert all((w == 1).all() for w in weight.values())  # built without label weights: every label counts
     assert (sampled["y_ib"] < bank.value.shape[0]).all() and set(actor) <= {0, 1}  # the two training actors
 
 
@@ -370,31 +411,12 @@ def test_ridge_classifier_probe_by_hand():
     assert 0.35 < noise_acc < 0.65
 
 
-def test_table2_runner_trains_each_row_with_its_switch(trained, tmp_path):
-    from pipeline.motion_ablation import run_table2
-
-    with torch_threads(1):
-        results = run_table2(trained["keypoints"], trained["pseudo"], trained["corpus"], tmp_path / "work",
-                             tmp_path / "table2.md", BASE, tiny_section("train_motion", steps=2),
-                             tiny_section("motion_report"), rows=("no_rec", "no_filter", "full"))
-    assert list(results) == ["no_rec", "no_filter", "full"]
-    assert results["no_rec"]["model"]["use_rec"] is False and results["full"]["model"]["use_rec"] is True
-    assert results["no_filter"]["model"]["use_filter"] is False and results["full"]["model"]["use_filter"] is True
-    assert results["no_filter"]["model"]["quadruples"] == 32 > results["full"]["model"]["quadruples"]
-    # one evaluation set for every row (the quadruples the filtered rows never saw)
-    assert len({r["info"]["cross_set"] for r in results.values()}) == 1
-    table = (tmp_path / "table2.md").read_text()
-    for label in ("w/o L_rec", "w/o filter", "Ours (full)"):
-        assert f"| {label} |" in table
-    assert (tmp_path / "work" / "no_rec" / "motion.pt").is_file()
-    assert json.loads((tmp_path / "work" / "full" / "motion.json").read_text()) == results["full"]
-
-
 def test_dvc_wiring_lambda_changes_rerun_only_motion_and_later_stages():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     using = [name for name, s in stages.items() if any(str(x).split(".")[0] == "train_motion"
                                                         for x in s.get("params", []))]
-    assert using == ["train_motion"]  # no upstream stage reads train_motion's params
+    assert using == ["train_motion", "table2"]  # no upstream stage reads train_motion's params (table2 retrains
+    # the Table 2 ablations downstream; tests/test_table2.py)
     assert {"data/features/keypoints.zarr", "data/pseudo/pairs.parquet", "data/pseudo/sync.parquet"} <= set(
         stages["train_motion"]["deps"])
     assert {"data/models/motion.pt", "data/features/keypoints.zarr"} <= set(stages["decompose"]["deps"])
@@ -432,14 +454,25 @@ def test_counterfactual_labels_swap_in_the_exact_renders(motion_inputs):  # noqa
     assert only_ib.y_ja.isin(pairs.y_ja).all()
     assert counterfactual_targets(pairs, lambda clip_id: False).empty
     p = with_field(tiny_section("train_motion"), labels="counterfactual", use_filter=True)
-    assert len(training_quadruples(pairs, None, p, "sync.parquet", bank)) == len(exact)  # no sync table needed
+    chosen, weight = training_quadruples(pairs, None, p, "sync.parquet", bank)  # no sync table: all labels count
+    assert len(chosen) == len(exact) and all((w == 1).all() for w in weight.values())
+    # with a sync table that keeps nothing, only the exact renders count: the rejected re-dubs get weight 0
+    sync = pd.DataFrame({"pseudo_clip_id": pd.concat([pairs.y_ib, pairs.y_ja]).unique()}).assign(kept=False)
+    _, weight = training_quadruples(pairs, sync, p, "sync.parquet", bank)
+    for target in ("y_ib", "y_ja"):
+        np.testing.assert_array_equal(weight[target], exact[target].str.contains("_cf").to_numpy(np.float32))
+    _, weight = training_quadruples(pairs, sync, with_field(p, use_filter=False), "sync.parquet", bank)
+    assert all((w == 1).all() for w in weight.values())  # "w/o filter": the rejected re-dubs count again
+    quads = QuadrupleFrames.build(chosen, bank, {"y_ib": np.zeros(len(chosen)), "y_ja": np.ones(len(chosen))})
+    _, _, sampled = quads.sample(np.random.default_rng(0), 16)
+    assert (sampled["y_ib"] == 0).all() and (sampled["y_ja"] == 1).all()
     with pytest.raises(InputError, match="labels"):
         training_quadruples(pairs, None, with_field(p, labels="oracle"), "sync.parquet", bank)
 
 
 def test_feature_norm_recalibration_makes_eval_mode_match_the_exact_statistics(motion_inputs):  # noqa: F811
     from pipeline.models.motion import MotionConfig
-    from pipeline.motion_train import MotionTrainer
+    from pipeline.motion_train import MotionTrainer, real_rows
 
     bank = KeypointBank(motion_inputs["keypoints"])
     pairs = pd.read_parquet(motion_inputs["pseudo"] / "pairs.parquet")
@@ -450,12 +483,14 @@ def test_feature_norm_recalibration_makes_eval_mode_match_the_exact_statistics(m
     norm.running_mean.fill_(5.0)  # stale statistics, as after a long run
     assert trainer.recalibrate_feature_norms(seed=3, batches=1) == 2
     assert norm.momentum == 0.1 and not trainer.net.training
-    # one batch: the running mean is exactly that batch's mean of the pre-norm features
-    rows, actor = quads.sample(np.random.default_rng([3, 7]), 8)
+    # one batch: the running mean is exactly that batch's mean of the pre-norm features of its real frames
+    rows, actor, _ = quads.sample(np.random.default_rng([3, 7]), 8)
     idx = torch.from_numpy(np.concatenate([rows[r] for r in rows]))
     a = torch.from_numpy(np.tile(actor, len(rows)))
     with torch.no_grad():
         x = trainer.net.encoder_input(trainer.value[idx], trainer.jacobian[idx], trainer.ref_value[a],
                                       trainer.ref_jacobian[a])
         pre = trainer.net.expression_encoder.net(x)
-    torch.testing.assert_close(norm.running_mean, pre.mean(dim=0), rtol=1e-4, atol=1e-5)
+    real = real_rows(list(rows), 8, torch.device("cpu"))
+    assert int(real.sum()) == 4 * 8  # x_ia, x_jb_m, x_jb, x_ia_m; not the labels y_ib, y_ja
+    torch.testing.assert_close(norm.running_mean, pre[real].mean(dim=0), rtol=1e-4, atol=1e-5)

@@ -20,6 +20,13 @@ Design choices (the paper gives no architecture):
   training batch (BatchNorm without affine; running statistics at inference), so no dimension can be
   constant or small; `layer` (LayerNorm without affine, ||f||_2 = sqrt(dim)) only rules out shrinking:
   in our runs f_m collapsed with it at lr 3e-3.
+  Both norms use a negligible eps (FEATURE_NORM_EPS). With BatchNorm's default 1e-5 the shrinking route
+  stays open: the consistency loss falls as the pre-norm variance sinks below eps, and on the default run
+  E_m's pre-norm variance went to ~1e-9, so every f_m in motion.zarr had std ~0.006 instead of 1.
+  A second route: when a batch mixes real frames with pseudo labels, an encoder that spreads the labels'
+  features far apart inflates the batch variance and so squeezes the real frames' features together (f_m
+  std 0.01 on real frames with the eps fixed). So the statistics come from the real frames only
+  (`stats_rows` of `encode`; `SubsetBatchNorm`), and every row is normalised with them.
 * D_{e,m} predicts the motion RELATIVE to (p_neu, j_neu): out = neutral + residual_scale * MLP(f_e, f_m),
   the last layer initialised to zero (an untrained decoder returns the neutral frame). Identity (face
   shape) is thus carried by p_neu; the features only say how this frame departs from it. The MLP does
@@ -99,6 +106,11 @@ def unflatten_motion(flat: torch.Tensor, num_kp: int) -> tuple[torch.Tensor, tor
     return value, jacobian
 
 
+# Far below any pre-norm variance worth keeping, so the features stay unit-scale whatever the encoder's scale
+# (see the module docstring); well above float32's smallest normal number.
+FEATURE_NORM_EPS = 1e-20
+
+
 def mlp(inputs: int, hidden: int, layers: int, outputs: int) -> nn.Sequential:
     """Linear-SiLU blocks then a linear output layer."""
     blocks: list[nn.Module] = []
@@ -110,17 +122,41 @@ def mlp(inputs: int, hidden: int, layers: int, outputs: int) -> nn.Sequential:
     return nn.Sequential(*blocks)
 
 
+class SubsetBatchNorm(nn.BatchNorm1d):
+    """BatchNorm1d whose training statistics may come from a subset of the batch's rows (`stats_rows`), applied
+    to every row; the running statistics follow that subset too. Without `stats_rows`, or in eval mode, it is
+    plain BatchNorm1d (same state dict)."""
+
+    def forward(self, x: torch.Tensor, stats_rows: torch.Tensor | None = None) -> torch.Tensor:
+        if stats_rows is None or not self.training:
+            return super().forward(x)
+        ref = x[stats_rows]
+        mean, var = ref.mean(dim=0), ref.var(dim=0, unbiased=False)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                unbiased = var * (len(ref) / max(len(ref) - 1, 1))  # as BatchNorm keeps it
+                self.running_mean.mul_(1 - factor).add_(factor * mean)
+                self.running_var.mul_(1 - factor).add_(factor * unbiased)
+        return (x - mean) / torch.sqrt(var + self.eps)
+
+
 class MotionEncoder(nn.Module):
     """(p, j) -> a normalised feature (E_e or E_m; the two differ only in what training teaches them)."""
 
     def __init__(self, config: MotionConfig, dim: int):
         super().__init__()
         self.net = mlp(config.motion_size, config.hidden, config.layers, dim)
-        self.norm = nn.BatchNorm1d(dim, affine=False) if config.feature_norm == "batch" else None
+        batch_norm = config.feature_norm == "batch"
+        self.norm = SubsetBatchNorm(dim, affine=False, eps=FEATURE_NORM_EPS) if batch_norm else None
 
-    def forward(self, standardized: torch.Tensor) -> torch.Tensor:
+    def forward(self, standardized: torch.Tensor, stats_rows: torch.Tensor | None = None) -> torch.Tensor:
+        """`stats_rows` (bool (B,) or indices): the rows whose batch statistics normalise all (training only)."""
         out = self.net(standardized)
-        return self.norm(out) if self.norm is not None else F.layer_norm(out, out.shape[-1:])
+        if self.norm is not None:
+            return self.norm(out, stats_rows)
+        return F.layer_norm(out, out.shape[-1:], eps=FEATURE_NORM_EPS)
 
 
 class MotionDecoder(nn.Module):
@@ -193,10 +229,11 @@ class MotionNet(nn.Module):
         return self.mouth_encoder(self.encoder_input(value, jacobian, value_neu, jacobian_neu))
 
     def encode(self, value: torch.Tensor, jacobian: torch.Tensor, value_neu: torch.Tensor | None = None,
-               jacobian_neu: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(f_e, f_m) of the same frames, preparing the input once."""
+               jacobian_neu: torch.Tensor | None = None, stats_rows: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(f_e, f_m) of the same frames, preparing the input once; `stats_rows`: see MotionEncoder.forward."""
         x = self.encoder_input(value, jacobian, value_neu, jacobian_neu)
-        return self.expression_encoder(x), self.mouth_encoder(x)
+        return self.expression_encoder(x, stats_rows), self.mouth_encoder(x, stats_rows)
 
     def decode(self, f_e: torch.Tensor, f_m: torch.Tensor, value_neu: torch.Tensor, jacobian_neu: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -286,5 +323,5 @@ def decode_frames(net: MotionNet, f_e: np.ndarray, f_m: np.ndarray, value_neu: n
     return value, jacobian
 
 
-__all__ = ["MotionConfig", "MotionNet", "MotionEncoder", "MotionDecoder", "decode_frames", "encode_frames",
+__all__ = ["MotionConfig", "MotionNet", "MotionEncoder", "MotionDecoder", "SubsetBatchNorm", "decode_frames", "encode_frames",
            "flatten_motion", "init_motion", "load_motion", "unflatten_motion"]
