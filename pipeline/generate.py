@@ -148,7 +148,7 @@ def predict_keypoints(emmn: torch.nn.Module, reference: torch.Tensor, mfcc: np.n
 
 def animate_blocks(animator: Animator, crop_rgb: np.ndarray, samples: np.ndarray, n_frames: int, *, fps: float,
                    filter_settings: FilterSettings, block_frames: int, emotion: str | None = None,
-                   intensity: float = 1.0, batch_size: int = 16, mel_pad_mode: str = "reflect"
+                   intensity: float = 1.0, batch_size: int = 16, mel_pad_mode: str = "reflect", bf16: bool = False
                    ) -> Iterator[np.ndarray]:
     """Reference crop (S,S,3) uint8 + speech samples -> uint8 crop blocks (<= block_frames, S,S,3), in order.
 
@@ -170,16 +170,17 @@ def animate_blocks(animator: Animator, crop_rgb: np.ndarray, samples: np.ndarray
         value, jacobian = predict_keypoints(animator.emmn, reference, mfcc, kp_neu, emotion, intensity, mel_block)
         keep = slice(start - lo, stop - lo)
         value, jacobian = smoother(value[keep], jacobian[keep])
-        yield render_frames(animator.generator, reference, kp_neu, value, jacobian, batch_size)
+        yield render_frames(animator.generator, reference, kp_neu, value, jacobian, batch_size, bf16)
 
 
 def animate_clip(animator: Animator, crop_rgb: np.ndarray, samples: np.ndarray, n_frames: int, *, fps: float,
                  filter_settings: FilterSettings, block_frames: int, emotion: str | None = None,
-                 intensity: float = 1.0, batch_size: int = 16) -> np.ndarray:
+                 intensity: float = 1.0, batch_size: int = 16, bf16: bool = False) -> np.ndarray:
     """A whole clip of generated crops (n_frames, S, S, 3) (what the generate stage stores)."""
     return np.concatenate(list(animate_blocks(animator, crop_rgb, samples, n_frames, fps=fps,
                                               filter_settings=filter_settings, block_frames=block_frames,
-                                              emotion=emotion, intensity=intensity, batch_size=batch_size)))
+                                              emotion=emotion, intensity=intensity, batch_size=batch_size,
+                                              bf16=bf16)))
 
 
 # ------------------------------------------------------------------------------------------ photo -> mp4
@@ -219,7 +220,7 @@ def generate_video(image: str | Path, audio: str | Path, out: str | Path, animat
     with Mp4StreamWriter(out, width, height, base.fps, audio=audio, crf=p.crf) as writer:
         for crops in animate_blocks(animator, crop, samples, n_frames, fps=base.fps,
                                     filter_settings=filter_settings(p), block_frames=p.block_frames,
-                                    emotion=emotion, intensity=intensity, batch_size=p.batch_size):
+                                    emotion=emotion, intensity=intensity, batch_size=p.batch_size, bf16=p.bf16):
             for start in range(0, len(crops), PASTE_FRAMES):  # full-size frames exist a few at a time
                 writer.write(paster.paste(crops[start:start + PASTE_FRAMES]))
                 done += len(crops[start:start + PASTE_FRAMES])

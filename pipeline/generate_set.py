@@ -159,7 +159,7 @@ def generate_clip(task: ClipTask, base: BaseParams, p: GenerateParams) -> dict:
         reference = _reference(task.corpus_dir, task.actor)
         crop = _resize(reference[None], animator.image_size)[0]
         frames = animate_clip(animator, crop, samples, n, fps=base.fps, filter_settings=filter_settings(p),
-                              block_frames=p.block_frames, batch_size=p.batch_size)
+                              block_frames=p.block_frames, batch_size=p.batch_size, bf16=p.bf16)
     frames = _resize(np.ascontiguousarray(frames, dtype=np.uint8), size)
     if len(frames) != n:
         raise InputError(task.wav, f"{task.row}: made {len(frames)} frames, the corpus clip has {n}")

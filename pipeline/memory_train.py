@@ -267,6 +267,21 @@ def stage1_terms(model: EmmnNet, out: EmmnOutput, batch: Batch) -> dict[str, tor
     return terms
 
 
+def emotion_partners(clips: pd.DataFrame, train_index: np.ndarray) -> dict[int, np.ndarray]:
+    """For each training clip (index into `clips`), the training clips of OTHER actors with the same emotion and
+    level. Why: e_e also carries the speaker's voice, and with 8 training voices the emo-mouth memory learns to
+    key on the voice (held-out retrieval no better than the mean f_e); an e_e borrowed from another speaker
+    saying the same emotion leaves the emotion as the only thing the query and the target share."""
+    train = clips.iloc[train_index]
+    groups = {key: train_index[np.flatnonzero(((train.emotion == key[0]) & (train.level == key[1])).to_numpy())]
+              for key in set(zip(train.emotion, train.level))}
+    out = {}
+    for k, (emotion, level, actor) in zip(train_index, zip(train.emotion, train.level, train.actor)):
+        group = groups[(emotion, level)]
+        out[int(k)] = group[clips.actor.to_numpy()[group] != actor]
+    return out
+
+
 class MemoryTrainer:
     """Data on the device, the network, its optimizer; `sample(rng)` draws windows, `train_step` updates."""
 
@@ -287,6 +302,7 @@ class MemoryTrainer:
         self.f_e = None if data.f_e is None else torch.from_numpy(data.f_e).to(device)
         self.f_m = None if data.f_m is None else torch.from_numpy(data.f_m).to(device)
         self.content, self.clip_emotion = self._encode_clips()
+        self.emotion_partners = emotion_partners(data.clips, self.train_index)
         params = [q for m in model.trainable_modules().values() for q in m.parameters()]
         self.optimizer = torch.optim.Adam(params, lr=p.lr)
 
@@ -305,11 +321,14 @@ class MemoryTrainer:
             emotions.append(e_e[0])
         return torch.cat(contents), torch.stack(emotions)
 
-    def batch_from_rows(self, rows: torch.Tensor, clips: torch.Tensor) -> Batch:
-        """rows (B, T) of consecutive frames of clips (B,) (indices into data.clips) -> a Batch."""
+    def batch_from_rows(self, rows: torch.Tensor, clips: torch.Tensor, emotion_clips: torch.Tensor | None = None
+                        ) -> Batch:
+        """rows (B, T) of consecutive frames of clips (B,) (indices into data.clips) -> a Batch; e_e from
+        `emotion_clips` (B,) when given, else from `clips`."""
         actors = self.actor_index[clips]
         pick = (lambda t: None if t is None else t[rows])
-        return Batch(self.images[actors], self.content[rows], self.clip_emotion[clips], self.value[rows],
+        emotion = self.clip_emotion[clips if emotion_clips is None else emotion_clips]
+        return Batch(self.images[actors], self.content[rows], emotion, self.value[rows],
                      self.jacobian[rows], self.value_neu[actors], self.jacobian_neu[actors], pick(self.f_e),
                      pick(self.f_m))
 
@@ -320,10 +339,19 @@ class MemoryTrainer:
         return rows, self.batch_from_rows(rows, torch.tensor([clip], device=self.device))
 
     def sample(self, rng: np.random.Generator) -> Batch:
+        """Random training windows; with probability `cross_actor_emotion` a window's e_e is that of a random
+        clip of another training actor with the same emotion and level (see `emotion_partners`)."""
         clips = rng.choice(self.train_index, size=self.p.batch_size)
         starts = self.starts[clips] + rng.integers(0, self.lengths[clips] - self.window + 1)
         rows = torch.from_numpy(starts[:, None] + np.arange(self.window)[None]).to(self.device)
-        return self.batch_from_rows(rows, torch.from_numpy(clips).to(self.device))
+        emotion_clips = clips.copy()
+        swap = rng.random(len(clips)) < self.p.cross_actor_emotion if self.p.cross_actor_emotion > 0 else []
+        for k in np.flatnonzero(swap):
+            partners = self.emotion_partners.get(int(clips[k]))
+            if partners is not None and len(partners):
+                emotion_clips[k] = partners[rng.integers(len(partners))]
+        return self.batch_from_rows(rows, torch.from_numpy(clips).to(self.device),
+                                    torch.from_numpy(emotion_clips).to(self.device))
 
     def train_step(self, batch: Batch) -> dict[str, float]:
         self.model.train()

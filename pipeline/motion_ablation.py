@@ -1,27 +1,34 @@
-"""Paper Table 2 ("Ablation study for Motion Reconstruction") in keypoint space.
+"""Paper Table 2 ("Ablation study for Motion Reconstruction"): which rows, trained how.
 
-Five trainings of `train_motion` on the same inputs, each through the stage's worker with one switch
-changed — full, w/o L_rec, w/o L_self, w/o L_e/m-con, w/o filter — then the numbers of motion.json
-for each (pipeline/motion_report.py; f_e / f_m computed in memory instead of through decompose).
-The paper's columns (PSNR, SSIM, M-LMD, F-LMD of frames rendered from the reconstructed keypoints)
-need the renderer and belong to the evaluation issue; here the keypoint-space errors stand in.
+Each row is `train_motion` run through the stage's worker with every switch on except the row's one
+(full, w/o L_rec, w/o L_self, w/o L_e/m-con, w/o filter), for `table2.steps` steps; every other
+hyperparameter is the train_motion section's. `plan_rows` resolves each row's training set first: a row
+whose training would be identical to the full model's (same quadruples in the same order, same label
+weights, same params apart from the switch that selected them) is not trained again but shares its
+model; that happens to "w/o filter" when sync_filter keeps every clip it judges. A row whose training
+set is empty (e.g. "full" with pseudo labels when sync_filter kept no pseudo clip) is skipped with the
+reason. `train_row` trains one row and measures it in keypoint space (motion.json's numbers,
+pipeline/motion_report.py, f_e / f_m computed in memory instead of through decompose).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from pipeline.config import BaseParams, MotionReportParams, TrainMotionParams, with_field
+from pipeline.config import BaseParams, MotionReportParams, Table2Params, TrainMotionParams, as_dict, with_field
+from pipeline.errors import InputError
 from pipeline.lipsync_data import read_manifest
 from pipeline.models.motion import MotionNet, encode_frames, load_motion
-from pipeline.motion_data import KeypointBank, read_pairs
-from pipeline.motion_report import build_motion_report, evaluation_quadruples
+from pipeline.motion_data import KeypointBank
+from pipeline.motion_report import build_motion_report
+from pipeline.motion_train import loss_weights, training_quadruples
 
 # (name, label, params changed from the full model); the full model has every switch on
 TABLE2_ROWS: tuple[tuple[str, str, dict[str, bool]], ...] = (
@@ -32,20 +39,74 @@ TABLE2_ROWS: tuple[tuple[str, str, dict[str, bool]], ...] = (
     ("full", "Ours (full)", {}),
 )
 FULL = {"use_rec": True, "use_self": True, "use_con": True, "use_filter": True}
+FOMM_ROW = "fomm_keypoints"  # no Motion Reconstruction: the target's own E_k keypoints (the renderer's ceiling)
+ROW_LABELS = {**{name: label for name, label, _ in TABLE2_ROWS},
+              FOMM_ROW: "Keypoints straight from FOMM (E_k of the target frame)"}
+ROW_NAMES = tuple(ROW_LABELS)
 
-# (report section, key, column header, lower is better)
-COLUMNS: tuple[tuple[str, str, str, bool], ...] = (
-    ("recon", "self", "self (held-out)", True),
-    ("recon", "self_value_px", "self px", True),
-    ("recon", "cross_heldout", "cross (held-out)", True),
-    ("recon", "cross", "cross vs pseudo", True),
-    ("recon", "cross_vs_counterfactual", "cross vs counterfactual", True),
-    ("recon", "cross_vs_counterfactual_value_px", "cross vs cf px", True),
-    ("probe", "emotion_acc_from_fe", "emotion acc f_e", False),
-    ("probe", "emotion_acc_from_fm", "emotion acc f_m", True),
-    ("probe", "mouth_r2_from_fm", "mouth R2 f_m", False),
-    ("probe", "mouth_r2_from_fe", "mouth R2 f_e", True),
-)
+
+@dataclass(frozen=True)
+class RowPlan:
+    """One Table 2 row: its train_motion params (None for the FOMM row) and how it is obtained."""
+
+    name: str
+    params: TrainMotionParams | None
+    quadruples: int = 0
+    same_as: str | None = None  # an earlier row whose training is identical: its model is reused
+    skipped: str | None = None  # why the row cannot be trained
+
+    @property
+    def label(self) -> str:
+        return ROW_LABELS[self.name]
+
+    @property
+    def trains(self) -> bool:
+        return self.params is not None and self.same_as is None and self.skipped is None
+
+
+def row_params(p: TrainMotionParams, t: Table2Params, changes: dict[str, bool]) -> TrainMotionParams:
+    """train_motion's params with every switch on but the row's, and table2's step budget."""
+    return with_field(p, **{**FULL, **changes, "resume": False, "steps": t.steps, "max_minutes": t.max_minutes})
+
+
+def training_signature(p: TrainMotionParams, chosen: pd.DataFrame, weight: dict[str, np.ndarray] | None) -> str:
+    """Equal for two rows exactly when their training runs are identical: the same quadruples in the same
+    order and the same label weights (what `use_filter` decides) and the same params apart from `use_filter`."""
+    params = {k: v for k, v in as_dict(p).items() if k != "use_filter"}
+    data = chosen[["x_ia", "x_jb", "y_ib", "y_ja"]].to_numpy().tolist()
+    weights = None if weight is None else {k: np.asarray(v, np.float64).tolist() for k, v in sorted(weight.items())}
+    if weights is not None and all(min(v, default=1.0) == 1.0 for v in weights.values()):
+        weights = None  # every label trusted: the same as no weights
+    return hashlib.sha256(json.dumps([params, data, weights]).encode()).hexdigest()
+
+
+def check_rows(t: Table2Params) -> None:
+    unknown = sorted(set(t.rows) - set(ROW_NAMES))
+    if unknown:
+        raise InputError("params.yaml", f"table2.rows: unknown row(s) {unknown}; known: {list(ROW_NAMES)}")
+
+
+def plan_rows(bank: KeypointBank, pairs: pd.DataFrame, sync: pd.DataFrame | None, sync_path: str | Path,
+              p: TrainMotionParams, t: Table2Params) -> list[RowPlan]:
+    """The requested rows in table order (ablations, full, then the FOMM row)."""
+    check_rows(t)
+    plans, seen = {}, {}
+    # the full model first, so that a row identical to it shares the full model's training, not vice versa
+    for name, _, changes in sorted(TABLE2_ROWS, key=lambda row: row[0] != "full"):
+        if name not in t.rows:
+            continue
+        row_p = row_params(p, t, changes)
+        try:
+            chosen, weight = training_quadruples(pairs, sync, row_p, sync_path, bank)
+        except InputError as exc:
+            plans[name] = RowPlan(name, row_p, skipped=exc.problem)
+            continue
+        signature = training_signature(row_p, chosen, weight)
+        plans[name] = RowPlan(name, row_p, len(chosen), same_as=seen.get(signature))
+        seen.setdefault(signature, name)
+    if FOMM_ROW in t.rows:
+        plans[FOMM_ROW] = RowPlan(FOMM_ROW, None)
+    return [plans[name] for name in ROW_NAMES if name in plans]
 
 
 def corpus_features(net: MotionNet, bank: KeypointBank, manifest: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -63,77 +124,27 @@ def corpus_features(net: MotionNet, bank: KeypointBank, manifest: pd.DataFrame) 
     return f_e, f_m
 
 
-def run_table2(kp_store: Path, pseudo_dir: Path, corpus_dir: Path, work_dir: Path, out_md: Path, base: BaseParams,
-               p: TrainMotionParams, report_params: MotionReportParams, rows: tuple[str, ...] | None = None,
-               log=print) -> dict[str, Any]:
-    """Train each row into work_dir/<row>/ (checkpoint, loss log, motion.json), write the table; return
-    {row: motion.json}. `rows` picks a subset by name (default: all five)."""
+def train_row(plan: RowPlan, kp_store: Path, bank: KeypointBank, pseudo_dir: Path, corpus_dir: Path, out_dir: Path,
+              base: BaseParams, report_params: MotionReportParams, cross_set: tuple[pd.DataFrame, str], log=print
+              ) -> tuple[MotionNet, dict[str, Any]]:
+    """Train one row into out_dir (motion.pt, losses.csv/png, motion.json); return the model and its
+    keypoint-space report (motion.json: `cross_set` is one evaluation set shared by every row)."""
     from stages.train_motion import run_train_motion
 
-    work_dir, out_md = Path(work_dir), Path(out_md)
-    bank = KeypointBank(kp_store)
-    manifest = read_manifest(corpus_dir)
-    pairs = read_pairs(pseudo_dir)
-    sync_path = Path(pseudo_dir) / "sync.parquet"
-    sync = pd.read_parquet(sync_path) if sync_path.is_file() else None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights = loss_weights(plan.params)
+    log(f"table2: {plan.label}: Eq. 5 weights {weights}, {plan.quadruples} quadruples, {plan.params.steps} steps")
+    run_train_motion(kp_store, pseudo_dir, out_dir / "motion.pt", out_dir / "losses.csv", out_dir / "losses.png",
+                     base, plan.params, log=log)
+    net = load_motion(out_dir / "motion.pt")
+    f_e, f_m = corpus_features(net, bank, read_manifest(corpus_dir))
+    pairs, description = cross_set
     clips = pd.read_parquet(Path(pseudo_dir) / "clips.parquet")
-    # one evaluation set for every row: the quadruples the filtered rows do not train on (when any)
-    cross_set = evaluation_quadruples(pairs, sync, trained_with_filter=True)
-    results: dict[str, Any] = {}
-    for name, label, changes in TABLE2_ROWS:
-        if rows is not None and name not in rows:
-            continue
-        row_p = with_field(p, **{**FULL, **changes, "resume": False})
-        out = work_dir / name
-        out.mkdir(parents=True, exist_ok=True)
-        log(f"table2: {label} ({changes or 'every loss, filtered pairs'})")
-        run_train_motion(kp_store, pseudo_dir, out / "motion.pt", out / "losses.csv", out / "losses.png", base,
-                         row_p, log=log)
-        net = load_motion(out / "motion.pt")
-        f_e, f_m = corpus_features(net, bank, manifest)
-        report = build_motion_report(net, bank, f_e, f_m, corpus_dir, pairs, sync, clips, report_params, cross_set)
-        (out / "motion.json").write_text(json.dumps(report, indent=2) + "\n")
-        results[name] = report
-    write_table(results, out_md, p)
-    return results
+    report = build_motion_report(net, bank, f_e, f_m, corpus_dir, pairs, None, clips, report_params,
+                                 (pairs, description))
+    (out_dir / "motion.json").write_text(json.dumps(report, indent=2) + "\n")
+    return net, report
 
 
-def _fmt(value: Any) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.4f}"
-
-
-def write_table(results: dict[str, Any], out_md: Path, p: TrainMotionParams) -> None:
-    """Markdown: one row per ablation, the best value of each column in bold."""
-    labels = {name: label for name, label, _ in TABLE2_ROWS}
-    names = [n for n, _, _ in TABLE2_ROWS if n in results]
-    header = "| Method | " + " | ".join(h + (" ↓" if low else " ↑") for _, _, h, low in COLUMNS) + " |"
-    lines = ["# Table 2 analogue: Motion Reconstruction ablations (keypoint space)", "",
-             "Each row trains `train_motion` with one switch off (scripts/table2_motion.py); numbers are "
-             "data/reports/motion.json's (pipeline/motion_report.py): reconstruction errors are "
-             "||(p, j) - (p', j')||_2 (mean over keypoints of the L2 norm of value and Jacobian differences) "
-             "or keypoint position errors in pixels; probes are held-out emotion accuracy and mouth-opening R^2. "
-             "Rendered PSNR / SSIM / M-LMD / F-LMD (the paper's columns) come with the evaluation stage.", "",
-             f"Training: {p.max_minutes} min budget, at most {p.steps} steps, batch {p.batch_size}, lr {p.lr}, "
-             f"lambda_e-con {p.lambda_e_con}, lambda_m-con {p.lambda_m_con}.", "", header,
-             "|" + "---|" * (len(COLUMNS) + 1)]
-    best = {}
-    for section, key, _, low in COLUMNS:
-        values = [results[n][section].get(key) for n in names]
-        finite = [v for v in values if v is not None and math.isfinite(v)]
-        best[key] = (min(finite) if low else max(finite)) if finite else None
-    for name in names:
-        cells = []
-        for section, key, _, _ in COLUMNS:
-            value = results[name][section].get(key)
-            text = _fmt(value)
-            cells.append(f"**{text}**" if value is not None and value == best[key] and len(names) > 1 else text)
-        lines.append(f"| {labels[name]} | " + " | ".join(cells) + " |")
-    steps = ", ".join(f"{labels[n]} {results[n]['model']['step']}" for n in names)
-    cross_sets = sorted({results[n]["info"]["cross_set"] for n in names})
-    lines += ["", f"Steps trained: {steps}.", "", "Cross vs pseudo / counterfactual measured on: "
-              + "; ".join(cross_sets) + ".", ""]
-    out_md.parent.mkdir(parents=True, exist_ok=True)
-    out_md.write_text("\n".join(lines))
-
-
-__all__ = ["COLUMNS", "TABLE2_ROWS", "corpus_features", "run_table2", "write_table"]
+__all__ = ["FOMM_ROW", "FULL", "ROW_LABELS", "ROW_NAMES", "RowPlan", "TABLE2_ROWS", "check_rows", "corpus_features",
+           "plan_rows", "row_params", "train_row", "training_signature"]

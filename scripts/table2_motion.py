@@ -1,11 +1,11 @@
-"""Paper Table 2 analogue: train the five Motion Reconstruction rows and write data/reports/table2.md.
+"""Paper Table 2 analogue outside DVC: the `table2` stage's worker with a params profile and a row subset.
 
-    .venv/bin/python scripts/table2_motion.py                       # default params: ~5 x train_motion.max_minutes
-    .venv/bin/python scripts/table2_motion.py --profile profiles/tiny.yaml --rows full no_rec
-Needs the inputs of `train_motion` and `motion_report` (dvc repro motion_report). Each row (full, w/o L_rec,
-w/o L_self, w/o L_e/m-con, w/o filter) is trained in this process through the stage's worker with one
-switch changed, into --work/<row>/ (motion.pt, losses.csv/png, motion.json); the table goes to --out.
-The same rows one by one through DVC instead:
+    .venv/bin/python scripts/table2_motion.py                       # = python -m stages.table2 (dvc repro table2)
+    .venv/bin/python scripts/table2_motion.py --profile profiles/tiny.yaml --rows full --rows no_rec
+Needs the inputs of the `table2` stage (keypoints.zarr, data/pseudo, the corpus, a renderer, evaluator.pt).
+Each row (full, w/o L_rec, w/o L_self, w/o L_e/m-con, w/o filter) is trained in turn with one train_motion
+switch changed, rendered on held-out frames and scored; `fomm_keypoints` renders the targets' own keypoints.
+The same rows one by one through DVC instead (train_motion's own model, keypoint-space motion.json):
     dvc exp run -S train_motion.use_rec=false     (use_self / use_con / use_filter likewise)
 """
 
@@ -17,9 +17,10 @@ from typing import Annotated
 import typer
 import yaml
 
-from pipeline.config import SECTIONS, build_section, deep_merge, read_yaml
-from pipeline.motion_ablation import TABLE2_ROWS, run_table2
+from pipeline.config import SECTIONS, build_section, deep_merge, read_yaml, with_field
+from pipeline.motion_ablation import ROW_NAMES
 from stages.common import one_line_errors
+from stages.table2 import run_table2
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -34,21 +35,27 @@ def load_params(params: Path, profile: Path | None) -> dict:
 @app.command()
 @one_line_errors
 def main(
-    params: Annotated[Path, typer.Option(help="params.yaml (base, train_motion, motion_report)")] = Path("params.yaml"),
+    params: Annotated[Path, typer.Option(help="params.yaml (base, train_motion, motion_report, table2)")] = Path(
+        "params.yaml"),
     profile: Annotated[Path | None, typer.Option(help="profile overlaid on params, e.g. profiles/tiny.yaml")] = None,
     keypoints: Annotated[Path, typer.Option(help="keypoint store")] = Path("data/features/keypoints.zarr"),
     pseudo: Annotated[Path, typer.Option(help="pseudo_pairs folder")] = Path("data/pseudo"),
     corpus: Annotated[Path, typer.Option(help="corpus folder")] = Path("data/corpus"),
+    renderer: Annotated[Path, typer.Option(help="renderer")] = Path("data/models/emmn_render.pt"),
+    fomm: Annotated[Path, typer.Option(help="renderer when --renderer does not exist")] = Path("data/models/fomm.pt"),
+    evaluator: Annotated[Path, typer.Option(help="the judges")] = Path("data/models/evaluator.pt"),
     work: Annotated[Path, typer.Option(help="per-row outputs")] = Path("data/ablations/motion"),
+    report: Annotated[Path, typer.Option(help="the table's JSON")] = Path("data/reports/table2.json"),
     out: Annotated[Path, typer.Option(help="the table")] = Path("data/reports/table2.md"),
-    rows: Annotated[list[str] | None, typer.Option(help=f"subset of {[r[0] for r in TABLE2_ROWS]}")] = None,
+    rows: Annotated[list[str] | None, typer.Option(help=f"subset of {list(ROW_NAMES)}")] = None,
 ) -> None:
-    """Train the Table 2 rows and write them as one Markdown table."""
+    """Train, render and score the Table 2 rows; write them as one Markdown table."""
     data = load_params(params, profile)
     sections = {name: build_section(SECTIONS[name], data.get(name), where=str(params), name=name)
-                for name in ("base", "train_motion", "motion_report")}
-    run_table2(keypoints, pseudo, corpus, work, out, sections["base"], sections["train_motion"],
-               sections["motion_report"], rows=tuple(rows) if rows else None)
+                for name in ("base", "train_motion", "motion_report", "table2")}
+    table = with_field(sections["table2"], rows=tuple(rows)) if rows else sections["table2"]
+    run_table2(keypoints, pseudo, corpus, renderer, fomm, evaluator, work, report, out, sections["base"],
+               sections["train_motion"], sections["motion_report"], table)
     typer.echo(out.read_text())
 
 

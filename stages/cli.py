@@ -14,10 +14,12 @@ from stages import audio_features, corpus
 from stages import keypoints, train_fomm
 from stages import pseudo_pairs, sync_filter, sync_score, train_sync_scorer, train_syncnet, train_wav2lip
 from stages import evaluate, train_evaluator
+from stages import figures
 from stages import finetune_render, generate
 from stages import train_memory
 from stages import train_audio
 from stages import decompose, motion_report, train_motion
+from stages import table2
 from stages.common import one_line_errors
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -38,6 +40,7 @@ app.command("generate")(generate.generate)
 app.command("train_evaluator")(train_evaluator.train_evaluator)
 app.command("train-evaluator", hidden=True)(train_evaluator.train_evaluator)  # the spelling of the brief
 app.command("evaluate")(evaluate.evaluate)
+app.command("figures")(figures.figures)
 app.command("train_memory")(train_memory.train_memory)
 app.command("train-memory", hidden=True)(train_memory.train_memory)  # the spelling of the brief
 app.command("train_audio")(train_audio.train_audio)
@@ -47,6 +50,7 @@ app.command("train-motion", hidden=True)(train_motion.train_motion)  # the spell
 app.command("decompose")(decompose.decompose)
 app.command("motion_report")(motion_report.motion_report)
 app.command("motion-report", hidden=True)(motion_report.motion_report)
+app.command("table2")(table2.table2)
 
 
 @app.command("inspect")

@@ -16,7 +16,8 @@ from pipeline.filters import OneEuroFilter
 from pipeline.media import has_audio_stream, read_video, write_wav
 from pipeline.mp4_stream import Mp4StreamWriter
 from pipeline.photo import FacePaster, feather_mask
-from pipeline.render import FilterSettings, KeypointSmoother, decode_frames, encode_source
+from pipeline.render import (FilterSettings, KeypointSmoother, decode_frames, encode_source, render_frames,
+                             to_uint8_frames)
 from stages.audio_features import frame_mfcc_windows
 from stages.cli import app
 from tests.conftest import tiny_params_dict, tiny_section
@@ -92,6 +93,15 @@ def test_cached_source_features_render_exactly_what_the_generator_does():
         cached = decode_frames(generator, source.expand(3, -1, -1, -1), encode_source(generator, source).expand(
             3, -1, -1, -1), driving, kp_src)
     assert torch.allclose(full, cached, atol=1e-6)
+    # bf16 autocast (generate.bf16): the same frames up to bfloat16 rounding, uint8 out, batch split irrelevant
+    kp_neu = {k: v.numpy() for k, v in kp.items()}
+    value, jacobian = driving["value"].numpy(), driving["jacobian"].numpy()
+    fp32 = render_frames(generator, source, kp_neu, value, jacobian, batch_size=2)
+    bf16 = render_frames(generator, source, kp_neu, value, jacobian, batch_size=3, bf16=True)
+    assert fp32.dtype == bf16.dtype == np.uint8 and fp32.shape == bf16.shape == (3, 64, 64, 3)
+    np.testing.assert_array_equal(fp32, to_uint8_frames(full))
+    mse = ((fp32.astype(float) - bf16.astype(float)) ** 2).mean()
+    assert 0 < mse and 10 * math.log10(255 ** 2 / mse) > 35  # it did run in bf16, and it hardly shows
 
 
 def test_keypoint_smoother_carries_its_state_across_blocks():

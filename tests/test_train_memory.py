@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from pipeline.config import BaseParams, with_field
 from pipeline.errors import InputError
-from pipeline.memory_train import MemoryData, choose_upper_keypoints, effective_slots, load_memory_data
+from pipeline.memory_train import (MemoryData, choose_upper_keypoints, effective_slots, emotion_partners,
+                                   load_memory_data)
 from pipeline.models.emmn import load_emmn
 from pipeline.train import read_loss_csv, torch_threads
 from stages.train_memory import app, run_train_memory
@@ -92,6 +93,36 @@ def test_choose_upper_keypoints_by_hand():
                       jacobian_neu=np.zeros((1, 4, 2, 2), np.float32), actors=["A"])
     assert choose_upper_keypoints(data, 2) == (0, 1)
     assert choose_upper_keypoints(data, 3) == (0, 1, 3)  # too few upper ones: the best-scoring others fill up
+
+
+def test_emotion_partners_are_other_actors_with_the_same_emotion_and_level():
+    clips = pd.DataFrame({"actor": ["A", "A", "B", "B", "C", "C", "D"],
+                          "emotion": ["happy", "happy", "happy", "sad", "happy", "happy", "happy"],
+                          "level": [3, 3, 3, 3, 3, 1, 3],
+                          "split": ["train"] * 6 + ["test"]})
+    partners = emotion_partners(clips, np.arange(6))
+    assert sorted(partners) == [0, 1, 2, 3, 4, 5]  # held-out clip 6 is neither a key nor a partner
+    assert partners[0].tolist() == [2, 4] and partners[1].tolist() == [2, 4]  # not A's own clip 1
+    assert partners[2].tolist() == [0, 1, 4]
+    assert partners[3].tolist() == [] and partners[5].tolist() == []  # no other actor: sad 3, happy 1
+
+
+def test_sample_borrows_e_e_from_a_partner_clip_at_the_given_rate():
+    from types import SimpleNamespace
+
+    from pipeline.memory_train import MemoryTrainer
+
+    trainer = MemoryTrainer.__new__(MemoryTrainer)  # only what `sample` reads
+    trainer.train_index, trainer.window, trainer.device = np.array([0, 1, 2]), 2, torch.device("cpu")
+    trainer.starts, trainer.lengths = np.array([0, 10, 20]), np.array([10, 10, 10])
+    trainer.emotion_partners = {0: np.array([2]), 1: np.array([], np.int64), 2: np.array([0])}
+    trainer.batch_from_rows = lambda rows, clips, emotion_clips: (clips.numpy(), emotion_clips.numpy())
+    for rate, expect_swapped in ((0.0, False), (1.0, True)):
+        trainer.p = SimpleNamespace(batch_size=64, cross_actor_emotion=rate)
+        clips, emotion_clips = trainer.sample(np.random.default_rng(0))
+        partner = {0: 2, 1: 1, 2: 0}  # clip 1 has no partner: it keeps its own e_e
+        expected = np.array([partner[c] for c in clips]) if expect_swapped else clips
+        np.testing.assert_array_equal(emotion_clips, expected)
 
 
 def test_effective_slots():
