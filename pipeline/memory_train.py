@@ -275,10 +275,11 @@ def emotion_partners(clips: pd.DataFrame, train_index: np.ndarray) -> dict[int, 
     train = clips.iloc[train_index]
     groups = {key: train_index[np.flatnonzero(((train.emotion == key[0]) & (train.level == key[1])).to_numpy())]
               for key in set(zip(train.emotion, train.level))}
+    actors = clips.actor.to_numpy()
     out = {}
     for k, (emotion, level, actor) in zip(train_index, zip(train.emotion, train.level, train.actor)):
         group = groups[(emotion, level)]
-        out[int(k)] = group[clips.actor.to_numpy()[group] != actor]
+        out[int(k)] = group[actors[group] != actor]
     return out
 
 

@@ -17,11 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from pipeline.filters import OneEuroFilter
 from pipeline.fomm_io import module_device
-from pipeline.models.fomm import OcclusionAwareGenerator, warp
+from pipeline.models.fomm import OcclusionAwareGenerator
 
 
 @dataclass(frozen=True)
@@ -55,29 +54,15 @@ def to_uint8_frames(images: torch.Tensor) -> np.ndarray:
 
 
 def encode_source(generator: OcclusionAwareGenerator, source: torch.Tensor) -> torch.Tensor:
-    """The generator's encoder features of the source image (first conv + down blocks). Every frame of a
-    video warps the same source, so they are computed once, not per frame (about 30% of a frame's cost)."""
-    out = generator.first(source)
-    for block in generator.down_blocks:
-        out = block(out)
-    return out
+    """The generator's encoder features of the source image. Every frame of a video warps the same source,
+    so they are computed once, not per frame (about 30% of a frame's cost)."""
+    return generator.encode(source)
 
 
 def decode_frames(generator: OcclusionAwareGenerator, source: torch.Tensor, source_features: torch.Tensor,
                   kp_driving: Mapping[str, torch.Tensor], kp_source: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """`OcclusionAwareGenerator.forward(...)["prediction"]` with the source's encoder features given:
-    dense motion -> warp the features -> occlusion -> bottleneck -> up blocks -> sigmoid. [B,3,H,W]."""
-    motion = generator.dense_motion_network(source, kp_driving=kp_driving, kp_source=kp_source)
-    out = warp(source_features, motion["deformation"])
-    if "occlusion_map" in motion:
-        occlusion = motion["occlusion_map"]
-        if occlusion.shape[2:] != out.shape[2:]:
-            occlusion = F.interpolate(occlusion, size=out.shape[2:], mode="bilinear", align_corners=False)
-        out = out * occlusion
-    out = generator.bottleneck(out)
-    for block in generator.up_blocks:
-        out = block(out)
-    return torch.sigmoid(generator.final(out).float())
+    """`OcclusionAwareGenerator.forward(...)["prediction"]` with the source's encoder features given. [B,3,H,W]."""
+    return generator.decode(source, source_features, kp_driving, kp_source)["prediction"]
 
 
 @torch.inference_mode()

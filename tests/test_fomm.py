@@ -11,6 +11,7 @@ Golden files (tests/golden/):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import zlib
@@ -344,6 +345,31 @@ def test_tiny_shapes_ranges_and_identity_jacobian_init():
     assert shapes == {"mask": (2, 6, 16, 16), "sparse_deformed": (2, 6, 3, 16, 16), "occlusion_map": (2, 1, 16, 16),
                       "deformation": (2, 16, 16, 2), "deformed": (2, 3, 64, 64), "prediction": (2, 3, 64, 64)}
     assert 0.0 <= float(out["prediction"].min()) and float(out["prediction"].max()) <= 1.0
+
+
+def test_warped_source_skip_blends_by_the_gate_channel():
+    """Not in FOMM (slim preset only): prediction = g * deformed + (1 - g) * sigmoid(rgb), g from `final`'s 4th
+    channel. A saturated gate must give exactly the warped source, or exactly the decoder's image."""
+    config = dataclasses.replace(TINY, generator=dataclasses.replace(TINY.generator, warped_source_skip=True))
+    kp_detector, generator = KPDetector(config).eval(), OcclusionAwareGenerator(config).eval()
+    assert generator.final.out_channels == 4 and OcclusionAwareGenerator(TINY).final.out_channels == 3
+    assert FommConfig.slim().generator.warped_source_skip and not FommConfig.vox256().generator.warped_source_skip
+    source, driving = seeded_images(8, 2, 1, 64)
+    with torch.no_grad():
+        kp_s, kp_d = kp_detector(source), kp_detector(driving)
+        out = generator(source, kp_driving=kp_d, kp_source=kp_s)
+        assert set(out) >= {"skip_gate", "deformed"} and tuple(out["skip_gate"].shape) == (1, 1, 64, 64)
+        generator.final.bias[3] = 60.0  # gate -> 1: the source pixels the flow points at
+        out = generator(source, kp_driving=kp_d, kp_source=kp_s)
+        assert torch.allclose(out["prediction"], out["deformed"], atol=1e-6)
+        generator.final.bias[3] = -60.0  # gate -> 0: the decoder alone, i.e. FOMM's output
+        rgb = generator.final.weight[:3], generator.final.bias[:3]
+        plain = OcclusionAwareGenerator(TINY).eval()
+        state = {k: v for k, v in generator.state_dict().items() if not k.startswith("final.")}
+        plain.load_state_dict({**state, "final.weight": rgb[0], "final.bias": rgb[1]})
+        out = generator(source, kp_driving=kp_d, kp_source=kp_s)
+        assert torch.allclose(out["prediction"], plain(source, kp_driving=kp_d, kp_source=kp_s)["prediction"],
+                              atol=1e-6)
 
 
 def test_without_jacobian_occlusion_or_downsampling():

@@ -1,12 +1,17 @@
-"""End to end: `dvc repro` of the first stages on the tiny profile in a temp git repo.
+"""End to end: the whole `dvc repro` (every stage of dvc.yaml) on the tiny profile in a temp git repo.
 
-Checks the acceptance rules of the DVC skeleton: it runs, a second repro is a no-op, and changing an
-audio-feature param re-runs only `audio_features`.
+What a user checks after `dvc repro`: every stage ran, a second repro is a no-op, Table 1 / Table 2 / the
+figures are there, `dvc metrics show` works, and a param change re-runs exactly the stages that depend on
+it (a train_memory param: train_memory and what follows, not the stages before; an audio-feature param:
+audio_features, not corpus).
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,9 +21,13 @@ import pytest
 import yaml
 import zarr
 
+from pipeline.media import has_audio_stream, read_video
 from tests.conftest import ROOT, tiny_params_dict
 
 DVC = str(Path(sys.executable).with_name("dvc"))
+DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+STAGES: dict = DVC_YAML["stages"]
+METRIC_KEYS = ("psnr", "ssim", "m_lmd", "f_lmd", "sync_conf", "lse_d", "emotion_acc")
 
 
 def run(cmd: list[str], cwd: Path) -> str:
@@ -30,15 +39,62 @@ def run(cmd: list[str], cwd: Path) -> str:
     return proc.stdout + proc.stderr
 
 
+def ran_stages(out: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", out))
+
+
+def entry_paths(entries) -> list[str]:
+    """Paths of a dvc.yaml deps / outs / metrics / plots list (plain strings or one-key dicts)."""
+    return [e if isinstance(e, str) else next(iter(e)) for e in entries or []]
+
+
+def stage_outputs() -> set[str]:
+    return {p for s in STAGES.values() for kind in ("outs", "metrics", "plots") for p in entry_paths(s.get(kind))}
+
+
+def is_under(path: str, roots: set[str]) -> bool:
+    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
+
+
+def stage_params(stage: dict) -> set[str]:
+    return {p for p in stage.get("params") or [] if isinstance(p, str)}
+
+
+def affected_by(section: str) -> set[str]:
+    """Stages that depend on params `section` (whole or one key), and every stage downstream of them."""
+    hit = {n for n, s in STAGES.items() if any(p.split(".")[0] == section for p in stage_params(s))}
+    while True:
+        outs = {p for n in hit for kind in ("outs", "metrics", "plots") for p in entry_paths(STAGES[n].get(kind))}
+        more = {n for n, s in STAGES.items() if n not in hit
+                and any(is_under(d, outs) or is_under(o, {d}) for d in entry_paths(s.get("deps")) for o in outs)}
+        if not more:
+            return hit
+        hit |= more
+
+
+def copy_sources(repo: Path) -> None:
+    """The project's files as a fresh checkout has them (tracked + untracked, not ignored), minus stage outputs.
+
+    Derived from git rather than listed here, so a new code file, vendored asset or dvc.yaml dep travels along.
+    """
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, text=True, check=True).stdout.split("\0")
+    outputs = stage_outputs()
+    for rel in filter(None, listed):
+        src = ROOT / rel
+        if rel in ("dvc.lock", "params.yaml") or is_under(rel, outputs) or not src.is_file():
+            continue
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, repo / rel)
+    missing = [d for s in STAGES.values() for d in entry_paths(s.get("deps"))
+               if not is_under(d, outputs) and not (repo / d).exists()]
+    assert not missing, f"dvc.yaml deps the temp repo lacks (not in git?): {missing}"
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     repo = tmp_path_factory.mktemp("e2e")
-    for item in ("pipeline", "stages", "dvc.yaml", ".dvc", ".dvcignore", ".gitignore"):
-        src = ROOT / item
-        if src.is_dir():
-            shutil.copytree(src, repo / item, ignore=shutil.ignore_patterns("__pycache__", "tmp", "cache"))
-        else:
-            shutil.copy2(src, repo / item)
+    copy_sources(repo)
     (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict(), sort_keys=False))
     run(["git", "init", "-q"], repo)
     run(["git", "-c", "user.email=ci@x", "-c", "user.name=ci", "add", "-A"], repo)
@@ -46,20 +102,64 @@ def repo(tmp_path_factory) -> Path:
     return repo
 
 
-def test_repro_noop_and_param_change(repo):
-    out = run([DVC, "repro", "corpus", "audio_features"], repo)
-    assert "Running stage 'corpus'" in out and "Running stage 'audio_features'" in out
+def set_param(repo: Path, section: str, key: str, value) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    assert params[section][key] != value
+    params[section][key] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def check_metrics(reports: Path) -> None:
+    metrics = json.loads((reports / "metrics.json").read_text())
+    produced = json.loads((reports / "generate.json").read_text())["rows"]
+    assert "emmn" in produced and "ground_truth" in produced
+    assert list(metrics) == produced, "metrics.json: one object per generated row, in order"
+    for row, values in metrics.items():
+        assert set(values) == set(METRIC_KEYS), row
+        for key, v in values.items():
+            if row == "ground_truth" and key == "psnr":
+                assert v is None  # PSNR of the ground truth against itself: infinite
+            else:
+                assert isinstance(v, (int, float)) and not isinstance(v, bool), (row, key, v)
+    assert all(math.isfinite(v) for v in metrics["emmn"].values())
+    assert metrics["ground_truth"]["ssim"] == pytest.approx(1.0)
+
+
+def test_whole_repro_noop_and_param_changes(repo):
+    out = run([DVC, "repro"], repo)
+    assert ran_stages(out) == set(STAGES), f"stages that did not run: {set(STAGES) - ran_stages(out)}"
+
+    # corpus and audio features agree frame for frame
     audio = zarr.open_group(repo / "data/features/audio.zarr", mode="r")
     frames = zarr.open_group(repo / "data/corpus/frames.zarr", mode="r")
     assert audio["mel"].shape[0] == frames["frames"].shape[0]
-    assert (repo / "data/reports/corpus_sheet.png").stat().st_size > 1000
 
-    again = run([DVC, "repro", "corpus", "audio_features"], repo)
+    reports = repo / "data/reports"
+    check_metrics(reports)
+    for name, min_bytes in [("corpus_sheet.png", 1000), ("table1.md", 300), ("table2.md", 300),
+                            ("fig6_sheet.png", 1000), ("side_by_side.mp4", 1000), ("emotions_sheet.png", 1000)]:
+        assert (reports / name).stat().st_size > min_bytes, name
+    assert "| EMMN |" in (reports / "table1.md").read_text()
+    video, _ = read_video(reports / "side_by_side.mp4")
+    assert len(video) > 0 and video.std() > 0 and has_audio_stream(reports / "side_by_side.mp4")
+    # every Table 2 row trained and scored (the tiny sync_filter keeps every pseudo clip)
+    table2 = json.loads((reports / "table2.json").read_text())
+    assert list(table2) == tiny_params_dict()["table2"]["rows"]
+    assert all(row["clips"] > 0 and math.isfinite(row["psnr"]) for row in table2.values()), table2
+    shown = run([DVC, "metrics", "show"], repo)
+    assert "data/reports/metrics.json" in shown
+
+    again = run([DVC, "repro"], repo)
     assert "Running stage" not in again
 
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["audio_features"]["mel_pad_mode"] = "constant"
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    changed = run([DVC, "repro", "corpus", "audio_features"], repo)
-    assert "Running stage 'audio_features'" in changed
-    assert "Running stage 'corpus'" not in changed
+    # a train_memory param: train_memory, its two ablation variants and everything downstream; nothing before
+    set_param(repo, "train_memory", "lr", 2.0e-3)
+    changed = ran_stages(run([DVC, "repro"], repo))
+    assert changed == affected_by("train_memory")
+    assert {"train_memory", "finetune_render", "generate", "evaluate"} <= changed
+    assert not changed & {"corpus", "audio_features", "train_fomm", "keypoints", "train_motion"}
+
+    # an audio-feature param: audio_features re-runs, corpus does not
+    set_param(repo, "audio_features", "mel_pad_mode", "constant")
+    changed = ran_stages(run([DVC, "repro", "corpus", "audio_features"], repo))
+    assert "audio_features" in changed and "corpus" not in changed

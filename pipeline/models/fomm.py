@@ -83,6 +83,10 @@ class GeneratorConfig:
     num_down_blocks: int = 2
     num_bottleneck_blocks: int = 6
     estimate_occlusion_map: bool = True
+    # Not in FOMM (off in vox-256, so official files load and match): `final` gets one more channel, a
+    # per-pixel gate between the source image warped at full resolution and the decoder's image. A
+    # CPU-budget decoder stays blurry for thousands of steps; warped source pixels are sharp from step 0.
+    warped_source_skip: bool = False
 
 
 @dataclass(frozen=True)
@@ -129,14 +133,15 @@ class FommConfig:
 
     @classmethod
     def slim(cls, image_size: int = 128, num_kp: int = 10) -> FommConfig:
-        """CPU-sized model, same architecture: 9.7M parameters (kp detector 4.2M, dense motion 4.2M, rest 1.4M)."""
+        """CPU-sized model, same architecture plus the warped-source skip: 9.7M parameters (kp detector 4.2M,
+        dense motion 4.2M, rest 1.4M)."""
         return cls(
             image_size=image_size,
             num_kp=num_kp,
             kp_detector=KPDetectorConfig(block_expansion=32, max_features=256, num_blocks=5, scale_factor=0.25),
             dense_motion=DenseMotionConfig(block_expansion=32, max_features=256, num_blocks=5, scale_factor=0.25),
             generator=GeneratorConfig(block_expansion=32, max_features=128, num_down_blocks=2,
-                                      num_bottleneck_blocks=4),
+                                      num_bottleneck_blocks=4, warped_source_skip=True),
             discriminator=DiscriminatorConfig(block_expansion=32, max_features=256),
         )
 
@@ -352,7 +357,8 @@ class OcclusionAwareGenerator(nn.Module):
     """Source image + source/driving keypoints -> `prediction` [B,C,H,W] in [0,1] and motion diagnostics.
 
     Output keys: `mask`, `sparse_deformed`, `occlusion_map` (if estimated), `deformation` [B,h,w,2],
-    `deformed` (source warped by the upsampled flow) and `prediction`.
+    `deformed` (source warped by the upsampled flow), `skip_gate` (with `warped_source_skip`: weight of
+    `deformed` in the prediction) and `prediction`.
     """
 
     def __init__(self, config: FommConfig):
@@ -370,17 +376,24 @@ class OcclusionAwareGenerator(nn.Module):
         self.bottleneck = nn.Sequential()
         for i in range(cfg.num_bottleneck_blocks):
             self.bottleneck.add_module(f"r{i}", ResBlock2d(width(cfg.num_down_blocks)))
-        self.final = nn.Conv2d(cfg.block_expansion, config.num_channels, kernel_size=7, padding=3)
+        self.warped_source_skip = cfg.warped_source_skip
+        self.final = nn.Conv2d(cfg.block_expansion, config.num_channels + int(cfg.warped_source_skip), kernel_size=7,
+                               padding=3)
 
-    def forward(self, source_image: torch.Tensor, kp_driving: Mapping, kp_source: Mapping) -> dict[str, torch.Tensor]:
+    def encode(self, source_image: torch.Tensor) -> torch.Tensor:
+        """Encoder features of the source (first conv + down blocks); a video computes them once."""
         out = self.first(source_image)
         for block in self.down_blocks:
             out = block(out)
+        return out
 
+    def decode(self, source_image: torch.Tensor, source_features: torch.Tensor, kp_driving: Mapping,
+               kp_source: Mapping) -> dict[str, torch.Tensor]:
+        """Dense motion -> warp the features -> occlusion -> bottleneck -> up blocks -> image (+ skip gate)."""
         motion = self.dense_motion_network(source_image, kp_driving=kp_driving, kp_source=kp_source)
         result = {"mask": motion["mask"], "sparse_deformed": motion["sparse_deformed"],
                   "deformation": motion["deformation"]}
-        out = warp(out, motion["deformation"])
+        out = warp(source_features, motion["deformation"])
         if "occlusion_map" in motion:
             occlusion = motion["occlusion_map"]
             result["occlusion_map"] = occlusion
@@ -392,8 +405,17 @@ class OcclusionAwareGenerator(nn.Module):
         out = self.bottleneck(out)
         for block in self.up_blocks:
             out = block(out)
-        result["prediction"] = torch.sigmoid(self.final(out).float())
+        final = self.final(out).float()
+        if self.warped_source_skip:
+            gate = torch.sigmoid(final[:, -1:])
+            result["skip_gate"] = gate
+            result["prediction"] = gate * result["deformed"] + (1 - gate) * torch.sigmoid(final[:, :-1])
+        else:
+            result["prediction"] = torch.sigmoid(final)
         return result
+
+    def forward(self, source_image: torch.Tensor, kp_driving: Mapping, kp_source: Mapping) -> dict[str, torch.Tensor]:
+        return self.decode(source_image, self.encode(source_image), kp_driving, kp_source)
 
 
 # -------------------------------------------------------------------------------------- discriminator
