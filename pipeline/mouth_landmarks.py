@@ -1,16 +1,14 @@
-"""Small CNNs that read landmarks off a face: the 20 mouth points (dlib 48..67) or all 68, to score generated frames.
+"""A small CNN that reads the 68 landmarks off a face, to score generated frames (evaluate) and re-dubbed mouths
+(pseudo_pairs, points 48..67).
 
 Generated frames have no ground-truth landmarks, so they are measured with a regressor trained on the
-corpus's real frames, whose landmarks are exact. The mouth regressor (pseudo_pairs) reads the lower 5/8
-of a 96x96 BGR face (rows 36..95, the whole mouth with margin); the face regressor of `train_evaluator`
-reads the whole face (`crop_top` 0). Output: the points as fractions of the frame side (multiply by the
-corpus frame size for pixels). Half of each batch is blurred by a 2x down/up resize, so a generator's
-softer output reads like a real frame. Each regressor's own held-out error is reported alongside.
+corpus's real frames, whose landmarks are exact (`train_evaluator`). Output: the points as fractions of the
+frame side (multiply by the corpus frame size for pixels). Half of each training batch is blurred by a 2x
+down/up resize, so a generator's softer output reads like a real frame. The held-out error is reported alongside.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,11 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.lipsync_data import FACE_SIZE
 
 MOUTH = slice(48, 68)
-MOUTH_POINTS = 20
-CROP_TOP = FACE_SIZE * 3 // 8  # 36: rows above hold no mouth point in any corpus frame
 STAGES = 4  # stride-2 conv blocks: 96 px -> 6 px
 
 
@@ -47,8 +42,7 @@ def features_hw(input_hw: tuple[int, int]) -> tuple[int, int]:
 class LandmarkNet(nn.Module):
     """[B,3,H,W] BGR in [0,1] -> [B,P,2] points (x, y) as fractions of the face side."""
 
-    def __init__(self, width: int = 16, points: int = MOUTH_POINTS,
-                 input_hw: tuple[int, int] = (FACE_SIZE - CROP_TOP, FACE_SIZE)):
+    def __init__(self, width: int, points: int, input_hw: tuple[int, int]):
         super().__init__()
         self.width, self.points, self.input_hw = width, points, tuple(input_hw)
         self.features, channels = conv_features(width)
@@ -62,22 +56,10 @@ class LandmarkNet(nn.Module):
             return self.head(features.float()).view(-1, self.points, 2) + 0.5
 
 
-class MouthLandmarkNet(LandmarkNet):
-    """[B,3,60,96] BGR in [0,1] -> [B,20,2] mouth points (x, y) as fractions of the face side."""
-
-    def __init__(self, width: int = 16):
-        super().__init__(width)
-
-
 def face_input(faces_bgr: np.ndarray, crop_top: int = 0) -> torch.Tensor:
     """uint8 BGR faces [T,S,S,3] -> network input [T,3,S-crop_top,S] in [0,1] (rows above crop_top dropped)."""
     crop = np.ascontiguousarray(faces_bgr[:, crop_top:].transpose(0, 3, 1, 2))
     return torch.from_numpy(crop).float().div_(255.0)
-
-
-def mouth_input(faces_bgr: np.ndarray) -> torch.Tensor:
-    """uint8 BGR faces [T,96,96,3] -> network input [T,3,60,96] in [0,1]."""
-    return face_input(faces_bgr, CROP_TOP)
 
 
 def soften(x: torch.Tensor) -> torch.Tensor:
@@ -92,7 +74,7 @@ class LandmarkRegressor:
     heldout_err_px: float  # mean point error on held-out real frames, corpus pixels
     frame_size: int  # corpus frame side the landmarks are measured in
     steps: int
-    crop_top: int = CROP_TOP  # rows of the face_size face the net does not see
+    crop_top: int = 0  # rows of the face_size face the net does not see
 
     @property
     def face_size(self) -> int:
@@ -114,15 +96,11 @@ class LandmarkRegressor:
 
     @classmethod
     def from_state(cls, state: dict) -> LandmarkRegressor:
-        """Rebuild from `state()`; a state without points/input_hw/crop_top is a mouth regressor."""
-        net = LandmarkNet(int(state["width"]), int(state.get("points", MOUTH_POINTS)),
-                          tuple(int(v) for v in state.get("input_hw", (FACE_SIZE - CROP_TOP, FACE_SIZE))))
+        """Rebuild from `state()` (how pseudo_pairs hands the judge to its Dask workers)."""
+        net = LandmarkNet(int(state["width"]), int(state["points"]), tuple(int(v) for v in state["input_hw"]))
         net.load_state_dict(state["net"])
         return cls(net.eval(), float(state["heldout_err_px"]), int(state["frame_size"]), int(state["steps"]),
-                   int(state.get("crop_top", CROP_TOP)))
-
-
-MouthRegressor = LandmarkRegressor  # the name pseudo_pairs knows; its defaults are the mouth regressor's
+                   int(state["crop_top"]))
 
 
 def point_error(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -145,32 +123,3 @@ def set_cosine_lr(optimizer: torch.optim.Optimizer, lr: float, progress: float) 
 def landmark_loss(net: LandmarkNet, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Smooth L1 on points in frame-side fractions (beta 0.01: L1 beyond ~1 px at 128 px)."""
     return F.smooth_l1_loss(net(x), target, beta=0.01)
-
-
-def train_mouth_regressor(train_faces: np.ndarray, train_mouth: np.ndarray, test_faces: np.ndarray,
-                          test_mouth: np.ndarray, frame_size: int, *, seed: int, max_steps: int,
-                          max_minutes: float, batch_size: int = 64, lr: float = 1e-3, width: int = 16,
-                          log=print) -> LandmarkRegressor:
-    """Fit on (faces [N,96,96,3] BGR, mouth points [N,20,2] in corpus px); report held-out error in px."""
-    torch.manual_seed(seed)
-    rng = np.random.default_rng([seed, 303])
-    net = MouthLandmarkNet(width)
-    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
-    target = torch.from_numpy(np.asarray(train_mouth, np.float32) / frame_size)
-    started, step = time.monotonic(), 0
-    net.train()
-    while (progress := budget_progress(step, max_steps, time.monotonic() - started, max_minutes)) < 1.0:
-        set_cosine_lr(optimizer, lr, progress)
-        idx = rng.integers(len(train_faces), size=batch_size)
-        x = mouth_input(train_faces[idx])
-        x[: batch_size // 2] = soften(x[: batch_size // 2])
-        loss = landmark_loss(net, x, target[idx])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        step += 1
-    regressor = LandmarkRegressor(net.eval(), 0.0, frame_size, step)
-    regressor.heldout_err_px = point_error(regressor.predict(test_faces), test_mouth)
-    log(f"mouth landmarks: {step} steps in {time.monotonic() - started:.0f}s, held-out error "
-        f"{regressor.heldout_err_px:.3f} px at {frame_size} px")
-    return regressor

@@ -29,7 +29,7 @@ from pipeline.errors import InputError
 from pipeline.lipsync_data import faces_bgr
 from pipeline.lipsync_io import load_wav2lip_any
 from pipeline.models.wav2lip import Wav2Lip
-from pipeline.mouth_landmarks import MOUTH, MouthRegressor, point_error
+from pipeline.mouth_landmarks import MOUTH, LandmarkRegressor, point_error
 from pipeline.redub import paste_faces, redub_faces, source_frame_indices
 from pipeline.store import open_store
 
@@ -129,7 +129,8 @@ class RedubTask:
     extension: str
     paste: str
     batch_size: int
-    regressor_state: dict | None  # None: no mouth measurement
+    regressor_state: dict | None  # LandmarkRegressor.state() of the judge; None: no mouth measurement
+    bf16: bool = False  # Wav2Lip's convs under bf16 autocast
 
 
 @functools.lru_cache(maxsize=2)
@@ -151,20 +152,25 @@ def redub_clip(task: RedubTask) -> dict:
     source_rgb = corpus["frames"][task.source[0]:task.source[1]]
     mel = open_store(task.audio_store)["mel"][task.audio[0]:task.audio[1]]
     generated, idx = redub_faces(generator, faces_bgr(source_rgb), np.asarray(mel, np.float32), task.extension,
-                                 task.batch_size)
+                                 task.batch_size, task.bf16)
     frames = paste_faces(source_rgb[idx], generated, task.paste)
     result = {"frames": frames, "source_frame": idx.astype(np.int32), "mouth_err": np.nan,
               "mouth_err_original": np.nan, "mouth_err_counterfactual": np.nan, "compared_frames": 0}
     if task.counterfactual is not None and task.regressor_state is not None:
-        regressor = MouthRegressor.from_state(task.regressor_state)
+        regressor = LandmarkRegressor.from_state(task.regressor_state)
+
+        def mouth(frames_rgb: np.ndarray) -> np.ndarray:
+            points = regressor.predict(faces_bgr(frames_rgb, regressor.face_size))
+            return points[:, MOUTH] if points.shape[1] == 68 else points  # a 68-point judge or a mouth-only one
+
         n = min(len(source_rgb), len(frames))
         start = task.counterfactual[0]
         truth = corpus["landmarks"][start:start + n][:, MOUTH]
         cf_rgb = corpus["frames"][start:start + n]
         result.update({
-            "mouth_err": point_error(regressor.predict(faces_bgr(frames[:n])), truth),
-            "mouth_err_original": point_error(regressor.predict(faces_bgr(source_rgb[:n])), truth),
-            "mouth_err_counterfactual": point_error(regressor.predict(faces_bgr(cf_rgb)), truth),
+            "mouth_err": point_error(mouth(frames[:n]), truth),
+            "mouth_err_original": point_error(mouth(source_rgb[:n]), truth),
+            "mouth_err_counterfactual": point_error(mouth(cf_rgb), truth),
             "compared_frames": int(n)})
     return result
 

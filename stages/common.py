@@ -13,6 +13,7 @@ import numpy as np
 import typer
 
 from pipeline.errors import InputError
+from pipeline.malloc import keep_freed_memory
 
 ParamsOption = Annotated[Path, typer.Option("--params", help="params.yaml to read (sections base + this stage)")]
 
@@ -43,4 +44,5 @@ def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def stage_app() -> typer.Typer:
+    keep_freed_memory()  # every stage process (and its Dask workers): fewer page faults in torch loops
     return typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False)

@@ -41,7 +41,7 @@ def keypoints_task(task: tuple) -> list[dict[str, np.ndarray]]:
     The checkpoint is loaded once per group; in a Dask worker torch runs on one thread (two
     processes with two threads each are slower than one each on the 2-core machines).
     """
-    model_path, frames_path, ranges, batch_size, single_thread, device = task
+    model_path, frames_path, ranges, batch_size, bf16, single_thread, device = task
     import torch
 
     if single_thread:
@@ -52,7 +52,7 @@ def keypoints_task(task: tuple) -> list[dict[str, np.ndarray]]:
     out = []
     for start, stop in ranges:
         value, jacobian = detect_keypoints(model.kp_detector, frames[start:stop], model.config.image_size,
-                                           batch_size)
+                                           batch_size, bf16)
         out.append({"value": value, "jacobian": jacobian})
     return out
 
@@ -84,10 +84,10 @@ def group_tasks(sources: list, model_path: Path, p: KeypointsParams, single_thre
             group.append((start, stop))
             frames += stop - start
             if frames >= p.task_frames:
-                tasks.append((str(model_path), str(store), group, p.batch_size, single_thread, device))
+                tasks.append((str(model_path), str(store), group, p.batch_size, p.bf16, single_thread, device))
                 group, frames = [], 0
         if group:
-            tasks.append((str(model_path), str(store), group, p.batch_size, single_thread, device))
+            tasks.append((str(model_path), str(store), group, p.batch_size, p.bf16, single_thread, device))
     return tasks
 
 

@@ -2,7 +2,7 @@
 
     python -m stages.pseudo_pairs                # what dvc repro runs
     emmn pseudo_pairs --params params.yaml
-Reads the corpus, audio.zarr and data/models/wav2lip.pt. Writes, under data/pseudo/:
+Reads the corpus, audio.zarr, data/models/wav2lip.pt and evaluator.pt (landmarks that measure the mouths). Writes, under data/pseudo/:
   frames.zarr     `frames` (F,H,W,3) uint8 RGB at the corpus size and `source_frame` (F,) (which source
                   frame each pseudo frame re-dubs), per-clip index, one clip per row of clips.parquet
   clips.parquet   one row per pseudo clip y^{i,b}: source x^{i,a}, audio clip and wav_path (relative to the
@@ -24,8 +24,9 @@ import typer
 
 from pipeline.config import BaseParams, PseudoPairsParams, as_dict, load_section
 from pipeline.errors import InputError
-from pipeline.lipsync_data import ClipBank, check_aligned, read_manifest, real_clips
-from pipeline.mouth_landmarks import MOUTH, MouthRegressor, train_mouth_regressor
+from pipeline.lipsync_data import check_aligned, read_manifest
+from pipeline.evaluator import load_evaluator
+from pipeline.mouth_landmarks import LandmarkRegressor
 from pipeline.parallel import dask_client, ordered_map
 from pipeline.pseudo import RedubTask, plan_redubs, quadruples, redub_clip
 from pipeline.redub import EXTENSIONS, PASTE_MODES
@@ -36,22 +37,12 @@ SCHEMA = "emmn.pseudo/v1"
 app = stage_app()
 
 
-def fit_mouth_regressor(corpus_dir: Path, audio_store: Path, base: BaseParams, p: PseudoPairsParams,
-                        log=print) -> MouthRegressor:
-    """Mouth-landmark regressor on real training frames; held-out error on the test split."""
-    manifest = read_manifest(corpus_dir)
-    landmarks = open_store(Path(corpus_dir) / "frames.zarr")["landmarks"]
-    frame_size = int(open_store(Path(corpus_dir) / "frames.zarr")["frames"].shape[1])
-    data = {}
-    for split in ("train", "test"):
-        clips = real_clips(manifest, split, min_frames=1)
-        if clips.empty:
-            raise InputError(Path(corpus_dir) / "manifest.parquet", f"no {split}-split clips for the mouth regressor")
-        bank = ClipBank.load(corpus_dir, audio_store, clips)
-        mouth = np.concatenate([landmarks[int(r.start):int(r.stop)][:, MOUTH] for r in clips.itertuples()])
-        data[split] = (bank.faces, mouth)
-    return train_mouth_regressor(*data["train"], *data["test"], frame_size, seed=base.seed,
-                                 max_steps=p.landmark_steps, max_minutes=p.landmark_minutes, log=log)
+def mouth_judge(evaluator: Path) -> LandmarkRegressor | None:
+    """The 68-point landmark regressor of `train_evaluator` (real training frames; the judge `evaluate` uses too),
+    or None when that evaluator has none (a corpus without landmarks)."""
+    if not Path(evaluator).is_file():
+        raise InputError(evaluator, "evaluator checkpoint not found (run train_evaluator first)")
+    return load_evaluator(evaluator).landmarks
 
 
 def has_landmarks(corpus_dir: Path) -> bool:
@@ -60,8 +51,8 @@ def has_landmarks(corpus_dir: Path) -> bool:
     return landmarks.shape[0] > 0 and bool(np.isfinite(landmarks[0]).all())
 
 
-def build_pseudo_pairs(corpus_dir: Path, audio_store: Path, wav2lip: Path, out_dir: Path, base: BaseParams,
-                       p: PseudoPairsParams, log=print) -> dict:
+def build_pseudo_pairs(corpus_dir: Path, audio_store: Path, wav2lip: Path, evaluator: Path, out_dir: Path,
+                       base: BaseParams, p: PseudoPairsParams, log=print) -> dict:
     """Write frames.zarr, clips.parquet and pairs.parquet under out_dir; return a summary."""
     if p.frame_extension not in EXTENSIONS:
         raise InputError("params.yaml", f"pseudo_pairs.frame_extension must be one of {EXTENSIONS}")
@@ -73,15 +64,15 @@ def build_pseudo_pairs(corpus_dir: Path, audio_store: Path, wav2lip: Path, out_d
     plan = plan_redubs(read_manifest(corpus_dir), p.sentences_per_clip)
     regressor = None
     if (plan.counterfactual_start >= 0).any() and has_landmarks(corpus_dir):
-        regressor = fit_mouth_regressor(corpus_dir, audio_store, base, p, log)
-    else:  # e.g. MEAD: no counterfactual renders, no ground-truth landmarks, so nothing to measure against
+        regressor = mouth_judge(evaluator)
+    if regressor is None:  # e.g. MEAD: no counterfactual renders, no ground-truth landmarks, so nothing to measure against
         log("pseudo_pairs: no counterfactual clips with landmarks in the corpus; mouth errors left empty")
     state = regressor.state() if regressor is not None else None
     tasks = [RedubTask(r.pseudo_clip_id, str(corpus_dir), str(audio_store), str(wav2lip),
                        (r.source_start, r.source_stop), (r.audio_start, r.audio_stop),
                        None if r.counterfactual_start < 0 or state is None
                        else (r.counterfactual_start, r.counterfactual_stop),
-                       p.frame_extension, p.paste, p.batch_size, state) for r in plan.itertuples()]
+                       p.frame_extension, p.paste, p.batch_size, state, p.bf16) for r in plan.itertuples()]
     size = int(open_store(Path(corpus_dir) / "frames.zarr")["frames"].shape[1])
     attrs = {"schema": SCHEMA, "stage": "pseudo_pairs", "fps": base.fps, "size": size,
              "params": {"base": as_dict(base), "pseudo_pairs": as_dict(p)},
@@ -135,11 +126,13 @@ def pseudo_pairs(
     audio: Annotated[Path, typer.Option(help="audio feature store (mel windows)")] = Path("data/features/audio.zarr"),
     wav2lip: Annotated[Path, typer.Option(help="generator (wav2lip.pt or an official wav2lip.pth)")] = Path(
         "data/models/wav2lip.pt"),
+    evaluator: Annotated[Path, typer.Option(help="evaluator.pt: its landmark regressor measures the re-dubbed mouths")
+                         ] = Path("data/models/evaluator.pt"),
     out: Annotated[Path, typer.Option(help="output folder")] = Path("data/pseudo"),
 ) -> None:
     """Re-dub every training clip with other sentences' audio (Wav2Lip) and describe the quadruples."""
     base, p = load_section("base", params), load_section("pseudo_pairs", params)
-    summary = build_pseudo_pairs(corpus, audio, wav2lip, out, base, p)
+    summary = build_pseudo_pairs(corpus, audio, wav2lip, evaluator, out, base, p)
     typer.echo(json.dumps(summary))
 
 

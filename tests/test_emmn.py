@@ -183,6 +183,21 @@ def test_stage1_gradients_reach_trainable_parts_only(variant, terms):
         assert net.memory.expression.grad.abs().sum() > 0 and net.memory.emo_mouth.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("a2m_only", [True, False])
+def test_mouth_decoder_learns_from_l_a2m_alone_when_asked(a2m_only):
+    """mouth_from_a2m_only: L_align, L_exp-mem and L_p,j read f^_m as a constant, so D_m gets no gradient from them."""
+    net = make_net("emmn", mouth_from_a2m_only=a2m_only).train()
+    batch = make_batch(net)
+    out = net(batch.image, batch.content, batch.emotion, batch.value_neu, batch.jacobian_neu)
+    terms = stage1_terms(net, out, batch)
+    (terms["align"] + terms["exp_mem"] + terms["pj"]).backward(retain_graph=True)
+    reached = [p.grad is not None and p.grad.abs().sum() > 0 for p in net.mouth_decoder.parameters()]
+    assert not any(reached) if a2m_only else all(reached)
+    net.zero_grad()
+    terms["a2m"].backward()
+    assert all(p.grad.abs().sum() > 0 for p in net.mouth_decoder.parameters())
+
+
 @pytest.mark.parametrize("variant", ["emmn", "mmn"])
 def test_emmn_pt_round_trip_needs_only_itself(tmp_path, variant):
     net = make_net(variant)

@@ -1,5 +1,5 @@
 """`train_evaluator`: the judges of `evaluate` (emotion classifier, 68-point landmarks) on the tiny corpus;
-the mouth regressor of pseudo_pairs it generalises; the dlib / regressor landmark detector choice."""
+the state round trip pseudo_pairs hands its workers; the dlib / regressor landmark detector choice."""
 
 from __future__ import annotations
 
@@ -134,20 +134,20 @@ def test_bad_params_and_wrong_checkpoints_are_one_line_errors(tiny_corpus, tmp_p
         load_evaluator(wrong)
 
 
-def test_mouth_regressor_states_of_pseudo_pairs_still_load():
-    """pseudo_pairs hands workers `MouthRegressor.state()`; a state without the generalised keys is a mouth net."""
-    from pipeline.mouth_landmarks import CROP_TOP, MouthLandmarkNet, MouthRegressor, mouth_input
+def test_landmark_judge_survives_the_state_round_trip_pseudo_pairs_uses():
+    """pseudo_pairs hands its Dask workers `LandmarkRegressor.state()` of the evaluator's 68-point judge."""
+    from pipeline.evaluator import face_landmark_net
+    from pipeline.mouth_landmarks import LandmarkRegressor, face_input
 
     torch.manual_seed(0)
-    net = MouthLandmarkNet(8).eval()
-    old_state = {"net": net.state_dict(), "width": 8, "heldout_err_px": 1.5, "frame_size": 128, "steps": 3}
-    regressor = MouthRegressor.from_state(old_state)
-    faces = np.random.default_rng(0).integers(0, 256, (2, 96, 96, 3), dtype=np.uint8)
+    net = face_landmark_net(4, 32).eval()
+    regressor = LandmarkRegressor(net, 1.5, 128, 3)
+    faces = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     with torch.no_grad():
-        expected = net(mouth_input(faces)).numpy() * 128
+        expected = net(face_input(faces)).numpy() * 128
     np.testing.assert_allclose(regressor.predict(faces), expected, rtol=1e-6)
-    assert regressor.crop_top == CROP_TOP and regressor.predict(faces).shape == (2, 20, 2)
-    again = MouthRegressor.from_state(regressor.state())
+    again = LandmarkRegressor.from_state(regressor.state())
+    assert again.predict(faces).shape == (2, 68, 2) and again.face_size == 32 and again.crop_top == 0
     np.testing.assert_array_equal(again.predict(faces), regressor.predict(faces))
 
 

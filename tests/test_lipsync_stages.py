@@ -36,6 +36,7 @@ def chain(tiny_audio, tmp_path_factory):  # noqa: F811
 def _run_chain(corpus, audio, out, base) -> dict:
     from stages.pseudo_pairs import build_pseudo_pairs
     from stages.sync_filter import run_sync_filter
+    from stages.train_evaluator import run_train_evaluator
     from stages.train_syncnet import run_train_syncnet
     from stages.train_wav2lip import run_train_wav2lip
 
@@ -45,7 +46,10 @@ def _run_chain(corpus, audio, out, base) -> dict:
                       out / "scorer_losses.png", base, tiny_section("train_sync_scorer"), stage="train_sync_scorer")
     w2l = run_train_wav2lip(corpus, audio, out / "syncnet.pt", out / "wav2lip.pt", out / "wav2lip.json",
                             out / "wav2lip_losses.csv", out / "wav2lip_losses.png", base, tiny_section("train_wav2lip"))
-    pseudo = build_pseudo_pairs(corpus, audio, out / "wav2lip.pt", out / "pseudo", base, tiny_section("pseudo_pairs"))
+    run_train_evaluator(corpus, out / "evaluator.pt", out / "evaluator.json", out / "evaluator_losses.csv",
+                        out / "evaluator_losses.png", out / "evaluator_confusion.png", base, tiny_section("train_evaluator"))
+    pseudo = build_pseudo_pairs(corpus, audio, out / "wav2lip.pt", out / "evaluator.pt", out / "pseudo", base,
+                                tiny_section("pseudo_pairs"))
     report = run_sync_filter(out / "pseudo", corpus, out / "sync_scorer.pt", out / "pseudo_pairs.json",
                              out / "sync_hist.png", base, tiny_section("sync_filter"))
     return {"corpus": corpus, "audio": audio, "out": out, "sync": sync, "w2l": w2l, "pseudo": pseudo,
@@ -187,3 +191,27 @@ def test_paste_lower_keeps_the_upper_half():
     assert (lower[:, :28] == 200).all() and (lower[:, 36:] == 0).all()
     assert 0 < lower[0, 32, 0, 0] < 200  # blended band around the middle
     assert (paste_faces(frames, generated, "full") == 0).all()
+
+
+def test_pseudo_pairs_names_a_missing_evaluator(chain, tmp_path):
+    from pipeline.errors import InputError
+    from stages.pseudo_pairs import build_pseudo_pairs
+
+    missing = tmp_path / "evaluator.pt"
+    with pytest.raises(InputError, match="evaluator checkpoint not found"):
+        build_pseudo_pairs(chain["corpus"], chain["audio"], chain["out"] / "wav2lip.pt", missing, tmp_path / "pseudo",
+                           tiny_section("base"), tiny_section("pseudo_pairs"))
+    assert not (tmp_path / "pseudo").exists()
+
+
+def test_bf16_redub_stays_close_to_fp32(chain):
+    from pipeline.lipsync_io import load_pipeline_model
+    from pipeline.redub import generate_faces
+
+    generator = load_pipeline_model(chain["out"] / "wav2lip.pt", "wav2lip").module
+    rng = np.random.default_rng(0)
+    faces = rng.integers(0, 256, (4, 96, 96, 3), dtype=np.uint8)
+    mel = rng.standard_normal((4, 80, 16)).astype(np.float32)
+    exact = generate_faces(generator, faces, faces, mel).astype(np.int16)
+    fast = generate_faces(generator, faces, faces, mel, bf16=True).astype(np.int16)
+    assert fast.shape == exact.shape and np.abs(fast - exact).mean() < 3.0  # uint8 levels
