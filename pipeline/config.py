@@ -326,7 +326,8 @@ class FinetuneRenderParams:
     """Stage 2 (paper Eq. 15): the FOMM renderer fine-tuned on frames rendered from EmmnNet's keypoints."""
 
     vgg19: str | None = None  # torchvision VGG19 weights: Eq. 15 on VGG features; unset = multi-scale L1 on pixels
-    train_dense_motion: bool = True  # also fine-tune the flow estimator (else the image generator only)
+    train_generator: bool = False  # fine-tune the image generator (encoder, decoder, skip gate): blurs under L1
+    train_dense_motion: bool = True  # fine-tune the flow estimator
     scales: tuple[float, ...] = (1.0, 0.5, 0.25, 0.125)  # image pyramid the loss is summed over (FOMM's)
     batch_size: int = 8
     steps: int = 20000  # upper bound; on CPU max_minutes stops first

@@ -41,13 +41,29 @@ def output_clip_id(row: str, clip_id: str) -> str:
     return f"{row}/{clip_id}"
 
 
-def heldout_clips(manifest: pd.DataFrame, max_clips: int = 0) -> pd.DataFrame:
-    """Real test-split clips in clip-id order; with max_clips, that many spread evenly over them."""
+def sheet_clips(clips: pd.DataFrame, actor: str | None = None) -> pd.DataFrame:
+    """The emotions sheet's clips: one held-out actor (default the first), their first sentence, every emotion
+    at its strongest level."""
+    actor = actor or sorted(clips.actor.unique())[0]
+    mine = clips[clips.actor == actor]
+    if mine.empty:
+        raise InputError("params.yaml", f"generate.sheet_actor '{actor}' is not a held-out actor "
+                                        f"({sorted(clips.actor.unique())})")
+    mine = mine[mine.sentence_id == mine.sentence_id.min()]
+    return mine.sort_values("level").groupby("emotion", sort=False).tail(1)
+
+
+def heldout_clips(manifest: pd.DataFrame, max_clips: int = 0, sheet_actor: str | None = None) -> pd.DataFrame:
+    """Real test-split clips in clip-id order; with max_clips, that many: the emotions sheet's clips (every
+    emotion of one actor and sentence, so the sheet is complete) and the rest spread evenly over the others."""
     clips = manifest[(manifest.split == "test") & (manifest.kind == "real")].sort_values("clip_id")
     if clips.empty:
         raise InputError("manifest.parquet", "no held-out (test-split) real clips to generate")
     if 0 < max_clips < len(clips):
-        clips = clips.iloc[np.linspace(0, len(clips) - 1, max_clips).round().astype(int)]
+        sheet = sheet_clips(clips, sheet_actor)
+        rest = clips.drop(sheet.index)
+        spread = rest.iloc[np.linspace(0, len(rest) - 1, max(max_clips - len(sheet), 0)).round().astype(int)]
+        clips = pd.concat([sheet, spread]).sort_values("clip_id")
     return clips.reset_index(drop=True)
 
 
@@ -179,13 +195,8 @@ def emotions_sheet(store: Path, corpus_dir: Path, clips: pd.DataFrame, out_png: 
     """Contact sheet: one held-out actor, one sentence, every emotion generated from the same neutral frame
     with that emotion's audio. Rows = emotions (strongest level); columns = the reference, `columns`
     evenly spaced generated frames, and the real frame at the middle of the clip for comparison."""
-    actors = sorted(clips.actor.unique())
-    actor = actor or actors[0]
-    if actor not in actors:
-        raise InputError("params.yaml", f"generate.sheet_actor '{actor}' is not a held-out actor ({actors})")
-    mine = clips[clips.actor == actor]
-    sentence = int(mine.groupby("sentence_id").emotion.nunique().idxmax())  # the sentence with most emotions
-    chosen = (mine[mine.sentence_id == sentence].sort_values("level").groupby("emotion", sort=False).last())
+    chosen = sheet_clips(clips, actor).set_index("emotion")
+    actor, sentence = str(chosen.actor.iloc[0]), int(chosen.sentence_id.iloc[0])
     index = read_index(store).set_index("clip_id")
     frames = open_store(store)["frames"]
     corpus_frames = open_store(corpus_dir / "frames.zarr")["frames"]

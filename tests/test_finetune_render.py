@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -72,4 +73,24 @@ def test_finetune_render_stage_on_the_tiny_corpus(tiny_audio, tmp_path):
     tuned_state = tuned.generator.state_dict()
     changed = [n for n, p in start.generator.state_dict().items() if not torch.equal(p, tuned_state[n])]
     assert any(n.startswith("dense_motion_network.") for n in changed)  # train_dense_motion: true
+    assert all(n.startswith("dense_motion_network.") for n in changed)  # train_generator: false (weights, BN stats)
+    assert report["heldout_sharpness_before"] > 0 and report["heldout_sharpness_after"] > 0
+
+    both = dataclasses.replace(tiny_section("finetune_render"), train_generator=True)
+    run_finetune_render(corpus, audio, tmp_path / "emmn.pt", tmp_path / "fomm.pt", out, tmp_path / "losses.csv",
+                        tmp_path / "losses.png", tmp_path / "report.json", tiny_section("base"), both)
+    tuned_state = load_fomm(out).generator.state_dict()
+    changed = [n for n, p in start.generator.state_dict().items() if not torch.equal(p, tuned_state[n])]
     assert any(n.startswith("final.") for n in changed)
+
+
+def test_sharpness_is_the_mean_absolute_laplacian():
+    from pipeline.render_finetune import sharpness
+
+    image = torch.zeros(1, 1, 3, 3)
+    image[0, 0, 1, 1] = 1.0  # one bright pixel: Laplacian 4 at the only interior pixel
+    assert torch.allclose(sharpness(image), torch.tensor([4.0]))
+    ramp = torch.arange(16.0).view(1, 1, 4, 4)  # linear: no curvature anywhere
+    assert torch.allclose(sharpness(ramp), torch.tensor([0.0]))
+    blurred = torch.nn.functional.avg_pool2d(torch.rand(2, 3, 16, 16), 3, 1, 1)
+    assert (sharpness(blurred) < sharpness(torch.rand(2, 3, 16, 16))).all()

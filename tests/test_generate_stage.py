@@ -116,3 +116,26 @@ def test_stage_cli_refuses_a_missing_emmn_checkpoint(tiny_audio, models, tmp_pat
     assert result.output.strip() == f"error: {partial / 'emmn.pt'}: checkpoint for row emmn not found (run " \
                                     "train_memory first)"
     assert not (tmp_path / "outputs").exists() and not (tmp_path / "r.json").exists()
+
+
+def test_heldout_selection_keeps_every_emotion_of_the_sheet():
+    """max_clips spreads clips evenly but always keeps the sheet's actor x first sentence x every emotion."""
+    import pandas as pd
+
+    from pipeline.generate_set import heldout_clips
+
+    emotions, rows = ["neutral", "angry", "happy", "sad"], []
+    for actor in ("W1", "W2", "W3"):
+        for sentence in (30, 31):
+            for emotion in emotions:
+                for level in ((1,) if emotion == "neutral" else (1, 3)):
+                    rows.append({"clip_id": f"{actor}_{emotion}_l{level}_{sentence}", "actor": actor,
+                                 "emotion": emotion, "level": level, "sentence_id": sentence,
+                                 "split": "test", "kind": "real"})
+    manifest = pd.DataFrame(rows + [{**rows[0], "clip_id": "T_train", "split": "train"}])
+    picked = heldout_clips(manifest, 10, "W2")
+    assert len(picked) == 10 and list(picked.clip_id) == sorted(picked.clip_id) and "T_train" not in set(picked.clip_id)
+    sheet = picked[(picked.actor == "W2") & (picked.sentence_id == 30)]
+    assert {(e, 3 if e != "neutral" else 1) for e in emotions} <= set(zip(sheet.emotion, sheet.level))
+    assert picked.actor.nunique() == 3  # the rest still spreads over the other actors
+    assert len(heldout_clips(manifest, 0)) == len(rows)
