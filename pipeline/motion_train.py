@@ -181,6 +181,9 @@ class MotionTrainer:
         return {k: float(v.detach()) for k, v in losses.items()}
 
 
+LABELS = ("pseudo", "counterfactual", "exact")
+
+
 def training_quadruples(pairs: pd.DataFrame, sync: pd.DataFrame | None, p: TrainMotionParams,
                         sync_path: str | Path, bank: KeypointBank
                         ) -> tuple[pd.DataFrame, dict[str, np.ndarray] | None]:
@@ -190,13 +193,16 @@ def training_quadruples(pairs: pd.DataFrame, sync: pd.DataFrame | None, p: Train
     labels counterfactual: every quadruple with an exact render among its targets; its other target, a
     Wav2Lip re-dub, counts only if sync_filter kept it (or use_filter is false). With the default run's
     Wav2Lip (0 re-dubs kept) training on the rejected re-dubs taught the opposite of the exact targets —
-    they mostly keep the source's own mouth — and f_m ended up carrying no mouth at all."""
-    if p.labels not in ("pseudo", "counterfactual"):
-        raise InputError("params.yaml", f"train_motion.labels must be pseudo or counterfactual, not {p.labels!r}")
-    if p.labels == "counterfactual":
+    they mostly keep the source's own mouth — and f_m ended up carrying no mouth at all.
+    labels exact: the same quadruples, but only the exact renders count; every Wav2Lip target weighs 0."""
+    if p.labels not in LABELS:
+        raise InputError("params.yaml", f"train_motion.labels must be one of {LABELS}, not {p.labels!r}")
+    if p.labels in ("counterfactual", "exact"):
         chosen = counterfactual_targets(pairs, bank.has_clip)
         if chosen.empty:
             raise InputError(bank.path, "no quadruple has both counterfactual renders (corpus.counterfactuals: 0?)")
+        if p.labels == "exact":
+            return chosen, {t: chosen[f"{t}_exact"].to_numpy(np.float32) for t in ("y_ib", "y_ja")}
         return chosen, label_weights(chosen, sync, p.use_filter)
     chosen = select_quadruples(pairs, sync, p.use_filter, sync_path)
     if chosen.empty:

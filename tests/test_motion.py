@@ -463,6 +463,10 @@ def test_counterfactual_labels_swap_in_the_exact_renders(motion_inputs):  # noqa
         np.testing.assert_array_equal(weight[target], exact[target].str.contains("_cf").to_numpy(np.float32))
     _, weight = training_quadruples(pairs, sync, with_field(p, use_filter=False), "sync.parquet", bank)
     assert all((w == 1).all() for w in weight.values())  # "w/o filter": the rejected re-dubs count again
+    keep_all = sync.assign(kept=True)
+    _, weight = training_quadruples(pairs, keep_all, with_field(p, labels="exact"), "sync.parquet", bank)
+    for target in ("y_ib", "y_ja"):  # exact: even kept re-dubs weigh 0, only the renders count
+        np.testing.assert_array_equal(weight[target], exact[target].str.contains("_cf").to_numpy(np.float32))
     quads = QuadrupleFrames.build(chosen, bank, {"y_ib": np.zeros(len(chosen)), "y_ja": np.ones(len(chosen))})
     _, _, sampled = quads.sample(np.random.default_rng(0), 16)
     assert (sampled["y_ib"] == 0).all() and (sampled["y_ja"] == 1).all()
