@@ -53,14 +53,16 @@ def sheet_clips(clips: pd.DataFrame, actor: str | None = None) -> pd.DataFrame:
     return mine.sort_values("level").groupby("emotion", sort=False).tail(1)
 
 
-def heldout_clips(manifest: pd.DataFrame, max_clips: int = 0, sheet_actor: str | None = None) -> pd.DataFrame:
-    """Real test-split clips in clip-id order; with max_clips, that many: the emotions sheet's clips (every
-    emotion of one actor and sentence, so the sheet is complete) and the rest spread evenly over the others."""
+def heldout_clips(manifest: pd.DataFrame, max_clips: int = 0, *, keep_sheet: bool = False,
+                  sheet_actor: str | None = None) -> pd.DataFrame:
+    """Real test-split clips in clip-id order; with max_clips, that many spread evenly over them. keep_sheet
+    (the generate stage): the emotions sheet's clips first (every emotion of one actor and sentence, so the
+    sheet is complete), the rest spread evenly over the others."""
     clips = manifest[(manifest.split == "test") & (manifest.kind == "real")].sort_values("clip_id")
     if clips.empty:
         raise InputError("manifest.parquet", "no held-out (test-split) real clips to generate")
     if 0 < max_clips < len(clips):
-        sheet = sheet_clips(clips, sheet_actor)
+        sheet = sheet_clips(clips, sheet_actor).iloc[:max_clips] if keep_sheet else clips.iloc[:0]
         rest = clips.drop(sheet.index)
         spread = rest.iloc[np.linspace(0, len(rest) - 1, max(max_clips - len(sheet), 0)).round().astype(int)]
         clips = pd.concat([sheet, spread]).sort_values("clip_id")

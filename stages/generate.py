@@ -57,7 +57,7 @@ def build_outputs(corpus_dir: Path, audio_store: Path, models_dir: Path, out_dir
     manifest_path = corpus_dir / "manifest.parquet"
     if not manifest_path.is_file():
         raise InputError(manifest_path, "corpus manifest not found (run the corpus stage first)")
-    clips = heldout_clips(pd.read_parquet(manifest_path), p.max_clips, p.sheet_actor)
+    clips = heldout_clips(pd.read_parquet(manifest_path), p.max_clips, keep_sheet=True, sheet_actor=p.sheet_actor)
     renderer = models_dir / "emmn_render.pt"
     models = {"emmn": models_dir / "emmn.pt", "wav2lip_only": models_dir / "wav2lip.pt",
               **{row: Path(path) for row, path in p.variant_models.items()}}

@@ -133,9 +133,12 @@ def test_heldout_selection_keeps_every_emotion_of_the_sheet():
                                  "emotion": emotion, "level": level, "sentence_id": sentence,
                                  "split": "test", "kind": "real"})
     manifest = pd.DataFrame(rows + [{**rows[0], "clip_id": "T_train", "split": "train"}])
-    picked = heldout_clips(manifest, 10, "W2")
+    picked = heldout_clips(manifest, 10, keep_sheet=True, sheet_actor="W2")
     assert len(picked) == 10 and list(picked.clip_id) == sorted(picked.clip_id) and "T_train" not in set(picked.clip_id)
     sheet = picked[(picked.actor == "W2") & (picked.sentence_id == 30)]
     assert {(e, 3 if e != "neutral" else 1) for e in emotions} <= set(zip(sheet.emotion, sheet.level))
     assert picked.actor.nunique() == 3  # the rest still spreads over the other actors
     assert len(heldout_clips(manifest, 0)) == len(rows)
+    even = heldout_clips(manifest, 5)  # table2's use: an even spread, no sheet
+    assert len(even) == 5 and even.actor.nunique() == 3
+    assert len(heldout_clips(manifest, 3, keep_sheet=True, sheet_actor="W2")) == 3  # never more than asked
