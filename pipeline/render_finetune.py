@@ -197,7 +197,6 @@ def render_batch(generator: nn.Module, batch: dict[str, torch.Tensor], device: t
                      kp_source={"value": b["kp_source_value"], "jacobian": b["kp_source_jacobian"]})["prediction"]
 
 
-@torch.inference_mode()
 def sharpness(images: torch.Tensor) -> torch.Tensor:
     """Mean absolute 4-neighbour Laplacian of each image (B, C, H, W) -> (B,): high-frequency energy, which an L1
     fit to mismatched targets removes first (PSNR rises while the face blurs)."""

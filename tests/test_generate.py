@@ -16,8 +16,7 @@ from pipeline.filters import OneEuroFilter
 from pipeline.media import has_audio_stream, read_video, write_wav
 from pipeline.mp4_stream import Mp4StreamWriter
 from pipeline.photo import FacePaster, feather_mask
-from pipeline.render import (FilterSettings, KeypointSmoother, decode_frames, encode_source, render_frames,
-                             to_uint8_frames)
+from pipeline.render import FilterSettings, KeypointSmoother, render_frames, to_uint8_frames
 from stages.audio_features import frame_mfcc_windows
 from stages.cli import app
 from tests.conftest import tiny_params_dict, tiny_section
@@ -90,8 +89,8 @@ def test_cached_source_features_render_exactly_what_the_generator_does():
         driving = {k: v + 0.05 * torch.randn(3, *v.shape[1:]) for k, v in kp.items()}
         kp_src = {k: v.expand(3, *v.shape[1:]) for k, v in kp.items()}
         full = generator(source.expand(3, -1, -1, -1), kp_driving=driving, kp_source=kp_src)["prediction"]
-        cached = decode_frames(generator, source.expand(3, -1, -1, -1), encode_source(generator, source).expand(
-            3, -1, -1, -1), driving, kp_src)
+        cached = generator.decode(source.expand(3, -1, -1, -1), generator.encode(source).expand(3, -1, -1, -1),
+                                  driving, kp_src)["prediction"]
     assert torch.allclose(full, cached, atol=1e-6)
     # bf16 autocast (generate.bf16): the same frames up to bfloat16 rounding, uint8 out, batch split irrelevant
     kp_neu = {k: v.numpy() for k, v in kp.items()}
