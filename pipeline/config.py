@@ -79,6 +79,8 @@ class TrainFommParams:
     sigma_affine: float = 0.05
     sigma_tps: float = 0.005
     points_tps: int = 5
+    cross_clip: float = 0.0  # share of pairs whose source is another clip of the driving frame's actor
+    part_weight: float = 0.0  # reconstruction loss: extra weight on the brows/eyes and mouth boxes (landmarks)
     augment_flip: bool = True  # mirror both frames of a pair (FOMM's augmentation)
     augment_jitter: float = 0.1  # brightness/contrast/saturation/hue jitter of a pair (0 = off)
     gan_weight: float = 0.0  # 0 = no discriminator

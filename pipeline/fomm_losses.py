@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -100,6 +101,33 @@ def equivariance_losses(kp_driving: Mapping[str, torch.Tensor], kp_transformed: 
     return losses
 
 
+# dlib 68-point order: brows and eyes (17-21, 22-26, 36-47) and the mouth (48-67); nose and jaw left out.
+_UPPER_PARTS = np.r_[17:27, 36:48]
+_MOUTH = np.arange(48, 68)
+
+
+def face_part_weights(landmarks: np.ndarray, landmark_size: int, image_size: int, part_weight: float,
+                      margin: float = 0.25) -> torch.Tensor:
+    """Per-pixel weights [B,1,S,S] for the reconstruction loss: 1 + `part_weight` inside the boxes around the
+    brows-and-eyes and mouth landmarks (each box grown by `margin` of its larger side), 1 elsewhere. The parts
+    that show an expression are a few percent of the frame; a plain mean lets pose and background swamp them.
+    Frames without landmarks (NaN, e.g. MEAD) get uniform weights."""
+    batch = len(landmarks)
+    weights = np.ones((batch, 1, image_size, image_size), np.float32)
+    scale = image_size / landmark_size
+    for b in range(batch):
+        if not np.isfinite(landmarks[b]).all():
+            continue
+        for part in (_UPPER_PARTS, _MOUTH):
+            points = landmarks[b, part] * scale
+            low, high = points.min(0), points.max(0)
+            grow = margin * float((high - low).max())
+            x0, y0 = np.floor(np.maximum(low - grow, 0)).astype(int)
+            x1, y1 = np.ceil(np.minimum(high + grow, image_size)).astype(int)
+            weights[b, 0, y0:y1, x0:x1] = 1.0 + part_weight
+    return torch.from_numpy(weights)
+
+
 class ReconstructionLoss(nn.Module):
     """Sum over pyramid scales of weight x mean |f(prediction) - f(target)|.
 
@@ -117,7 +145,9 @@ class ReconstructionLoss(nn.Module):
         self.vgg = vgg
         self.kind = "perceptual_vgg19" if vgg is not None else "multiscale_l1"
 
-    def forward(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, prediction: torch.Tensor, target: torch.Tensor, pixel_weights: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """`pixel_weights` [B,1,H,W] (multi-scale L1 only): a weighted mean per scale instead of the plain mean."""
         # The pyramid's large depthwise blur kernels (29x29 at scale 1/8) crawl in bf16 on CPU: float32 always.
         with torch.autocast(device_type=prediction.device.type, enabled=False):
             pred_pyramid, real_pyramid = self.pyramid(prediction.float()), self.pyramid(target.float())
@@ -125,7 +155,12 @@ class ReconstructionLoss(nn.Module):
         for key in pred_pyramid:
             pred, real = pred_pyramid[key], real_pyramid[key].detach()
             if self.vgg is None:
-                total = total + self.weight * (pred.float() - real.float()).abs().mean()
+                error = (pred.float() - real.float()).abs()
+                if pixel_weights is not None:
+                    w = F.interpolate(pixel_weights.float(), size=error.shape[-2:], mode="area")
+                    total = total + self.weight * (error * w).mean() / w.mean()
+                else:
+                    total = total + self.weight * error.mean()
                 continue
             if min(pred.shape[-2:]) < MIN_VGG_SIZE:
                 continue

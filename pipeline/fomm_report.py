@@ -104,12 +104,17 @@ def clip_keypoints(kp_root: Any, kp_index: pd.DataFrame, clip_id: str) -> tuple[
 
 
 def heldout_reconstruction(model: FommModel, corpus_dir: Path, kp_store: Path, clips: pd.DataFrame,
-                           batch_size: int = 16) -> tuple[dict[str, float], dict[str, np.ndarray] | None]:
-    """Frame-weighted means over `clips` (driving = frames 1..T-1) and the first clip's frames for the video."""
+                           batch_size: int = 16, from_reference: bool = False
+                           ) -> tuple[dict[str, float], dict[str, np.ndarray] | None]:
+    """Frame-weighted means over `clips` and the first clip's frames for the video. The source is each clip's
+    first frame (driving = frames 1..T-1: FOMM's own test) or, `from_reference`, the actor's neutral reference
+    frame (driving = every frame: what EMMN asks of the renderer, expression and mouth changes included)."""
     size = model.config.image_size
     frames_root = open_store(corpus_dir / "frames.zarr")
     corpus_size = frames_root["frames"].shape[2]
     kp_root, kp_index = open_store(kp_store), read_index(kp_store).set_index("clip_id")
+    if from_reference:
+        reference_actors = [str(a) for a in kp_root["reference_actor"][:]]
     sums: dict[str, float] = {}
     count = 0
     first = None
@@ -119,12 +124,18 @@ def heldout_reconstruction(model: FommModel, corpus_dir: Path, kp_store: Path, c
         value, jacobian = clip_keypoints(kp_root, kp_index, clip.clip_id)
         images = frames_to_tensor(frames, size)
         kp_all = keypoints_dict(value, jacobian)
-        prediction = reconstruct(model.generator, images[:1], {k: v[:1] for k, v in kp_all.items()}, kp_all,
-                                 batch_size)
-        driving, pred = images[1:], prediction[1:]
-        source = images[:1].expand_as(driving)
+        if from_reference:
+            a = reference_actors.index(str(clip.actor))
+            source_image = frames_to_tensor(frames_root["reference_frames"][a][None], size)
+            kp_source = keypoints_dict(kp_root["reference_value"][a][None], kp_root["reference_jacobian"][a][None])
+            skip = 0
+        else:
+            source_image, kp_source, skip = images[:1], {k: v[:1] for k, v in kp_all.items()}, 1
+        prediction = reconstruct(model.generator, source_image, kp_source, kp_all, batch_size)
+        driving, pred = images[skip:], prediction[skip:]
+        source = source_image.expand_as(driving)
         if len(driving):
-            boxes = mouth_boxes(landmarks[1:], size) if np.isfinite(landmarks).all() else None
+            boxes = mouth_boxes(landmarks[skip:], size) if np.isfinite(landmarks).all() else None
             values = {"psnr": psnr(pred, driving), "psnr_copy_source": psnr(source, driving),
                       "ssim": ssim(pred, driving), "ssim_copy_source": ssim(source, driving)}
             if boxes is not None:
@@ -292,8 +303,10 @@ def build_fomm_report(model: FommModel, corpus_dir: str | Path, kp_store: str | 
     chosen = test[test.clip_id.isin(select_evenly(list(test.clip_id), p.report_clips))]
     heldout, first = heldout_reconstruction(model, corpus_dir, kp_store, chosen)
     write_pictures(first, corpus_dir, model.config.image_size, base.fps, video_path, strip_png)
+    from_reference, _ = heldout_reconstruction(model, corpus_dir, kp_store, chosen, from_reference=True)
     report = {
         "heldout": heldout,
+        "heldout_from_reference": from_reference,
         "probe": keypoint_probes(model, base.seed, corpus_dir, kp_store, manifest, p),
         "model": {"step": model.step, "image_size": model.config.image_size, "num_kp": model.config.num_kp,
                   "train_seconds": float(model.metrics.get("train_seconds", math.nan))},

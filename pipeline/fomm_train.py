@@ -1,6 +1,8 @@
 """Self-supervised FOMM training on corpus frames (Siarohin et al. 2019), and the `fomm.pt` format.
 
-A training pair is two frames of one real training-split clip: the generator must rebuild the driving
+A training pair is two frames of one real training-split clip or, with probability `cross_clip`, of two
+clips of one actor (another emotion or sentence: EMMN drives a neutral photo into every emotion, and pairs from
+one clip never differ in expression): the generator must rebuild the driving
 frame from the source frame and both frames' keypoints (reconstruction loss), while the keypoints must
 follow a known random warp of the driving frame (equivariance on values and Jacobians). An optional
 LSGAN discriminator (off by default) adds adversarial and feature-matching terms.
@@ -27,6 +29,7 @@ from pipeline.fomm_losses import (
     RandomTransform,
     ReconstructionLoss,
     discriminator_loss,
+    face_part_weights,
     equivariance_losses,
     generator_gan_losses,
 )
@@ -84,9 +87,11 @@ def init_fomm(config: FommConfig, seed: int) -> tuple[KPDetector, OcclusionAware
 
 
 class FramePairSampler:
-    """(source, driving) batches: two distinct random frames of one random real clip of a split."""
+    """(source, driving) batches: two distinct random frames of one random real clip of a split or, with
+    probability `cross_clip`, the source from another real clip of the same actor (the corpus and MEAD film an
+    actor's clips in one setting, so only the face differs: expression, mouth, pose)."""
 
-    def __init__(self, corpus_dir: str | Path, image_size: int, split: str = "train"):
+    def __init__(self, corpus_dir: str | Path, image_size: int, split: str = "train", cross_clip: float = 0.0):
         corpus_dir = Path(corpus_dir)
         manifest_path = corpus_dir / "manifest.parquet"
         if not manifest_path.is_file():
@@ -95,25 +100,49 @@ class FramePairSampler:
         clips = manifest[(manifest.split == split) & (manifest.kind == "real") & (manifest.frames >= 2)]
         if clips.empty:
             raise InputError(manifest_path, f"no {split}-split real clips with 2+ frames to train on")
-        self.frames = open_store(corpus_dir / "frames.zarr")["frames"]
+        root = open_store(corpus_dir / "frames.zarr")
+        self.frames, self.landmarks = root["frames"], root["landmarks"]
         self.starts = clips.start.to_numpy(np.int64)
         self.lengths = (clips.stop - clips.start).to_numpy(np.int64)
         if int((self.starts + self.lengths).max()) > self.frames.shape[0]:
             raise InputError(corpus_dir / "frames.zarr", "manifest start/stop run past the frames array")
+        actors = clips.actor.to_numpy()
+        # For each clip, the other clips of its actor (empty: an actor with one clip keeps same-clip pairs).
+        self.same_actor = [np.flatnonzero((actors == a) & (np.arange(len(actors)) != i)) for i, a in enumerate(actors)]
+        self.cross_clip = float(cross_clip)
         self.image_size = image_size
         self.num_clips = len(clips)
         self.num_frames = int(self.lengths.sum())
 
     def sample(self, rng: np.random.Generator, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        clips = rng.integers(self.num_clips, size=batch)
-        rows = []
-        for c in clips:
-            i, j = rng.choice(int(self.lengths[c]), size=2, replace=False)
-            rows.append((int(self.starts[c] + i), int(self.starts[c] + j)))
+        return self.load(self.sample_rows(rng, batch))
+
+    def load(self, rows: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Source and driving frames of `rows` as float tensors at the model's size."""
         # One frame at a time: a frame is one small chunk read; fancy indexing over shards is slower.
         source = np.stack([self.frames[s] for s, _ in rows])
         driving = np.stack([self.frames[d] for _, d in rows])
         return frames_to_tensor(source, self.image_size), frames_to_tensor(driving, self.image_size)
+
+    def sample_rows(self, rng: np.random.Generator, batch: int) -> list[tuple[int, int]]:
+        """(source, driving) frame indices into frames.zarr."""
+        clips = rng.integers(self.num_clips, size=batch)
+        cross = rng.random(batch) < self.cross_clip
+        rows = []
+        for c, other in zip(clips, cross):
+            if other and len(self.same_actor[c]):
+                s = int(rng.choice(self.same_actor[c]))
+                i, j = int(rng.integers(self.lengths[s])), int(rng.integers(self.lengths[c]))
+                rows.append((int(self.starts[s] + i), int(self.starts[c] + j)))
+                continue
+            i, j = rng.choice(int(self.lengths[c]), size=2, replace=False)
+            rows.append((int(self.starts[c] + i), int(self.starts[c] + j)))
+        return rows
+
+    def part_weights(self, rows: list[tuple[int, int]], part_weight: float) -> torch.Tensor:
+        """face_part_weights of the driving frames (the frames the loss compares with)."""
+        landmarks = np.stack([self.landmarks[d] for _, d in rows])
+        return face_part_weights(landmarks, self.frames.shape[2], self.image_size, part_weight)
 
 
 # YIQ: luma + two chroma axes; rotating the chroma plane shifts hue.
@@ -122,9 +151,11 @@ _YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
 
 
 def augment_pair(source: torch.Tensor, driving: torch.Tensor, generator: torch.Generator, *, flip: bool,
-                 jitter: float) -> tuple[torch.Tensor, torch.Tensor]:
+                 jitter: float, pixel_weights: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """FOMM's augmentation, identical for both frames of a pair: random horizontal flip, and brightness,
-    contrast, saturation (factors 1 +- jitter) and hue (+- jitter of a full turn) jitter.
+    contrast, saturation (factors 1 +- jitter) and hue (+- jitter of a full turn) jitter. `pixel_weights`
+    (the loss's, [B,1,H,W]) are mirrored with their pair.
 
     Unseen identities are the test: recolouring and mirroring the few training faces widens what the
     generator must carry over from the source image instead of memorising.
@@ -135,6 +166,9 @@ def augment_pair(source: torch.Tensor, driving: torch.Tensor, generator: torch.G
     if flip:
         mirrored = draws[:, 0] < 0.5
         pair[:, mirrored] = pair[:, mirrored].flip(-1)
+        if pixel_weights is not None:
+            pixel_weights = pixel_weights.clone()
+            pixel_weights[mirrored] = pixel_weights[mirrored].flip(-1)
     if jitter > 0:
         brightness, contrast, saturation = (1 + (2 * draws[:, 1:4] - 1) * jitter).T.reshape(3, 1, batch, 1, 1, 1)
         hue = (2 * draws[:, 4] - 1) * jitter * 2 * torch.pi
@@ -151,7 +185,7 @@ def augment_pair(source: torch.Tensor, driving: torch.Tensor, generator: torch.G
         colour = _YIQ_TO_RGB @ rotation @ _RGB_TO_YIQ  # [B,3,3]
         pair = torch.einsum("bij,pbjhw->pbihw", colour, pair)
     pair = pair.clamp(0, 1)
-    return pair[0], pair[1]
+    return pair[0], pair[1], pixel_weights
 
 
 # ------------------------------------------------------------------------------------------- training
@@ -190,8 +224,8 @@ class FommTrainer:
     def extra_modules(self) -> dict[str, torch.nn.Module]:
         return {} if self.discriminator is None else {"discriminator": self.discriminator}
 
-    def losses(self, source: torch.Tensor, driving: torch.Tensor, gen: torch.Generator
-               ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def losses(self, source: torch.Tensor, driving: torch.Tensor, gen: torch.Generator,
+               pixel_weights: torch.Tensor | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Weighted loss terms for one batch (train mode) and the prediction."""
         p = self.p
         use_equivariance = p.equivariance_value_weight > 0 or p.equivariance_jacobian_weight > 0
@@ -206,7 +240,7 @@ class FommTrainer:
             kp_driving = self.kp_detector(driving)
             out = self.generator(source, kp_driving=kp_driving, kp_source=kp_source)
             prediction = out["prediction"]
-            losses = {"reconstruction": self.reconstruction(prediction, driving)}
+            losses = {"reconstruction": self.reconstruction(prediction, driving, pixel_weights)}
             kp_transformed = self.kp_detector(transformed) if use_equivariance else None
             if self.discriminator is not None:
                 fake = self.discriminator(self.disc_pyramid(prediction))
@@ -220,11 +254,14 @@ class FommTrainer:
                                            * equivariance.get("equivariance_jacobian", zero))
         return losses, prediction
 
-    def train_step(self, source: torch.Tensor, driving: torch.Tensor, gen: torch.Generator) -> dict[str, float]:
+    def train_step(self, source: torch.Tensor, driving: torch.Tensor, gen: torch.Generator,
+                   pixel_weights: torch.Tensor | None = None) -> dict[str, float]:
         self.kp_detector.train()
         self.generator.train()
         source, driving = source.to(self.device), driving.to(self.device)
-        losses, prediction = self.losses(source, driving, gen)
+        if pixel_weights is not None:
+            pixel_weights = pixel_weights.to(self.device)
+        losses, prediction = self.losses(source, driving, gen, pixel_weights)
         total = sum(losses.values())
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -264,7 +301,8 @@ def train_fomm_model(corpus_dir: str | Path, model_out: str | Path, losses_csv: 
 def _train(config: FommConfig, corpus_dir: str | Path, model_out: Path, losses_csv: str | Path, base: BaseParams,
            p: TrainFommParams, log) -> dict:
     device = pick_device(base.device)
-    sampler = FramePairSampler(corpus_dir, config.image_size)  # bad corpus input fails before any model work
+    # bad corpus input fails before any model work
+    sampler = FramePairSampler(corpus_dir, config.image_size, cross_clip=p.cross_clip)
     vgg = load_vgg19(p.vgg19).to(device) if p.vgg19 else None
     trainer = FommTrainer(config, p, device, base.seed, vgg)
     kind = trainer.reconstruction.kind
@@ -293,9 +331,12 @@ def _train(config: FommConfig, corpus_dir: str | Path, model_out: Path, losses_c
 
     def step_fn(step: int) -> dict[str, float]:
         rng, gen = step_rngs(base.seed, step)
-        source, driving = sampler.sample(rng, p.batch_size)
-        source, driving = augment_pair(source, driving, gen, flip=p.augment_flip, jitter=p.augment_jitter)
-        return trainer.train_step(source, driving, gen)
+        rows = sampler.sample_rows(rng, p.batch_size)
+        source, driving = sampler.load(rows)
+        weights = sampler.part_weights(rows, p.part_weight) if p.part_weight > 0 else None
+        source, driving, weights = augment_pair(source, driving, gen, flip=p.augment_flip, jitter=p.augment_jitter,
+                                                pixel_weights=weights)
+        return trainer.train_step(source, driving, gen, weights)
 
     def metrics(step: int) -> dict[str, Any]:
         seconds = seconds_before + budget.elapsed

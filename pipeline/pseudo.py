@@ -160,8 +160,7 @@ def redub_clip(task: RedubTask) -> dict:
         regressor = LandmarkRegressor.from_state(task.regressor_state)
 
         def mouth(frames_rgb: np.ndarray) -> np.ndarray:
-            points = regressor.predict(faces_bgr(frames_rgb, regressor.face_size))
-            return points[:, MOUTH] if points.shape[1] == 68 else points  # a 68-point judge or a mouth-only one
+            return regressor.predict(faces_bgr(frames_rgb, regressor.face_size))[:, MOUTH]
 
         n = min(len(source_rgb), len(frames))
         start = task.counterfactual[0]

@@ -37,7 +37,7 @@ from pipeline.errors import InputError
 from pipeline.evaluate import cached_detector, cached_evaluator
 from pipeline.fomm_io import FommModel, detect_keypoints, frames_to_tensor, load_fomm
 from pipeline.generate_set import heldout_clips
-from pipeline.metrics import clip_metrics
+from pipeline.metrics import clip_emotion, clip_metrics
 from pipeline.models.motion import decode_frames, encode_frames
 from pipeline.motion_ablation import FOMM_ROW, RowPlan, train_row
 from pipeline.motion_data import KeypointBank, read_pairs
@@ -202,12 +202,17 @@ def run_row(task: RowTask, log=print) -> dict[str, Any]:
             exact = (np.asarray(corpus["landmarks"][clip.frame_start:clip.frame_start + clip.frames])[idx]
                      if "landmarks" in corpus else None)
             use_exact = detector == evaluator.face_landmarks and exact is not None and np.isfinite(exact).all()
-            scores = clip_metrics(rendered, truth, landmarks=detector, truth_landmarks=exact if use_exact else None)
+            scores = clip_metrics(rendered, truth, emotion=clip.emotion, emotion_logits=evaluator.emotion_logits,
+                                  emotions=evaluator.emotions, landmarks=detector,
+                                  truth_landmarks=exact if use_exact else None)
+            # The judge on the real frames: how far any rendering of these clips could get.
+            real_emotion = clip_emotion(evaluator.emotion_logits(truth), evaluator.emotions)
             kp_target = bank.value[rows], bank.jacobian[rows]
             per_clip.append({
                 "row": plan.name, "clip_id": clip.clip_id, "actor": clip.actor, "emotion": clip.emotion,
                 "level": clip.level, "frames": scores["frames"], "psnr": scores["psnr"], "ssim": scores["ssim"],
-                "m_lmd": scores["m_lmd"], "f_lmd": scores["f_lmd"],
+                "m_lmd": scores["m_lmd"], "f_lmd": scores["f_lmd"], "emotion_correct": scores["emotion_correct"],
+                "emotion_correct_real": real_emotion == clip.emotion,
                 "kp_error": float(motion_errors(value, jacobian, *kp_target).mean()),
                 "kp_error_px": float(value_errors_px(value, kp_target[0], size).mean()),
             })

@@ -17,15 +17,18 @@ from pipeline.metrics_report import aggregate_rows
 from pipeline.motion_ablation import FOMM_ROW, ROW_LABELS, RowPlan
 from pipeline.train import _write_png  # the pipeline's one PNG writer (RGB in)
 
-IMAGE_METRICS = ("psnr", "ssim", "m_lmd", "f_lmd")
+IMAGE_METRICS = ("psnr", "ssim", "m_lmd", "f_lmd", "emotion_acc")
 KEYPOINT_METRICS = ("kp_error", "kp_error_px")
 METRICS = IMAGE_METRICS + KEYPOINT_METRICS
-HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "m_lmd": False, "f_lmd": False, "kp_error": False,
+HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "m_lmd": False, "f_lmd": False, "emotion_acc": True, "kp_error": False,
                     "kp_error_px": False}
-NAMES = {"psnr": "PSNR", "ssim": "SSIM", "m_lmd": "M-LMD", "f_lmd": "F-LMD", "kp_error": "(p, j) error",
+NAMES = {"psnr": "PSNR", "ssim": "SSIM", "m_lmd": "M-LMD", "f_lmd": "F-LMD", "emotion_acc": "emotion acc",
+         "kp_error": "(p, j) error",
          "kp_error_px": "keypoint px"}
 HEADERS = {m: f"{name} {'↑' if HIGHER_IS_BETTER[m] else '↓'}" for m, name in NAMES.items()}
-DIGITS = {"psnr": 2, "ssim": 4, "m_lmd": 3, "f_lmd": 3, "kp_error": 4, "kp_error_px": 3}
+DIGITS = {"psnr": 2, "ssim": 4, "m_lmd": 3, "f_lmd": 3, "emotion_acc": 3, "kp_error": 4, "kp_error_px": 3}
+# per-clip column behind a table metric where the names differ (clips are right or wrong; the row is their share)
+PER_CLIP_COLUMN = {"emotion_acc": "emotion_correct"}
 # motion.json numbers shown in the keypoint-space table: (section, key, header)
 KEYPOINT_REPORT = (("recon", "self", "self (held-out) ↓"), ("recon", "cross_heldout", "cross same-sentence ↓"),
                    ("recon", "cross_vs_counterfactual", "cross vs counterfactual ↓"),
@@ -51,8 +54,9 @@ def row_table(per_clip: pd.DataFrame, plans: Sequence[RowPlan], steps: Mapping[s
 
 def paired_difference(per_clip: pd.DataFrame, row: str, reference: str, metric: str) -> tuple[float, float | None, int]:
     """Mean over clips of (row - reference) on one metric, its standard error (None under 2 clips), clips."""
-    a = per_clip[per_clip.row == row].set_index("clip_id")[metric].astype(float)
-    b = per_clip[per_clip.row == reference].set_index("clip_id")[metric].astype(float)
+    column = PER_CLIP_COLUMN.get(metric, metric)
+    a = per_clip[per_clip.row == row].set_index("clip_id")[column].astype(float)
+    b = per_clip[per_clip.row == reference].set_index("clip_id")[column].astype(float)
     diff = (a - b).dropna()
     diff = diff[np.isfinite(diff)]
     if diff.empty:

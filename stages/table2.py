@@ -116,6 +116,12 @@ def run_table2(kp_store: Path, pseudo_dir: Path, corpus_dir: Path, renderer: Pat
     return rows
 
 
+def _share(per_clip: pd.DataFrame) -> str:
+    """The judge's accuracy on the real frames of the scored clips (the same for every row)."""
+    real = per_clip.drop_duplicates("clip_id").emotion_correct_real.astype(float)
+    return f"{real.mean():.3f} ({int(real.sum())} of {len(real)} clips)" if len(real) else "n/a"
+
+
 def setup_notes(plans: list[RowPlan], clips: list, per_clip: pd.DataFrame, renderer: Path, gap: float,
                 judges: dict, by_dlib: bool, p: TrainMotionParams, t: Table2Params, steps: dict) -> list[str]:
     """How the numbers were made, in the table's words."""
@@ -142,6 +148,9 @@ def setup_notes(plans: list[RowPlan], clips: list, per_clip: pd.DataFrame, rende
         "M-LMD / F-LMD: the evaluator's landmark regressor on the rendered frames against the corpus's exact "
         f"landmarks; on real held-out frames it is itself off by M-LMD {px('m_lmd_floor')}, F-LMD {px('f_lmd_floor')} "
         "px, so LMD differences well below that are hard to read.",
+        "Emotion acc: share of clips whose rendered frames the evaluator's emotion classifier (train_evaluator) "
+        "puts in the clip's emotion (argmax of the mean logits, as Table 1); on the real frames of these clips it "
+        f"scores {_share(per_clip)}, so the FOMM row's number is what the renderer keeps of the emotion.",
         "(p, j) error: mean over keypoints of sqrt(|dp|² + |dj|²) of the decoded keypoints against E_k of the "
         "frame (train_motion's distance); keypoint px: the position part in pixels of the renderer's input. Both "
         "are 0 for the FOMM row by construction.",

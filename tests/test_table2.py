@@ -16,7 +16,7 @@ from pipeline.config import with_field
 from pipeline.motion_ablation import FOMM_ROW, ROW_LABELS, ROW_NAMES, RowPlan, plan_rows
 from pipeline.motion_data import KeypointBank, read_pairs, read_sync
 from pipeline.table2 import sheet_indices
-from pipeline.table2_report import METRICS, comparison_notes, paired_difference
+from pipeline.table2_report import METRICS, PER_CLIP_COLUMN, comparison_notes, paired_difference
 from pipeline.train import read_loss_csv, torch_threads
 from stages.cli import app
 from tests.conftest import ROOT, tiny_params_dict, tiny_section
@@ -147,22 +147,26 @@ def test_identical_trainings_are_shared_and_empty_ones_skipped(motion_inputs):  
 
 def test_notes_name_every_ablation_that_beats_the_full_model():
     # PSNR per clip: full 20, 22; w/o L_self 21, 22.5 (better by 1 and 0.5: mean +0.75, SE 0.25);
-    # w/o L_rec below on both; SSIM: w/o L_rec ties the full model; the errors: the full model lowest
+    # w/o L_rec below on both; SSIM: w/o L_rec ties the full model; the errors: the full model lowest;
+    # emotion: w/o L_self right on both clips, full on one (+0.5 ± 0.5 SE), w/o L_rec on none
     per_clip = pd.DataFrame([
-        {"row": row, "clip_id": clip, "psnr": psnr, "ssim": ssim, "frames": 3,
+        {"row": row, "clip_id": clip, "psnr": psnr, "ssim": ssim, "emotion_correct": right, "frames": 3,
          **{m: 1.0 if row == "full" else 1.5 for m in ("m_lmd", "f_lmd", "kp_error", "kp_error_px")}}
-        for row, clip, psnr, ssim in [("full", "a", 20.0, 0.5), ("full", "b", 22.0, 0.7),
-                                      ("no_self", "a", 21.0, 0.4), ("no_self", "b", 22.5, 0.5),
-                                      ("no_rec", "a", 19.0, 0.5), ("no_rec", "b", 21.0, 0.7)]])
+        for row, clip, psnr, ssim, right in [("full", "a", 20.0, 0.5, True), ("full", "b", 22.0, 0.7, False),
+                                             ("no_self", "a", 21.0, 0.4, True), ("no_self", "b", 22.5, 0.5, True),
+                                             ("no_rec", "a", 19.0, 0.5, False), ("no_rec", "b", 21.0, 0.7, False)]])
     diff, se, n = paired_difference(per_clip, "no_self", "full", "psnr")
     assert (diff, se, n) == (pytest.approx(0.75), pytest.approx(0.25), 2)
-    rows = {name: {m: float(per_clip[per_clip.row == name][m].mean()) for m in METRICS}
+    rows = {name: {m: float(per_clip[per_clip.row == name][PER_CLIP_COLUMN.get(m, m)].astype(float).mean())
+                   for m in METRICS}
             for name in ("full", "no_self", "no_rec")}
     plans = [RowPlan("no_rec", None), RowPlan("no_self", None), RowPlan("full", None)]
     notes = "\n".join(comparison_notes(rows, per_clip, plans))
     assert "- PSNR: w/o L_self beats it: 21.75 vs 21.00 (paired difference +0.750 ± 0.250 SE over 2 clips)." in notes
     assert "- SSIM: w/o L_rec ties it (0.6000)." in notes
     assert "w/o L_rec beats" not in notes
+    assert ("- emotion acc: w/o L_self beats it: 1.000 vs 0.500 (paired difference +0.5000 ± 0.5000 SE over 2 "
+            "clips).") in notes
     assert "Ours (full) is best of the trained rows on: M-LMD, F-LMD, (p, j) error, keypoint px." in notes
     assert math.isnan(paired_difference(per_clip, "no_con", "full", "psnr")[0])
 

@@ -12,7 +12,7 @@ from pipeline.checkpoints import save_checkpoint
 from pipeline.config import BaseParams, with_field
 from pipeline.errors import CheckpointError, InputError
 from pipeline.fomm_io import load_fomm
-from pipeline.fomm_losses import RandomTransform, ReconstructionLoss, equivariance_losses
+from pipeline.fomm_losses import RandomTransform, ReconstructionLoss, equivariance_losses, face_part_weights
 from pipeline.fomm_train import (
     FommTrainer,
     FramePairSampler,
@@ -169,16 +169,48 @@ def test_reconstruction_loss_kinds():
     assert float(perceptual(target, target)) == 0.0 and float(perceptual(prediction, target)) > 0.0
 
 
+def test_face_part_weights_cover_the_brow_eye_and_mouth_boxes():
+    landmarks = np.full((2, 68, 2), 10.0, np.float32)  # 20 px landmark space
+    landmarks[0, 17:27] = landmarks[0, 36:48] = [[4, 4]]
+    landmarks[0, 17] = [8, 6]  # brows/eyes box x 4..8, y 4..6
+    landmarks[0, 48:68] = [[6, 12]]
+    landmarks[0, 48] = [10, 14]  # mouth box x 6..10, y 12..14
+    landmarks[1] = np.nan  # no landmarks: uniform
+    weights = face_part_weights(landmarks, landmark_size=20, image_size=10, part_weight=2.0, margin=0.0)
+    expected = np.ones((10, 10), np.float32)
+    expected[2:3, 2:4] = 3.0  # halved: y 2..3, x 2..4
+    expected[6:7, 3:5] = 3.0
+    assert weights.shape == (2, 1, 10, 10)
+    np.testing.assert_array_equal(weights[0, 0].numpy(), expected)
+    assert torch.equal(weights[1], torch.ones(1, 10, 10))
+
+
+def test_weighted_reconstruction_loss_is_a_weighted_mean():
+    target = torch.zeros(1, 3, 4, 4)
+    prediction = target.clone()
+    prediction[..., 0, 0] = 1.0  # one wrong pixel
+    weights = torch.ones(1, 1, 4, 4)
+    weights[..., 0, 0] = 4.0
+    loss = ReconstructionLoss((1,), weight=1.0)
+    assert float(loss(prediction, target)) == pytest.approx(1 / 16)
+    assert float(loss(prediction, target, weights)) == pytest.approx(4 / 19)  # sum(w|e|) / sum(w)
+    assert float(loss(prediction, target, torch.ones(1, 1, 4, 4))) == pytest.approx(1 / 16)
+
+
 def test_augmentation_is_shared_by_the_pair_and_keeps_grey_grey():
     frame = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(0))
-    same, off = augment_pair(frame, frame.clone(), torch.Generator().manual_seed(1), flip=False, jitter=0.0)
+    same, off, _ = augment_pair(frame, frame.clone(), torch.Generator().manual_seed(1), flip=False, jitter=0.0)
     assert torch.equal(same, frame) and torch.equal(off, frame)
-    source, driving = augment_pair(frame, frame.clone(), torch.Generator().manual_seed(1), flip=True, jitter=0.1)
+    source, driving, _ = augment_pair(frame, frame.clone(), torch.Generator().manual_seed(1), flip=True, jitter=0.1)
     assert torch.equal(source, driving)  # one draw per pair: both frames get the same flip and colours
     flipped = augment_pair(frame, frame, torch.Generator().manual_seed(2), flip=True, jitter=0.0)[0]
     mirrored = [torch.equal(flipped[i], frame[i].flip(-1)) for i in range(6)]
     kept = [torch.equal(flipped[i], frame[i]) for i in range(6)]
     assert all(m != k for m, k in zip(mirrored, kept)) and 0 < sum(mirrored) < 6
+    weights = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(4))
+    _, _, moved = augment_pair(frame, frame, torch.Generator().manual_seed(2), flip=True, jitter=0.0,
+                               pixel_weights=weights)
+    assert all(torch.equal(moved[i], weights[i].flip(-1) if mirrored[i] else weights[i]) for i in range(6))
     grey = torch.full((4, 3, 5, 5), 0.5)
     out = augment_pair(grey, grey, torch.Generator().manual_seed(3), flip=True, jitter=0.1)[0]
     assert float((out - out.mean(dim=1, keepdim=True)).abs().max()) < 1e-6  # hue/saturation leave grey grey
@@ -256,6 +288,25 @@ def test_pair_sampler_uses_train_real_clips(tiny_corpus):
     assert source.shape == driving.shape == (3, 3, 32, 32)
     assert 0.0 <= float(source.min()) and float(source.max()) <= 1.0
     assert float((source - driving).abs().mean()) > 0.0  # two different frames
+
+
+@pytest.mark.parametrize("cross_clip", [0.0, 1.0])
+def test_pair_sampler_cross_clip_pairs_come_from_two_clips_of_one_actor(tiny_corpus, cross_clip):
+    import pandas as pd
+
+    manifest = pd.read_parquet(tiny_corpus / "manifest.parquet")
+    train_real = manifest[(manifest.split == "train") & (manifest.kind == "real")]
+    sampler = FramePairSampler(tiny_corpus, 32, cross_clip=cross_clip)
+
+    def clip_of(frame: int) -> pd.Series:
+        return train_real[(train_real.start <= frame) & (frame < train_real.stop)].iloc[0]
+
+    for source, driving in sampler.sample_rows(np.random.default_rng(2), 40):
+        a, b = clip_of(source), clip_of(driving)
+        assert a.actor == b.actor
+        assert (a.clip_id != b.clip_id) == (cross_clip == 1.0)
+        if cross_clip == 0.0:
+            assert source != driving
 
 
 def test_train_resume_continues_the_step_count_and_equals_an_uninterrupted_run(tiny_corpus, tmp_path):
