@@ -29,8 +29,8 @@ from pipeline.fomm_losses import (
     RandomTransform,
     ReconstructionLoss,
     discriminator_loss,
-    face_part_weights,
     equivariance_losses,
+    face_part_weights,
     generator_gan_losses,
 )
 from pipeline.models.fomm import (
@@ -108,7 +108,8 @@ class FramePairSampler:
             raise InputError(corpus_dir / "frames.zarr", "manifest start/stop run past the frames array")
         actors = clips.actor.to_numpy()
         # For each clip, the other clips of its actor (empty: an actor with one clip keeps same-clip pairs).
-        self.same_actor = [np.flatnonzero((actors == a) & (np.arange(len(actors)) != i)) for i, a in enumerate(actors)]
+        self.same_actor = [np.flatnonzero((actors == a) & (np.arange(len(actors)) != i))
+                           for i, a in enumerate(actors)]
         self.cross_clip = float(cross_clip)
         self.image_size = image_size
         self.num_clips = len(clips)
@@ -127,7 +128,8 @@ class FramePairSampler:
     def sample_rows(self, rng: np.random.Generator, batch: int) -> list[tuple[int, int]]:
         """(source, driving) frame indices into frames.zarr."""
         clips = rng.integers(self.num_clips, size=batch)
-        cross = rng.random(batch) < self.cross_clip
+        # No extra draw without cross-clip pairs: the same stream (and model) as same-clip-only sampling.
+        cross = rng.random(batch) < self.cross_clip if self.cross_clip > 0 else np.zeros(batch, bool)
         rows = []
         for c, other in zip(clips, cross):
             if other and len(self.same_actor[c]):

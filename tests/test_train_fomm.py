@@ -309,6 +309,17 @@ def test_pair_sampler_cross_clip_pairs_come_from_two_clips_of_one_actor(tiny_cor
             assert source != driving
 
 
+def test_pair_sampler_without_cross_clip_keeps_the_same_clip_random_stream(tiny_corpus):
+    # cross_clip 0 draws nothing extra: runs (and checkpoints) from before the option stay reproducible
+    sampler = FramePairSampler(tiny_corpus, 32)
+    rng = np.random.default_rng(5)
+    expected = []
+    for c in rng.integers(sampler.num_clips, size=6):
+        i, j = rng.choice(int(sampler.lengths[c]), size=2, replace=False)
+        expected.append((int(sampler.starts[c] + i), int(sampler.starts[c] + j)))
+    assert sampler.sample_rows(np.random.default_rng(5), 6) == expected
+
+
 def test_train_resume_continues_the_step_count_and_equals_an_uninterrupted_run(tiny_corpus, tmp_path):
     straight = tmp_path / "straight"
     run_train_fomm(tiny_corpus, straight / "fomm.pt", straight / "l.csv", straight / "l.png", BASE,
