@@ -21,6 +21,7 @@ from torch import nn
 from pipeline.models.fomm import ImagePyramid
 from pipeline.models.fomm_blocks import make_coordinate_grid
 from pipeline.models.vgg19 import Vgg19Features
+from pipeline.mouth_landmarks import MOUTH
 
 TPS_EPS = 1e-6
 MIN_VGG_SIZE = 16  # relu5_1 sits behind four 2x2 max pools: smaller pyramid levels are skipped
@@ -101,9 +102,8 @@ def equivariance_losses(kp_driving: Mapping[str, torch.Tensor], kp_transformed: 
     return losses
 
 
-# dlib 68-point order: brows and eyes (17-21, 22-26, 36-47) and the mouth (48-67); nose and jaw left out.
+# dlib 68-point order: brows and eyes (17-21, 22-26, 36-47); with MOUTH (48-67) the parts weighed; nose, jaw not.
 _UPPER_PARTS = np.r_[17:27, 36:48]
-_MOUTH = np.arange(48, 68)
 
 
 def face_part_weights(landmarks: np.ndarray, landmark_size: int, image_size: int, part_weight: float,
@@ -118,7 +118,7 @@ def face_part_weights(landmarks: np.ndarray, landmark_size: int, image_size: int
     for b in range(batch):
         if not np.isfinite(landmarks[b]).all():
             continue
-        for part in (_UPPER_PARTS, _MOUTH):
+        for part in (_UPPER_PARTS, MOUTH):
             points = landmarks[b, part] * scale
             low, high = points.min(0), points.max(0)
             grow = margin * float((high - low).max())

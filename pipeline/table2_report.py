@@ -20,8 +20,8 @@ from pipeline.train import _write_png  # the pipeline's one PNG writer (RGB in)
 IMAGE_METRICS = ("psnr", "ssim", "m_lmd", "f_lmd", "emotion_acc")
 KEYPOINT_METRICS = ("kp_error", "kp_error_px")
 METRICS = IMAGE_METRICS + KEYPOINT_METRICS
-HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "m_lmd": False, "f_lmd": False, "emotion_acc": True, "kp_error": False,
-                    "kp_error_px": False}
+HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "m_lmd": False, "f_lmd": False, "emotion_acc": True,
+                    "kp_error": False, "kp_error_px": False}
 NAMES = {"psnr": "PSNR", "ssim": "SSIM", "m_lmd": "M-LMD", "f_lmd": "F-LMD", "emotion_acc": "emotion acc",
          "kp_error": "(p, j) error",
          "kp_error_px": "keypoint px"}
