@@ -81,6 +81,8 @@ class TrainFommParams:
     points_tps: int = 5
     cross_clip: float = 0.0  # share of pairs whose source is another clip of the driving frame's actor
     part_weight: float = 0.0  # reconstruction loss: extra weight on the brows/eyes and mouth boxes (landmarks)
+    landmark_anchors: float = 0.0  # weight of pinning keypoints 0-9 to brow/eyelid/mouth landmarks
+    landmark_flow: float = 0.0  # weight of the flow-at-landmarks loss (corpus landmarks; MEAD: none)
     augment_flip: bool = True  # mirror both frames of a pair (FOMM's augmentation)
     augment_jitter: float = 0.1  # brightness/contrast/saturation/hue jitter of a pair (0 = off)
     gan_weight: float = 0.0  # 0 = no discriminator

@@ -102,6 +102,65 @@ def equivariance_losses(kp_driving: Mapping[str, torch.Tensor], kp_transformed: 
     return losses
 
 
+# Keypoints 0..9 pinned to expressive parts by `landmark_anchor_loss` (dlib 68-point indices, image-left first):
+# outer/inner brow, upper eyelid, mouth corner on each side, then the lip centres.
+ANCHOR_LANDMARKS = ((17, 18, 19), (20, 21), (22, 23), (24, 25, 26), (37, 38), (43, 44), (48, 60), (54, 64),
+                    (51, 62), (57, 66))
+# dlib index of each point's mirror image (jaw, brows, nose, eyes, outer and inner lips reversed left-right).
+DLIB_MIRROR = np.r_[16:-1:-1, 26:16:-1, 27:31, 35:30:-1, 45:41:-1, 47:45:-1, 39:35:-1, 41:39:-1,
+                    54:47:-1, 59:54:-1, 64:59:-1, 67:64:-1]
+
+
+def normalized_landmarks(landmarks: np.ndarray, landmark_size: int) -> torch.Tensor:
+    """Landmarks [B,68,2] in pixels of a `landmark_size` frame -> FOMM's [-1,1] image coordinates (the warp's:
+    pixel centres, x = 2 (px + 0.5) / size - 1); NaN stays NaN (frames without landmarks, e.g. MEAD)."""
+    return torch.from_numpy(2 * (np.asarray(landmarks, np.float32) + 0.5) / landmark_size - 1)
+
+
+def mirror_landmarks(points: torch.Tensor) -> torch.Tensor:
+    """Normalized landmarks [...,68,2] of the horizontally mirrored frame: x -> -x, and each point takes its
+    mirror partner's index, so index 17 is still the image-left brow's outer end."""
+    mirrored = points[..., DLIB_MIRROR, :].clone()
+    mirrored[..., 0] = -mirrored[..., 0]
+    return mirrored
+
+
+def landmark_anchor_targets(points: torch.Tensor) -> torch.Tensor:
+    """Normalized landmarks [B,68,2] -> the anchors' targets [B,A,2] (means of ANCHOR_LANDMARKS' groups)."""
+    return torch.stack([points[:, list(group)].mean(1) for group in ANCHOR_LANDMARKS], dim=1)
+
+
+def landmark_anchor_loss(kp_value: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean |p_a - target_a| of the first A keypoints [B,K,2] over the frames that have landmarks (0 if none).
+
+    Not in FOMM: its keypoints settle on whatever moves most (head, jaw) and none sits on a brow or eyelid,
+    so warping cannot carry an expression; pinning some of them to the landmarks puts them where it shows."""
+    targets = targets.to(kp_value.device, torch.float32)
+    known = torch.isfinite(targets).all(dim=2).all(dim=1)
+    if not bool(known.any()):
+        return kp_value.new_zeros((), dtype=torch.float32)
+    value = kp_value[known, :targets.shape[1]].float()
+    return (value - targets[known]).abs().mean()
+
+
+def landmark_flow_loss(deformation: torch.Tensor, driving_points: torch.Tensor,
+                       source_points: torch.Tensor) -> torch.Tensor:
+    """Mean |D(l_d) - l_s| over the landmarks of frames that have them (0 if none): the backward flow D
+    [B,h,w,2] read at each driving landmark must point at the same landmark in the source.
+
+    Not in FOMM: the reconstruction loss alone teaches the flow to move head and jaw long before it moves a
+    brow or lid by two pixels; the landmarks say directly where each part went. D is read as the image warp
+    reads it (bilinear, align_corners=False at the pixel-centre coordinates of `normalized_landmarks`)."""
+    known = torch.isfinite(driving_points).all(dim=2).all(dim=1) & torch.isfinite(source_points).all(dim=2).all(dim=1)
+    if not bool(known.any()):
+        return deformation.new_zeros((), dtype=torch.float32)
+    field = deformation[known].float().permute(0, 3, 1, 2)
+    grid = driving_points[known].to(field.device, torch.float32).unsqueeze(2)  # [b,68,1,2]
+    sampled = F.grid_sample(field, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    flow = sampled.squeeze(3).permute(0, 2, 1)  # [b,68,2]
+    return (flow - source_points[known].to(field.device, torch.float32)).abs().mean()
+
+
 # dlib 68-point order: brows and eyes (17-21, 22-26, 36-47); with MOUTH (48-67) the parts weighed; nose, jaw not.
 _UPPER_PARTS = np.r_[17:27, 36:48]
 

@@ -4,8 +4,11 @@ A training pair is two frames of one real training-split clip or, with probabili
 clips of one actor (another emotion or sentence: EMMN drives a neutral photo into every emotion, and pairs from
 one clip never differ in expression): the generator must rebuild the driving
 frame from the source frame and both frames' keypoints (reconstruction loss), while the keypoints must
-follow a known random warp of the driving frame (equivariance on values and Jacobians). An optional
-LSGAN discriminator (off by default) adds adversarial and feature-matching terms.
+follow a known random warp of the driving frame (equivariance on values and Jacobians). Where the frames have
+landmarks (the corpus), two terms FOMM lacks put the expression into the motion: keypoints 0-9 pinned to brows,
+lids, mouth corners and lips (`landmark_anchors`), and the dense flow read at the driving landmarks pointing at
+the source's (`landmark_flow`). An optional LSGAN discriminator (off by default) adds adversarial and
+feature-matching terms.
 
 Checkpoint (`data/models/fomm.pt`, plain dict): {model: {kp_detector, generator}, config:
 FommConfig.to_dict(), step, metrics, train_state: {optimizer[, discriminator, optimizer_d]}}.
@@ -26,12 +29,18 @@ from pipeline.config import BaseParams, TrainFommParams, deep_merge
 from pipeline.errors import InputError
 from pipeline.fomm_io import frames_to_tensor
 from pipeline.fomm_losses import (
+    ANCHOR_LANDMARKS,
     RandomTransform,
     ReconstructionLoss,
     discriminator_loss,
     equivariance_losses,
     face_part_weights,
     generator_gan_losses,
+    landmark_anchor_loss,
+    landmark_anchor_targets,
+    landmark_flow_loss,
+    mirror_landmarks,
+    normalized_landmarks,
 )
 from pipeline.models.fomm import (
     FommConfig,
@@ -67,6 +76,9 @@ def fomm_config(p: TrainFommParams) -> FommConfig:
     """The preset at `image_size`/`num_kp`, with `model` overrides (FommConfig.to_dict() layout) on top."""
     if p.preset not in PRESETS:
         raise InputError("params.yaml", f"train_fomm.preset must be one of {sorted(PRESETS)}, not '{p.preset}'")
+    if p.landmark_anchors > 0 and p.num_kp < len(ANCHOR_LANDMARKS):
+        raise InputError("params.yaml", f"train_fomm.landmark_anchors pins {len(ANCHOR_LANDMARKS)} keypoints: "
+                                        f"num_kp must be at least that, not {p.num_kp}")
     values = deep_merge(PRESETS[p.preset]().to_dict(), {"image_size": p.image_size, "num_kp": p.num_kp})
     try:
         return FommConfig.from_dict(deep_merge(values, dict(p.model)))
@@ -146,6 +158,11 @@ class FramePairSampler:
         landmarks = np.stack([self.landmarks[d] for _, d in rows])
         return face_part_weights(landmarks, self.frames.shape[2], self.image_size, part_weight)
 
+    def landmark_points(self, rows: list[tuple[int, int]]) -> torch.Tensor:
+        """normalized_landmarks of the source and driving frames: [2,B,68,2]."""
+        return torch.stack([normalized_landmarks(np.stack([self.landmarks[row[k]] for row in rows]),
+                                                 self.frames.shape[2]) for k in (0, 1)])
+
 
 # YIQ: luma + two chroma axes; rotating the chroma plane shifts hue.
 _RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
@@ -153,11 +170,11 @@ _YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
 
 
 def augment_pair(source: torch.Tensor, driving: torch.Tensor, generator: torch.Generator, *, flip: bool,
-                 jitter: float, pixel_weights: torch.Tensor | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                 jitter: float, pixel_weights: torch.Tensor | None = None, landmarks: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """FOMM's augmentation, identical for both frames of a pair: random horizontal flip, and brightness,
     contrast, saturation (factors 1 +- jitter) and hue (+- jitter of a full turn) jitter. `pixel_weights`
-    (the loss's, [B,1,H,W]) are mirrored with their pair.
+    (the loss's, [B,1,H,W]) and normalized `landmarks` ([2,B,68,2]) are mirrored with their pair.
 
     Unseen identities are the test: recolouring and mirroring the few training faces widens what the
     generator must carry over from the source image instead of memorising.
@@ -171,6 +188,9 @@ def augment_pair(source: torch.Tensor, driving: torch.Tensor, generator: torch.G
         if pixel_weights is not None:
             pixel_weights = pixel_weights.clone()
             pixel_weights[mirrored] = pixel_weights[mirrored].flip(-1)
+        if landmarks is not None:
+            landmarks = landmarks.clone()
+            landmarks[:, mirrored] = mirror_landmarks(landmarks[:, mirrored])
     if jitter > 0:
         brightness, contrast, saturation = (1 + (2 * draws[:, 1:4] - 1) * jitter).T.reshape(3, 1, batch, 1, 1, 1)
         hue = (2 * draws[:, 4] - 1) * jitter * 2 * torch.pi
@@ -187,7 +207,7 @@ def augment_pair(source: torch.Tensor, driving: torch.Tensor, generator: torch.G
         colour = _YIQ_TO_RGB @ rotation @ _RGB_TO_YIQ  # [B,3,3]
         pair = torch.einsum("bij,pbjhw->pbihw", colour, pair)
     pair = pair.clamp(0, 1)
-    return pair[0], pair[1], pixel_weights
+    return pair[0], pair[1], pixel_weights, landmarks
 
 
 # ------------------------------------------------------------------------------------------- training
@@ -227,7 +247,8 @@ class FommTrainer:
         return {} if self.discriminator is None else {"discriminator": self.discriminator}
 
     def losses(self, source: torch.Tensor, driving: torch.Tensor, gen: torch.Generator,
-               pixel_weights: torch.Tensor | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+               pixel_weights: torch.Tensor | None = None, landmarks: torch.Tensor | None = None
+               ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Weighted loss terms for one batch (train mode) and the prediction."""
         p = self.p
         use_equivariance = p.equivariance_value_weight > 0 or p.equivariance_jacobian_weight > 0
@@ -254,16 +275,24 @@ class FommTrainer:
         losses["equivariance_value"] = p.equivariance_value_weight * equivariance.get("equivariance_value", zero)
         losses["equivariance_jacobian"] = (p.equivariance_jacobian_weight
                                            * equivariance.get("equivariance_jacobian", zero))
+        if landmarks is not None and p.landmark_anchors > 0:
+            losses["landmark_anchors"] = p.landmark_anchors * 0.5 * sum(
+                landmark_anchor_loss(kp["value"], landmark_anchor_targets(points))
+                for kp, points in ((kp_source, landmarks[0]), (kp_driving, landmarks[1])))
+        if landmarks is not None and p.landmark_flow > 0:
+            losses["landmark_flow"] = p.landmark_flow * landmark_flow_loss(out["deformation"], landmarks[1],
+                                                                           landmarks[0])
         return losses, prediction
 
     def train_step(self, source: torch.Tensor, driving: torch.Tensor, gen: torch.Generator,
-                   pixel_weights: torch.Tensor | None = None) -> dict[str, float]:
+                   pixel_weights: torch.Tensor | None = None, landmarks: torch.Tensor | None = None
+                   ) -> dict[str, float]:
         self.kp_detector.train()
         self.generator.train()
         source, driving = source.to(self.device), driving.to(self.device)
         if pixel_weights is not None:
             pixel_weights = pixel_weights.to(self.device)
-        losses, prediction = self.losses(source, driving, gen, pixel_weights)
+        losses, prediction = self.losses(source, driving, gen, pixel_weights, landmarks)
         total = sum(losses.values())
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -336,9 +365,11 @@ def _train(config: FommConfig, corpus_dir: str | Path, model_out: Path, losses_c
         rows = sampler.sample_rows(rng, p.batch_size)
         source, driving = sampler.load(rows)
         weights = sampler.part_weights(rows, p.part_weight) if p.part_weight > 0 else None
-        source, driving, weights = augment_pair(source, driving, gen, flip=p.augment_flip, jitter=p.augment_jitter,
-                                                pixel_weights=weights)
-        return trainer.train_step(source, driving, gen, weights)
+        landmarks = sampler.landmark_points(rows) if p.landmark_anchors > 0 or p.landmark_flow > 0 else None
+        source, driving, weights, landmarks = augment_pair(source, driving, gen, flip=p.augment_flip,
+                                                           jitter=p.augment_jitter, pixel_weights=weights,
+                                                           landmarks=landmarks)
+        return trainer.train_step(source, driving, gen, weights, landmarks)
 
     def metrics(step: int) -> dict[str, Any]:
         seconds = seconds_before + budget.elapsed

@@ -31,7 +31,9 @@ from pipeline.models.fomm import (
     KPDetector,
     KPDetectorConfig,
     MultiScaleDiscriminator,
+    KeypointFilm,
     OcclusionAwareGenerator,
+    apply_film,
     load_official_fomm,
     load_official_fomm_discriminator,
 )
@@ -370,6 +372,41 @@ def test_warped_source_skip_blends_by_the_gate_channel():
         out = generator(source, kp_driving=kp_d, kp_source=kp_s)
         assert torch.allclose(out["prediction"], plain(source, kp_driving=kp_d, kp_source=kp_s)["prediction"],
                               atol=1e-6)
+
+
+def test_apply_film_hand_computed():
+    features = torch.tensor([[[[1.0, -2.0]], [[3.0, 0.5]]]])  # [1, 2 channels, 1, 2]
+    scale = torch.tensor([[[[0.5]], [[-1.0]]]])
+    shift = torch.tensor([[[[1.0]], [[2.0]]]])
+    # channel 0: x * 1.5 + 1; channel 1: x * 0 + 2
+    assert torch.equal(apply_film(features, scale, shift), torch.tensor([[[[2.5, -2.0]], [[2.0, 2.0]]]]))
+
+
+def test_keypoint_film_starts_as_identity_and_then_reads_both_frames_keypoints():
+    """Not in FOMM: an untrained FiLM leaves the generator exactly as without it (zero last layer); once trained,
+    the output depends on the keypoints even where the flow and the warped source are the same."""
+    config = dataclasses.replace(TINY, generator=dataclasses.replace(TINY.generator, expression_film=16))
+    assert FommConfig.vox256().generator.expression_film == 0 and FommConfig.slim().generator.expression_film == 0
+    torch.manual_seed(0)
+    kp_detector, generator = KPDetector(config).eval(), OcclusionAwareGenerator(config).eval()
+    plain = OcclusionAwareGenerator(TINY).eval()
+    plain.load_state_dict({k: v for k, v in generator.state_dict().items() if not k.startswith("film.")})
+    source, driving = seeded_images(8, 2, 1, 64)
+    with torch.no_grad():
+        kp_s, kp_d = kp_detector(source), kp_detector(driving)
+        assert torch.equal(generator(source, kp_driving=kp_d, kp_source=kp_s)["prediction"],
+                           plain(source, kp_driving=kp_d, kp_source=kp_s)["prediction"])
+        film = generator.film
+        assert isinstance(film, KeypointFilm) and film.mlp[0].in_features == 2 * TINY.num_kp * 6
+        film.mlp[-1].weight.normal_(0, 0.1)
+        changed = generator(source, kp_driving=kp_d, kp_source=kp_s)["prediction"]
+        assert not torch.allclose(changed, plain(source, kp_driving=kp_d, kp_source=kp_s)["prediction"])
+        # Jacobians are invisible to the flow's keypoint Gaussians but not to the FiLM.
+        kp_d2 = {**kp_d, "jacobian": kp_d["jacobian"] * 1.0}
+        kp_d2["jacobian"][0, 0] += 0.3
+        modulations = film(kp_d2, kp_s)
+        assert len(modulations) == TINY.generator.num_bottleneck_blocks
+        assert not torch.allclose(modulations[0][0], film(kp_d, kp_s)[0][0])
 
 
 def test_without_jacobian_occlusion_or_downsampling():

@@ -12,7 +12,18 @@ from pipeline.checkpoints import save_checkpoint
 from pipeline.config import BaseParams, with_field
 from pipeline.errors import CheckpointError, InputError
 from pipeline.fomm_io import load_fomm
-from pipeline.fomm_losses import RandomTransform, ReconstructionLoss, equivariance_losses, face_part_weights
+from pipeline.fomm_losses import (
+    ANCHOR_LANDMARKS,
+    RandomTransform,
+    ReconstructionLoss,
+    equivariance_losses,
+    face_part_weights,
+    landmark_anchor_loss,
+    landmark_anchor_targets,
+    landmark_flow_loss,
+    mirror_landmarks,
+    normalized_landmarks,
+)
 from pipeline.fomm_train import (
     FommTrainer,
     FramePairSampler,
@@ -197,20 +208,88 @@ def test_weighted_reconstruction_loss_is_a_weighted_mean():
     assert float(loss(prediction, target, torch.ones(1, 1, 4, 4))) == pytest.approx(1 / 16)
 
 
+def test_landmark_anchor_targets_hand_computed():
+    landmarks = np.zeros((2, 68, 2), np.float32)
+    landmarks[0, 17], landmarks[0, 18], landmarks[0, 19] = (1.5, 3.5), (3.5, 5.5), (5.5, 7.5)  # mean (3.5, 5.5)
+    landmarks[0, 57], landmarks[0, 66] = (9.5, 9.5), (9.5, 11.5)  # mean (9.5, 10.5)
+    landmarks[1] = np.nan  # a MEAD frame: no landmarks
+    points = normalized_landmarks(landmarks, landmark_size=10)
+    assert torch.allclose(points[0, 17], torch.tensor([-0.6, -0.2]))  # 2 (1.5 + 0.5) / 10 - 1, 2 (3.5 + 0.5) / 10 - 1
+    targets = landmark_anchor_targets(points)
+    assert targets.shape == (2, len(ANCHOR_LANDMARKS), 2)
+    # x = 2 (px + 0.5) / 10 - 1: px 3.5 -> -0.2, 5.5 -> 0.2, 9.5 -> 1.0, 10.5 -> 1.2
+    assert torch.allclose(targets[0, 0], torch.tensor([-0.2, 0.2])) and torch.allclose(targets[0, 9],
+                                                                                         torch.tensor([1.0, 1.2]))
+    assert torch.isnan(targets[1]).all()
+
+
+def test_mirrored_landmarks_keep_their_parts():
+    """Mirroring the frame (px -> size - 1 - px) mirrors the normalized points (x -> -x), and the dlib
+    re-indexing keeps each index on its part: the image-left brow is still 17-21 after the flip."""
+    rng = np.random.default_rng(0)
+    landmarks = rng.uniform(0, 31, (1, 68, 2)).astype(np.float32)
+    points = normalized_landmarks(landmarks, 32)
+    mirrored = mirror_landmarks(points)
+    assert torch.equal(mirror_landmarks(mirrored), points)
+    assert torch.allclose(mirrored[0, 17], torch.tensor([-points[0, 26, 0], points[0, 26, 1]]))  # brow ends swap
+    assert torch.allclose(mirrored[0, 30], torch.tensor([-points[0, 30, 0], points[0, 30, 1]]))  # nose tip stays
+    assert torch.allclose(mirrored[0, 37], torch.tensor([-points[0, 44, 0], points[0, 44, 1]]))  # upper lids swap
+    assert torch.allclose(mirrored[0, 48], torch.tensor([-points[0, 54, 0], points[0, 54, 1]]))  # mouth corners
+    flipped_pixels = landmarks.copy()
+    flipped_pixels[..., 0] = 31 - flipped_pixels[..., 0]
+    assert torch.allclose(mirrored.sort(dim=1).values, normalized_landmarks(flipped_pixels, 32).sort(dim=1).values,
+                          atol=1e-6)
+    # Anchors of a mirrored frame: left and right parts exchange, x negated.
+    anchors, anchors_mirrored = landmark_anchor_targets(points), landmark_anchor_targets(mirrored)
+    assert torch.allclose(anchors_mirrored[0, 0], anchors[0, 3] * torch.tensor([-1.0, 1.0]))
+    assert torch.allclose(anchors_mirrored[0, 8], anchors[0, 8] * torch.tensor([-1.0, 1.0]))
+
+
+def test_landmark_flow_loss_hand_computed():
+    # A flow that shifts everything by +0.1 in x: D(z) = z + (0.1, 0) (sampled at pixel centres of a 4x4 field).
+    size = 4
+    centres = (2 * (torch.arange(size) + 0.5) / size - 1)
+    grid = torch.stack(torch.meshgrid(centres, centres, indexing="xy"), dim=-1)  # [h,w,(x,y)]
+    deformation = (grid + torch.tensor([0.1, 0.0])).unsqueeze(0).repeat(2, 1, 1, 1)
+    driving = torch.zeros(2, 68, 2)
+    driving[:, :, 0] = centres[1]  # on the field's samples: bilinear reads them exactly
+    driving[:, :, 1] = centres[2]
+    source = driving.clone()
+    source[:, :, 0] += 0.1
+    assert float(landmark_flow_loss(deformation, driving, source)) == pytest.approx(0.0, abs=1e-6)
+    source[0, :, 1] += 0.3  # frame 0 misses by 0.3 in y on every landmark: mean over 2 x 68 x 2 values
+    assert float(landmark_flow_loss(deformation, driving, source)) == pytest.approx(0.3 / 4, rel=1e-5)
+    source[1] = float("nan")  # frame 1 without landmarks: only frame 0 counts
+    assert float(landmark_flow_loss(deformation, driving, source)) == pytest.approx(0.3 / 2, rel=1e-5)
+
+
+def test_landmark_anchor_loss_reads_the_first_keypoints_of_frames_with_landmarks():
+    value = torch.zeros(3, 12, 2)
+    value[0, :10, 0] = 0.5
+    targets = torch.zeros(3, 10, 2)
+    targets[2] = float("nan")
+    # frame 0: |0.5| on x of 10 anchors, frame 1: 0, frame 2 skipped; keypoints 10, 11 are free
+    assert float(landmark_anchor_loss(value, targets)) == pytest.approx(0.5 * 10 / 40)
+    assert float(landmark_anchor_loss(value, torch.full((3, 10, 2), float("nan")))) == 0.0
+
+
 def test_augmentation_is_shared_by_the_pair_and_keeps_grey_grey():
     frame = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(0))
-    same, off, _ = augment_pair(frame, frame.clone(), torch.Generator().manual_seed(1), flip=False, jitter=0.0)
+    same, off, _, _ = augment_pair(frame, frame.clone(), torch.Generator().manual_seed(1), flip=False, jitter=0.0)
     assert torch.equal(same, frame) and torch.equal(off, frame)
-    source, driving, _ = augment_pair(frame, frame.clone(), torch.Generator().manual_seed(1), flip=True, jitter=0.1)
+    source, driving, _, _ = augment_pair(frame, frame.clone(), torch.Generator().manual_seed(1), flip=True, jitter=0.1)
     assert torch.equal(source, driving)  # one draw per pair: both frames get the same flip and colours
     flipped = augment_pair(frame, frame, torch.Generator().manual_seed(2), flip=True, jitter=0.0)[0]
     mirrored = [torch.equal(flipped[i], frame[i].flip(-1)) for i in range(6)]
     kept = [torch.equal(flipped[i], frame[i]) for i in range(6)]
     assert all(m != k for m, k in zip(mirrored, kept)) and 0 < sum(mirrored) < 6
     weights = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(4))
-    _, _, moved = augment_pair(frame, frame, torch.Generator().manual_seed(2), flip=True, jitter=0.0,
-                               pixel_weights=weights)
+    points = torch.rand(2, 6, 68, 2, generator=torch.Generator().manual_seed(5))
+    _, _, moved, moved_points = augment_pair(frame, frame, torch.Generator().manual_seed(2), flip=True, jitter=0.0,
+                                             pixel_weights=weights, landmarks=points)
     assert all(torch.equal(moved[i], weights[i].flip(-1) if mirrored[i] else weights[i]) for i in range(6))
+    assert all(torch.equal(moved_points[:, i], mirror_landmarks(points[:, i]) if mirrored[i] else points[:, i])
+               for i in range(6))
     grey = torch.full((4, 3, 5, 5), 0.5)
     out = augment_pair(grey, grey, torch.Generator().manual_seed(3), flip=True, jitter=0.1)[0]
     assert float((out - out.mean(dim=1, keepdim=True)).abs().max()) < 1e-6  # hue/saturation leave grey grey
@@ -260,6 +339,8 @@ def test_training_steps_lower_the_loss_on_a_fixed_batch(tiny_corpus):
     ({"bf16": True}, False, {"total", "reconstruction", "equivariance_value", "equivariance_jacobian"}),
     ({"gan_weight": 1.0}, True, {"total", "reconstruction", "equivariance_value", "equivariance_jacobian",
                                  "generator_gan", "feature_matching", "discriminator"}),
+    ({"landmark_anchors": 1.0, "landmark_flow": 1.0, "num_kp": 10}, False,
+     {"total", "reconstruction", "equivariance_value", "equivariance_jacobian", "landmark_anchors", "landmark_flow"}),
     ({"equivariance_value_weight": 0, "equivariance_jacobian_weight": 0}, False,
      {"total", "reconstruction", "equivariance_value", "equivariance_jacobian"}),
 ])
@@ -267,7 +348,8 @@ def test_optional_paths_train_one_step(changes, vgg, columns):
     p = tiny_train_params(**changes)
     trainer = FommTrainer(fomm_config(p), p, torch.device("cpu"), seed=0, vgg=Vgg19Features() if vgg else None)
     images = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-    losses = trainer.train_step(images[:2], images[2:], step_rngs(0, 0)[1])
+    landmarks = torch.rand(2, 2, 68, 2) * 2 - 1 if changes.get("landmark_anchors") else None
+    losses = trainer.train_step(images[:2], images[2:], step_rngs(0, 0)[1], landmarks=landmarks)
     assert set(losses) == columns and all(math.isfinite(v) for v in losses.values())
     assert losses["total"] == pytest.approx(sum(v for k, v in losses.items() if k not in ("total", "discriminator")),
                                             rel=1e-5)
@@ -364,3 +446,14 @@ def test_bad_inputs_fail_in_one_line(tmp_path, tiny_corpus):
     save_checkpoint(tmp_path / "other.pt", model={"x": {}}, config={}, step=0)
     with pytest.raises(CheckpointError, match="model needs kp_detector and generator"):
         load_fomm(tmp_path / "other.pt")
+
+
+def test_landmark_anchors_need_enough_keypoints_and_the_sampler_gives_both_frames_points(tiny_corpus):
+    with pytest.raises(InputError, match="landmark_anchors pins 10 keypoints: num_kp must be at least that, not 5"):
+        fomm_config(tiny_train_params(landmark_anchors=1.0, num_kp=5))
+    sampler = FramePairSampler(tiny_corpus, 32)
+    rows = sampler.sample_rows(np.random.default_rng(0), 3)
+    points = sampler.landmark_points(rows)
+    assert points.shape == (2, 3, 68, 2) and float(points.abs().max()) < 1.0  # the corpus's faces lie inside
+    expected = 2 * (sampler.landmarks[rows[1][1]] + 0.5) / sampler.frames.shape[2] - 1
+    assert np.allclose(points[1, 1].numpy(), expected, atol=1e-6)

@@ -87,6 +87,11 @@ class GeneratorConfig:
     # per-pixel gate between the source image warped at full resolution and the decoder's image. A
     # CPU-budget decoder stays blurry for thousands of steps; warped source pixels are sharp from step 0.
     warped_source_skip: bool = False
+    # Not in FOMM (0 = off, as in vox-256): width of an MLP that reads both frames' keypoints (values and
+    # jacobians) and scales/shifts every bottleneck block's channels (FiLM). Warping cannot raise a brow or
+    # wrinkle a forehead that no keypoint sits on; a modulated decoder can paint them, and its gradient teaches
+    # the detector to put expression into the keypoints.
+    expression_film: int = 0
 
 
 @dataclass(frozen=True)
@@ -353,6 +358,40 @@ class DenseMotionNetwork(nn.Module):
         return out
 
 
+class KeypointFilm(nn.Module):
+    """Source + driving keypoints -> per-block channel scale and shift of the generator's bottleneck (FiLM).
+
+    Input: values and jacobians of both frames, flattened ([B, 2K(2+4)]); output: `num_blocks` pairs
+    (scale [B,C,1,1], shift [B,C,1,1]). The last layer starts at zero, so an untrained FiLM is the identity.
+    """
+
+    def __init__(self, num_kp: int, jacobian: bool, hidden: int, channels: int, num_blocks: int):
+        super().__init__()
+        self.num_blocks, self.channels = num_blocks, channels
+        in_features = 2 * num_kp * (6 if jacobian else 2)
+        self.mlp = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, 2 * channels * num_blocks))
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    @staticmethod
+    def keypoint_vector(kp: Mapping) -> torch.Tensor:
+        parts = [kp["value"].float().flatten(1)]
+        if "jacobian" in kp:
+            parts.append(kp["jacobian"].float().flatten(1))
+        return torch.cat(parts, dim=1)
+
+    def forward(self, kp_driving: Mapping, kp_source: Mapping) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        vector = torch.cat([self.keypoint_vector(kp_driving), self.keypoint_vector(kp_source)], dim=1)
+        film = self.mlp(vector).view(-1, self.num_blocks, 2, self.channels, 1, 1)
+        return [(film[:, i, 0], film[:, i, 1]) for i in range(self.num_blocks)]
+
+
+def apply_film(features: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """features * (1 + scale) + shift, channel-wise (zero scale and shift: unchanged)."""
+    return features * (1 + scale.to(features.dtype)) + shift.to(features.dtype)
+
+
 class OcclusionAwareGenerator(nn.Module):
     """Source image + source/driving keypoints -> `prediction` [B,C,H,W] in [0,1] and motion diagnostics.
 
@@ -376,6 +415,9 @@ class OcclusionAwareGenerator(nn.Module):
         self.bottleneck = nn.Sequential()
         for i in range(cfg.num_bottleneck_blocks):
             self.bottleneck.add_module(f"r{i}", ResBlock2d(width(cfg.num_down_blocks)))
+        self.film = (KeypointFilm(config.num_kp, config.estimate_jacobian, cfg.expression_film,
+                                  width(cfg.num_down_blocks), cfg.num_bottleneck_blocks)
+                     if cfg.expression_film else None)
         self.warped_source_skip = cfg.warped_source_skip
         self.final = nn.Conv2d(cfg.block_expansion, config.num_channels + int(cfg.warped_source_skip), kernel_size=7,
                                padding=3)
@@ -402,7 +444,11 @@ class OcclusionAwareGenerator(nn.Module):
             out = out * occlusion
         result["deformed"] = warp(source_image, motion["deformation"])
 
-        out = self.bottleneck(out)
+        if self.film is None:
+            out = self.bottleneck(out)
+        else:
+            for block, (scale, shift) in zip(self.bottleneck, self.film(kp_driving, kp_source)):
+                out = apply_film(block(out), scale, shift)
         for block in self.up_blocks:
             out = block(out)
         final = self.final(out).float()

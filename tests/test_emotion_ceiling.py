@@ -1,0 +1,34 @@
+"""The landmark-warp ceiling: piecewise-affine warp of the reference onto other landmarks."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.emotion_ceiling import border_points, delaunay_triangles, landmark_warps, piecewise_affine_warp
+
+
+def grid_points(size: int) -> np.ndarray:
+    ticks = np.linspace(size * 0.3, size * 0.7, 3, dtype=np.float32)
+    return np.stack(np.meshgrid(ticks, ticks), -1).reshape(-1, 2)
+
+
+def test_triangles_cover_the_frame_and_unmoved_points_copy_it():
+    size = 32
+    image = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    points = np.concatenate([grid_points(size), border_points(size)])
+    triangles = delaunay_triangles(points, size)
+    # Euler: a triangulation of n points with h on the hull has 2n - h - 2 triangles (here the 8 border points)
+    assert len(triangles) == 2 * len(points) - 8 - 2
+    np.testing.assert_array_equal(piecewise_affine_warp(image, points, points, triangles), image)
+
+
+def test_moving_the_inner_points_moves_the_picture_between_them():
+    size = 32
+    image = np.zeros((size, size, 3), np.uint8)
+    image[14:18, 14:18] = 255  # a white square around the centre point (16, 16)... of the 3x3 grid at 9.6..22.4
+    inner = grid_points(size)
+    moved = inner + np.float32([3, 0])  # every inner point 3 px to the right; the border stays
+    out = landmark_warps(image, inner, moved[None])[0]
+    # Inside the inner grid the map is a pure translation by (3, 0).
+    np.testing.assert_array_equal(out[14:18, 17:21], image[14:18, 14:18])
+    assert out[14:18, 14:17].max() == 0
