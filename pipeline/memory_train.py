@@ -402,12 +402,16 @@ def score_clips(trainer: MemoryTrainer, clips: pd.DataFrame, means: dict[str, to
     (exp entropy of each frame's Omega_em: ~1 = one slot per frame, S = uniform) and address_perplexity_expression
     (the same for Omega_exp); emmn also mouth_err (||f^_m - f_m||, next to the training-mean f_m) and
     keypoint_l1_oracle_features (D_em on the ground-truth f_e, f_m: the floor the memory could reach).
-    Slot usage (see `effective_slots`) of the mean Omega_em and mean Omega_exp over all frames.
+    Slot usage (see `effective_slots`) of the mean Omega_em and mean Omega_exp over all frames. With a memory,
+    emotion_acc_retrieved: share of clips whose mean f^_e;em is nearest to their emotion's centroid of training
+    targets (`training_means`), next to emotion_acc_true_target for the ground-truth targets: whether what the
+    memory reads carries the emotion at all, apart from the renderer.
     """
     model = trainer.model.eval()
     sums: dict[str, float] = {}
     usage_em = usage_exp = None
     frames = 0
+    clip_hits = {"emotion_acc_retrieved": 0, "emotion_acc_true_target": 0}
 
     def add(name: str, value: torch.Tensor) -> None:
         sums[name] = sums.get(name, 0.0) + float(value.sum())
@@ -440,10 +444,18 @@ def score_clips(trainer: MemoryTrainer, clips: pd.DataFrame, means: dict[str, to
         add("exp_memory_err", (model.memory.read(log_exp.exp()) - target).norm(dim=-1))
         add("address_perplexity", torch.exp(-(omega_em * log_em).sum(-1)))
         add("address_perplexity_expression", torch.exp(-(log_exp.exp() * log_exp).sum(-1)))
+        if means.get("emotion_centroids") is not None:
+            truth = model.emotions.index(trainer.data.clips.emotion.iloc[int(clip)])
+            clip_hits["emotion_acc_retrieved"] += nearest_centroid(out["expression"][0].mean(0),
+                                                                   means["emotion_centroids"]) == truth
+            clip_hits["emotion_acc_true_target"] += nearest_centroid(target[0].mean(0),
+                                                                     means["emotion_centroids"]) == truth
         em, ex = omega_em.sum(dim=(0, 1)), log_exp.exp().sum(dim=(0, 1))
         usage_em, usage_exp = (em, ex) if usage_em is None else (usage_em + em, usage_exp + ex)
     result: dict[str, Any] = {k: v / max(frames, 1) for k, v in sums.items()}
     result.update(frames=frames, clips=len(clips))
+    if means.get("emotion_centroids") is not None:
+        result.update({k: v / max(len(clips), 1) for k, v in clip_hits.items()})
     if usage_em is not None:
         mean_em = usage_em / usage_em.sum()
         result["slots_used"] = effective_slots(mean_em)
@@ -471,13 +483,26 @@ def training_means(trainer: MemoryTrainer) -> dict[str, torch.Tensor | None]:
     retrieval_err and mouth_err are compared with."""
     sums: dict[str, torch.Tensor] = {}
     count = 0
+    emotions = trainer.model.emotions
+    per_emotion: list[list[torch.Tensor]] = [[] for _ in emotions]
     for clip in trainer.train_index:
         _, batch = trainer.clip_batch(int(clip))
         for name, value in (("target", memory_target(trainer.model, batch)), ("mouth", batch.f_m)):
             if value is not None:
                 sums[name] = sums.get(name, 0) + value[0].sum(0)
+                if name == "target":
+                    per_emotion[emotions.index(trainer.data.clips.emotion.iloc[int(clip)])].append(value[0].mean(0))
         count += batch.value.shape[1]
-    return {name: (sums[name] / count if name in sums else None) for name in ("target", "mouth")}
+    means = {name: (sums[name] / count if name in sums else None) for name in ("target", "mouth")}
+    # Per emotion, the mean of its training clips' mean targets: the nearest-centroid judge of `score_clips`.
+    means["emotion_centroids"] = (torch.stack([torch.stack(c).mean(0) for c in per_emotion])
+                                  if means["target"] is not None and all(per_emotion) else None)
+    return means
+
+
+def nearest_centroid(features: torch.Tensor, centroids: torch.Tensor) -> int:
+    """Index of the centroid [E,D] nearest (L2) to a clip's mean feature [D]."""
+    return int((centroids - features).norm(dim=-1).argmin())
 
 
 def ordered_emotions(names: list[str]) -> tuple[str, ...]:

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from pipeline.config import BaseParams, with_field
 from pipeline.errors import InputError
 from pipeline.memory_train import (MemoryData, choose_upper_keypoints, effective_slots, emotion_partners,
+                                   nearest_centroid,
                                    load_memory_data)
 from pipeline.models.emmn import load_emmn
 from pipeline.train import read_loss_csv, torch_threads
@@ -131,6 +132,13 @@ def test_effective_slots():
     assert effective_slots(torch.tensor([0.5, 0.5, 0.0, 0.0])) == pytest.approx(2.0)
 
 
+def test_nearest_centroid():
+    centroids = torch.tensor([[0.0, 0.0], [4.0, 0.0], [0.0, 3.0]])
+    assert nearest_centroid(torch.tensor([2.1, 0.0]), centroids) == 1  # 2.1 from (0,0) vs 1.9 from (4,0)
+    assert nearest_centroid(torch.tensor([0.0, 1.4]), centroids) == 0  # 1.4 vs 1.6
+    assert nearest_centroid(torch.tensor([0.0, 1.6]), centroids) == 2
+
+
 @pytest.mark.parametrize("variant", ["emmn", "mmn", "baseline"])
 def test_train_memory_end_to_end(stores, tmp_path, variant):
     report, outs = run(stores, tmp_path, variant=variant)
@@ -151,6 +159,8 @@ def test_train_memory_end_to_end(stores, tmp_path, variant):
     assert 1.0 <= report["slots_used"] <= 8.0
     assert report["align_kl"] >= 0 and np.isfinite(report["retrieval_err"])
     assert report["retrieval_err_mean_predictor"] > 0
+    for key in ("emotion_acc_retrieved", "emotion_acc_true_target"):  # 2 held-out clips: 0, 1/2 or 1
+        assert written["heldout"][key] in (0.0, 0.5, 1.0)
     if variant == "mmn":
         assert len(written["info"]["upper_keypoints"]) == 3
         assert all(r["a2m"] == 0 for r in rows)
