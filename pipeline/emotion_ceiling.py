@@ -21,6 +21,7 @@ import pandas as pd
 from pipeline.errors import InputError
 from pipeline.fomm_io import detect_keypoints, frames_to_tensor, keypoints_dict, load_fomm, reconstruct
 from pipeline.metrics import clip_emotion
+from pipeline.render import to_uint8_frames
 from pipeline.store import open_store
 
 
@@ -132,7 +133,7 @@ def fomm_renders(model, reference: np.ndarray, frames: np.ndarray) -> np.ndarray
     kp = keypoints_dict(value, jacobian)
     prediction = reconstruct(model.generator, frames_to_tensor(reference[None], size),
                              {k: t[:1] for k, t in kp.items()}, {k: t[1:] for k, t in kp.items()})
-    images = (prediction.permute(0, 2, 3, 1).numpy() * 255).round().clip(0, 255).astype(np.uint8)
+    images = to_uint8_frames(prediction)
     if size != frames.shape[1]:
         images = np.stack([cv2.resize(im, frames.shape[1:3][::-1], interpolation=cv2.INTER_LINEAR) for im in images])
     return images
