@@ -301,6 +301,7 @@ class TrainMemoryParams:
     variant: str = "emmn"  # emmn | baseline (ablation 1: no memory, no decomposition) | mmn (ablation 2: EAMM-style)
     slots: int = 64  # S, slots of each memory
     temperature: float = 0.1  # tau of the cosine softmax (Eq. 7, 10); 1 = the printed formula (near-uniform)
+    read_temperature: float | None = None  # tau of Eq. 10 at inference; None = temperature
     balance_query: bool = True  # unit-normalise f^_m and e_e before concatenating them into the Eq. 10 query
     mouth_from_a2m_only: bool = True  # emmn: f^_m reaches the memory and D_em as a constant (D_m learns from Eq. 6 only)
     lambda_exp_mem: float = 1.0  # Eq. 14 weights

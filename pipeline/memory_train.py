@@ -220,6 +220,7 @@ def emmn_config(p: TrainMemoryParams, dims: dict[str, int], num_kp: int, upper: 
             mouth_dim=mouth_dim, expression_dim=expression_dim, identity_dim=p.identity_dim,
             identity_size=p.identity_size, identity_channels=tuple(p.identity_channels), hidden=p.hidden,
             decoder_blocks=p.decoder_blocks, kernel=p.kernel, slots=p.slots, temperature=p.temperature,
+            read_temperature=p.read_temperature,
             balance_query=p.balance_query, mouth_from_a2m_only=p.mouth_from_a2m_only, window=p.window,
             upper_keypoints=upper if p.variant == "mmn" else (),
             emotions=emotions, levels=levels)

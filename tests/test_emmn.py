@@ -89,6 +89,28 @@ def test_predict_in_windows_equals_one_pass(variant, emotion):
         assert torch.allclose(small["slot_weights"].sum(-1), torch.ones(2, 13))
 
 
+def test_read_temperature_sharpens_the_inference_address_only():
+    """predict addresses M_em at read_temperature: the same logits (cosines) divided by the smaller tau, so
+    log-weights scale by tau / read_tau up to the softmax normaliser; training (forward) keeps tau."""
+    trained = make_net("emmn")
+    sharp = make_net("emmn", read_temperature=0.025)  # tau 0.1 / 4
+    sharp.load_state_dict(trained.state_dict())
+    args = inputs(frames=7)
+    base, read = trained.predict(*args), sharp.predict(*args)
+    logits = base["slot_weights"].log() * 4
+    assert torch.allclose(read["slot_weights"], torch.softmax(logits, dim=-1), atol=1e-5)
+    entropy = lambda w: -(w * w.clamp_min(1e-30).log()).sum(-1)  # noqa: E731
+    assert bool((entropy(read["slot_weights"]) <= entropy(base["slot_weights"]) + 1e-6).all())
+    assert torch.allclose(read["expression"], read["slot_weights"] @ sharp.memory.expression, atol=1e-5)
+    image, mfcc, value_neu, jacobian_neu = args
+    content, emotion = trained.encode_audio(mfcc)
+    out_base = trained(image, content, emotion, value_neu, jacobian_neu)
+    out_sharp = sharp(image, content, emotion, value_neu, jacobian_neu)
+    assert torch.allclose(out_base.log_slot_weights, out_sharp.log_slot_weights)
+    with pytest.raises(InputError, match="read_temperature"):
+        make_config(read_temperature=0.0)
+
+
 def test_encode_audio_matches_the_encoders_on_the_whole_clip():
     """Two equal windows: the length-weighted mean of their e_e is the mean-pooled e_e of the whole clip."""
     net = make_net("emmn", window=8)

@@ -299,7 +299,10 @@ def test_tiny_model_matches_official_outputs():
         diffs[key] = max_diff(out[key], golden[key])
     for scale in ("1", "0.5"):
         diffs[f"prediction_map_{scale}"] = max_diff(disc[f"prediction_map_{scale}"], golden[f"prediction_map_{scale}"])
-    assert max(diffs.values()) <= 1e-5, diffs
+    # Keypoints are bit-exact on every CPU seen; the generator and discriminator outputs pass through ~20 more
+    # float32 convolutions whose summation order depends on the CPU's kernels (4e-5 on an AMD EPYC, <1e-5 before).
+    assert max(v for k, v in diffs.items() if k.startswith("kp_")) <= 1e-5, diffs
+    assert max(diffs.values()) <= 1e-4, diffs
     # The case is not degenerate: keypoints spread, motion is not the identity, output not saturated.
     assert float(kps["kp_source"]["value"].std()) > 0.1
     assert float((out["deformed"] - source).abs().mean()) > 0.01
@@ -407,6 +410,28 @@ def test_keypoint_film_starts_as_identity_and_then_reads_both_frames_keypoints()
         modulations = film(kp_d2, kp_s)
         assert len(modulations) == TINY.generator.num_bottleneck_blocks
         assert not torch.allclose(modulations[0][0], film(kp_d, kp_s)[0][0])
+
+
+def test_motion_features_start_as_identity_and_then_paint_where_keypoints_moved():
+    """Not in FOMM: the dense-motion features reach the bottleneck through a zero 1x1 conv (identity at first);
+    trained, the output changes, even with the flow (deformation) itself unchanged. TINY's flow is coarser than
+    the bottleneck (16 vs 32 pixels): the features are resized."""
+    config = dataclasses.replace(TINY, generator=dataclasses.replace(TINY.generator, motion_features=True))
+    assert not FommConfig.vox256().generator.motion_features and not FommConfig.slim().generator.motion_features
+    torch.manual_seed(0)
+    kp_detector, generator = KPDetector(config).eval(), OcclusionAwareGenerator(config).eval()
+    plain = OcclusionAwareGenerator(TINY).eval()
+    plain.load_state_dict({k: v for k, v in generator.state_dict().items() if not k.startswith("motion_map.")})
+    source, driving = seeded_images(9, 2, 1, 64)
+    with torch.no_grad():
+        kp_s, kp_d = kp_detector(source), kp_detector(driving)
+        before = generator(source, kp_driving=kp_d, kp_source=kp_s)
+        assert torch.equal(before["prediction"], plain(source, kp_driving=kp_d, kp_source=kp_s)["prediction"])
+        assert generator.motion_map.in_channels == generator.dense_motion_network.hourglass.out_filters
+        generator.motion_map.weight.normal_(0, 0.1)
+        after = generator(source, kp_driving=kp_d, kp_source=kp_s)
+        assert torch.equal(after["deformation"], before["deformation"])
+        assert not torch.allclose(after["prediction"], before["prediction"])
 
 
 def test_without_jacobian_occlusion_or_downsampling():

@@ -17,6 +17,12 @@
   train_memory stage), retrieved with the query (D_m output ⊕ e_e) and written over those 3 keypoints.
   Trained with L_exp-mem, L_align, L_p,j (no L_a2m: without motion decomposition there is no f_m target).
 
+Read temperature (`read_temperature`, inference only): L_align (Eq. 11) trains Omega_em towards per-frame
+targets Omega_exp that vary within an emotion (blinks, speech), and the KL's minimiser is a blend of them: the
+trained address spreads over many slots (perplexity ~33 of 64) and the read-out is pulled halfway to the mean
+expression. `predict` therefore divides the same cosines by a smaller tau, which keeps the slot ranking and
+sharpens the weights; training and every loss keep `temperature`.
+
 Emotion override (for `emmn generate --emotion NAME --intensity X`): by default e_e comes from the audio, as in
 the paper. `emotion_embedding(name, intensity)` instead returns
     e_e = e_neutral + X (e_NAME - e_neutral),
@@ -68,6 +74,7 @@ class EmmnConfig:
     kernel: int = 5  # temporal kernel of D_m (odd)
     slots: int = 64  # S
     temperature: float = 0.1  # tau of the cosine-softmax addressing
+    read_temperature: float | None = None  # tau of Eq. 10 at inference (`predict`); None = temperature
     balance_query: bool = True  # unit-normalise f^_m and e_e before concatenating (Eq. 10)
     mouth_from_a2m_only: bool = True  # emmn: the memory and D_em read f^_m detached, so only L_a2m trains D_m
     window: int = 32  # frames per inference window (= training window: e_e is pooled over this many frames)
@@ -82,6 +89,8 @@ class EmmnConfig:
             raise InputError(None, f"kernel must be odd, not {self.kernel}")
         if self.variant == "mmn" and self.expression_dim != 6 * len(self.upper_keypoints):
             raise InputError(None, "mmn: expression_dim must be 6 x len(upper_keypoints)")
+        if self.read_temperature is not None and self.read_temperature <= 0:
+            raise InputError(None, f"read_temperature must be > 0 (or null), not {self.read_temperature}")
 
     @property
     def context(self) -> int:
@@ -329,7 +338,8 @@ class EmmnNet(nn.Module):
         return self._decode(identity, content, emotion, value_neu, jacobian_neu)
 
     def _decode(self, identity: torch.Tensor, content: torch.Tensor, emotion: torch.Tensor, value_neu: torch.Tensor,
-                jacobian_neu: torch.Tensor, keep: slice = slice(None)) -> EmmnOutput:
+                jacobian_neu: torch.Tensor, keep: slice = slice(None), read_temperature: float | None = None
+                ) -> EmmnOutput:
         variant = self.config.variant
         mouth = self.mouth_decoder(content, identity, emotion if variant == "baseline" else None)[:, keep]
         if variant == "baseline":
@@ -339,7 +349,7 @@ class EmmnNet(nn.Module):
         # mean f_m (0.27 vs 0.27); detached, 0.08. EmmnOutput.mouth keeps the graph for L_a2m.
         mouth_read = mouth.detach() if variant == "emmn" and self.config.mouth_from_a2m_only else mouth
         query = emo_mouth_query(mouth_read, emotion[:, None], self.config.balance_query)
-        log_weights = self.memory.log_address_emo_mouth(query)  # Eq. 10
+        log_weights = self.memory.log_address_emo_mouth(query, read_temperature)  # Eq. 10
         expression = self.memory.read(log_weights.exp())  # Eq. 12
         if variant == "emmn":
             value, jacobian = self.integrate(expression, mouth_read, value_neu, jacobian_neu)
@@ -408,7 +418,8 @@ class EmmnNet(nn.Module):
             stop = min(start + window, total)
             lo, hi = max(start - margin, 0), min(stop + margin, total)
             parts.append(self._decode(identity, content[:, lo:hi], e_e, value_neu, jacobian_neu,
-                                      keep=slice(start - lo, start - lo + stop - start)))
+                                      keep=slice(start - lo, start - lo + stop - start),
+                                      read_temperature=self.config.read_temperature))
 
         def cat(name: str) -> torch.Tensor | None:
             first = getattr(parts[0], name)

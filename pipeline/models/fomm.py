@@ -92,6 +92,11 @@ class GeneratorConfig:
     # wrinkle a forehead that no keypoint sits on; a modulated decoder can paint them, and its gradient teaches
     # the detector to put expression into the keypoints.
     expression_film: int = 0
+    # Not in FOMM (False, as in vox-256): the dense-motion hourglass's features (where each keypoint moved, at
+    # the flow's resolution) are added to the occluded warped features through a zero-initialised 1x1 conv, so
+    # the decoder knows locally what the expression did (a raised brow, an opened jaw) and can paint what no
+    # warp of the source holds (forehead lines, teeth). Zero init: an untrained map leaves the generator as is.
+    motion_features: bool = False
 
 
 @dataclass(frozen=True)
@@ -355,6 +360,7 @@ class DenseMotionNetwork(nn.Module):
         }
         if self.occlusion is not None:
             out["occlusion_map"] = torch.sigmoid(self.occlusion(features).float())
+        out["features"] = features
         return out
 
 
@@ -418,6 +424,12 @@ class OcclusionAwareGenerator(nn.Module):
         self.film = (KeypointFilm(config.num_kp, config.estimate_jacobian, cfg.expression_film,
                                   width(cfg.num_down_blocks), cfg.num_bottleneck_blocks)
                      if cfg.expression_film else None)
+        self.motion_map = None
+        if cfg.motion_features:
+            self.motion_map = nn.Conv2d(self.dense_motion_network.hourglass.out_filters, width(cfg.num_down_blocks),
+                                        kernel_size=1)
+            nn.init.zeros_(self.motion_map.weight)
+            nn.init.zeros_(self.motion_map.bias)
         self.warped_source_skip = cfg.warped_source_skip
         self.final = nn.Conv2d(cfg.block_expansion, config.num_channels + int(cfg.warped_source_skip), kernel_size=7,
                                padding=3)
@@ -442,6 +454,11 @@ class OcclusionAwareGenerator(nn.Module):
             if occlusion.shape[2:] != out.shape[2:]:
                 occlusion = F.interpolate(occlusion, size=out.shape[2:], mode="bilinear", align_corners=False)
             out = out * occlusion
+        if self.motion_map is not None:
+            features = motion["features"]
+            if features.shape[2:] != out.shape[2:]:
+                features = F.interpolate(features, size=out.shape[2:], mode="bilinear", align_corners=False)
+            out = out + self.motion_map(features).to(out.dtype)
         result["deformed"] = warp(source_image, motion["deformation"])
 
         if self.film is None:

@@ -171,9 +171,9 @@ class MotionMemory(nn.Module):
         """log Omega_exp (Eq. 7) for queries f_e (..., value_dim)."""
         return slot_log_address(f_e, self.expression, self.temperature)
 
-    def log_address_emo_mouth(self, query: torch.Tensor) -> torch.Tensor:
-        """log Omega_em (Eq. 10) for emo-mouth queries (..., key_dim)."""
-        return slot_log_address(query, self.emo_mouth, self.temperature)
+    def log_address_emo_mouth(self, query: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
+        """log Omega_em (Eq. 10) for emo-mouth queries (..., key_dim), at `temperature` (None = the training tau)."""
+        return slot_log_address(query, self.emo_mouth, self.temperature if temperature is None else temperature)
 
     def read(self, weights: torch.Tensor) -> torch.Tensor:
         """Eq. 8 / Eq. 12: a weighted sum of the M_exp slots."""
