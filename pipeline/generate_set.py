@@ -198,30 +198,73 @@ def emotions_sheet(store: Path, corpus_dir: Path, clips: pd.DataFrame, out_png: 
     with that emotion's audio. Rows = emotions (strongest level); columns = the reference, `columns`
     evenly spaced generated frames, and the real frame at the middle of the clip for comparison."""
     chosen = sheet_clips(clips, actor).set_index("emotion")
-    actor, sentence = str(chosen.actor.iloc[0]), int(chosen.sentence_id.iloc[0])
     index = read_index(store).set_index("clip_id")
     frames = open_store(store)["frames"]
+
+    def generated(emotion: str) -> list[np.ndarray]:
+        start, stop = (int(v) for v in index.loc[output_clip_id(row, chosen.loc[emotion].clip_id), ["start", "stop"]])
+        return [frames[int(i)] for i in np.linspace(start, stop - 1, columns).round().astype(int)]
+
+    order = _sheet_order(chosen.index)
+    _write_sheet(out_png, corpus_dir, chosen, order, generated, f"{row} frame", int(frames.shape[1]))
+    return {"actor": str(chosen.actor.iloc[0]), "sentence_id": int(chosen.sentence_id.iloc[0]), "emotions": order,
+            "row": row}
+
+
+def told_emotions_sheet(animator, corpus_dir: Path, clips: pd.DataFrame, out_png: Path, base: BaseParams,
+                        p: GenerateParams, *, actor: str | None = None) -> dict:
+    """The `--emotion` sheet: the sheet actor's neutral photo and ONE speech clip (the sheet sentence said
+    neutrally), rendered once per emotion of the model with `--emotion NAME` (intensity 1). Same rows and
+    columns as `emotions_sheet`, so the two sheets side by side separate what the memory and the renderer show
+    when the emotion is known from what the audio emotion encoder recognises."""
+    from pipeline.audio import load_audio
+    from pipeline.generate import animate_clip, filter_settings
+
+    chosen = sheet_clips(clips, actor).set_index("emotion")
+    speech = chosen.loc["neutral"] if "neutral" in chosen.index else chosen.iloc[0]
+    samples = load_audio(Path(corpus_dir) / speech.wav_path, base.sample_rate)
+    reference = _resize(_reference(str(corpus_dir), str(speech.actor))[None], animator.image_size)[0]
+    size = int(open_store(Path(corpus_dir) / "frames.zarr")["frames"].shape[1])
+    order = [e for e in _sheet_order(chosen.index) if e in animator.emotions]
+
+    def generated(emotion: str) -> list[np.ndarray]:
+        frames = animate_clip(animator, reference, samples, int(speech.frames), fps=base.fps,
+                              filter_settings=filter_settings(p), block_frames=p.block_frames, emotion=emotion,
+                              batch_size=p.batch_size, bf16=p.bf16)
+        picks = np.linspace(0, len(frames) - 1, p.sheet_frames).round().astype(int)
+        return list(_resize(np.ascontiguousarray(frames[picks]), size))
+
+    _write_sheet(out_png, corpus_dir, chosen.loc[order], order, generated, "told", size)
+    return {"actor": str(speech.actor), "sentence_id": int(speech.sentence_id), "speech": str(speech.clip_id),
+            "emotions": order, "intensity": 1.0}
+
+
+def _sheet_order(emotions) -> list[str]:
+    """MEAD's order (neutral first), unknown names after."""
+    known = {e: i for i, e in enumerate(MEAD_EMOTIONS)}
+    return sorted(emotions, key=lambda e: (known.get(e, len(known)), e))
+
+
+def _write_sheet(out_png: Path, corpus_dir: Path, chosen: pd.DataFrame, order: list[str], generated,
+                 column_title: str, size: int) -> None:
+    """One row per emotion: its label, the actor's reference, `generated(emotion)`'s frames, the real frame at the
+    middle of that emotion's corpus clip; a title strip on top."""
+    actor, sentence = str(chosen.actor.iloc[0]), int(chosen.sentence_id.iloc[0])
     corpus_frames = open_store(corpus_dir / "frames.zarr")["frames"]
-    reference = _reference(str(corpus_dir), actor)
-    size = frames.shape[1]
-    reference = _resize(reference[None], size)[0]
-    known = {e: i for i, e in enumerate(MEAD_EMOTIONS)}  # MEAD's order (neutral first), unknown names after
-    order = sorted(chosen.index, key=lambda e: (known.get(e, len(known)), e))
-    titles = [f"{actor} s{sentence}", "reference", *[f"{row} frame"] * columns, "real (mid)"]
-    header = np.full((16, size * len(titles), 3), 255, np.uint8)
-    for j, title in enumerate(titles):
-        cv2.putText(header, title, (size * j + 3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
-    lines = [header]
+    reference = _resize(_reference(str(corpus_dir), actor)[None], size)[0]
+    lines = []
     for emotion in order:
         clip = chosen.loc[emotion]
-        start, stop = (int(v) for v in index.loc[output_clip_id(row, clip.clip_id), ["start", "stop"]])
-        picks = np.linspace(start, stop - 1, columns).round().astype(int)
         cells = [_label(np.full((size, size, 3), 255, np.uint8), f"{emotion} l{int(clip.level)}"), reference]
-        cells += [frames[int(i)] for i in picks]
+        cells += generated(emotion)
         cells.append(_resize(corpus_frames[(int(clip.start) + int(clip.stop)) // 2][None], size)[0])
         lines.append(np.concatenate(cells, axis=1))
-    sheet = np.concatenate(lines, axis=0)
+    width = lines[0].shape[1] // size
+    titles = [f"{actor} s{sentence}", "reference", *[column_title] * (width - 3), "real (mid)"]
+    header = np.full((16, size * width, 3), 255, np.uint8)
+    for j, title in enumerate(titles):
+        cv2.putText(header, title, (size * j + 3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
+    sheet = np.concatenate([header, *lines], axis=0)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(out_png), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)):
         raise InputError(out_png, "could not write PNG")
-    return {"actor": actor, "sentence_id": sentence, "emotions": order, "row": row}

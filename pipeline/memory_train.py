@@ -13,9 +13,9 @@ encoders run once per clip, through `EmmnNet.encode_audio` as inference does: e_
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,7 @@ from pipeline.train import (
 # ----------------------------------------------------------------------------------------------- data
 
 
-@dataclass
+@dataclasses.dataclass
 class MemoryData:
     """Per-frame arrays of the real train + test clips, concatenated (compact row numbers), plus per actor
     the identity image and neutral keypoints."""
@@ -231,7 +231,7 @@ def emmn_config(p: TrainMemoryParams, dims: dict[str, int], num_kp: int, upper: 
 # ------------------------------------------------------------------------------------------- training
 
 
-@dataclass
+@dataclasses.dataclass
 class Batch:
     image: torch.Tensor  # (B, 3, s, s)
     content: torch.Tensor  # (B, T, C) e_c
@@ -406,13 +406,18 @@ def score_clips(trainer: MemoryTrainer, clips: pd.DataFrame, means: dict[str, to
     Slot usage (see `effective_slots`) of the mean Omega_em and mean Omega_exp over all frames. With a memory,
     emotion_acc_retrieved: share of clips whose mean f^_e;em is nearest to their emotion's centroid of training
     targets (`training_means`), next to emotion_acc_true_target for the ground-truth targets: whether what the
-    memory reads carries the emotion at all, apart from the renderer.
+    memory reads carries the emotion at all, apart from the renderer. emotion_acc_retrieved_told_emotion: the same
+    with e_e replaced by the emotion table's entry of the clip's true emotion (`--emotion NAME`): the memory alone,
+    apart from the audio emotion encoder. expression_strength: how far the clip means of f^_e;em lie from the
+    training mean target, over how far the true f_e's lie (mean norms over clips): 1 = as expressive as the real
+    faces, 0 = every clip reads the mean expression.
     """
     model = trainer.model.eval()
     sums: dict[str, float] = {}
     usage_em = usage_exp = None
     frames = 0
-    clip_hits = {"emotion_acc_retrieved": 0, "emotion_acc_true_target": 0}
+    clip_hits = {"emotion_acc_retrieved": 0, "emotion_acc_true_target": 0, "emotion_acc_retrieved_told_emotion": 0}
+    spread = {"retrieved": 0.0, "true": 0.0}
 
     def add(name: str, value: torch.Tensor) -> None:
         sums[name] = sums.get(name, 0.0) + float(value.sum())
@@ -451,18 +456,43 @@ def score_clips(trainer: MemoryTrainer, clips: pd.DataFrame, means: dict[str, to
                                                                    means["emotion_centroids"]) == truth
             clip_hits["emotion_acc_true_target"] += nearest_centroid(target[0].mean(0),
                                                                      means["emotion_centroids"]) == truth
+            told = model.predict(batch.image, trainer.mfcc[rows], batch.value_neu, batch.jacobian_neu,
+                                 emotion=model.emotions[truth])
+            clip_hits["emotion_acc_retrieved_told_emotion"] += nearest_centroid(told["expression"][0].mean(0),
+                                                                                means["emotion_centroids"]) == truth
+        spread["retrieved"] += float((out["expression"][0].mean(0) - means["target"]).norm())
+        spread["true"] += float((target[0].mean(0) - means["target"]).norm())
         em, ex = omega_em.sum(dim=(0, 1)), log_exp.exp().sum(dim=(0, 1))
         usage_em, usage_exp = (em, ex) if usage_em is None else (usage_em + em, usage_exp + ex)
     result: dict[str, Any] = {k: v / max(frames, 1) for k, v in sums.items()}
     result.update(frames=frames, clips=len(clips))
     if means.get("emotion_centroids") is not None:
         result.update({k: v / max(len(clips), 1) for k, v in clip_hits.items()})
+    if spread["true"] > 0:
+        result["expression_strength"] = spread["retrieved"] / spread["true"]
     if usage_em is not None:
         mean_em = usage_em / usage_em.sum()
         result["slots_used"] = effective_slots(mean_em)
         result["slots_used_expression_address"] = effective_slots(usage_exp / usage_exp.sum())
         result["slots_above_quarter_uniform"] = int((mean_em > 1 / (4 * model.config.slots)).sum())
     return result
+
+
+@torch.no_grad()
+def read_temperature_sweep(trainer: MemoryTrainer, clips: pd.DataFrame, means: dict[str, torch.Tensor | None],
+                           temperatures: list[float | None]) -> list[dict[str, Any]]:
+    """`score_clips` of a trained model at each inference tau of Eq. 10 (`EmmnConfig.read_temperature`; None = the
+    training tau): how sharpening the emo-mouth address trades retrieval error for expression strength."""
+    model, rows = trainer.model, []
+    trained = model.config
+    try:
+        for tau in temperatures:
+            model.config = dataclasses.replace(trained, read_temperature=tau)
+            rows.append({"read_temperature": trained.temperature if tau is None else tau,
+                         **score_clips(trainer, clips, means)})
+    finally:
+        model.config = trained
+    return rows
 
 
 def per_frame_keypoint_l1(value: torch.Tensor, value_hat: torch.Tensor, jacobian: torch.Tensor,
@@ -587,6 +617,7 @@ def _train(corpus_dir: Path, keypoints: Path, motion_store: Path, audio_store: P
     retrieval_space = {"emmn": "f_e (motion.zarr)", "mmn": f"(p - p_neu, j - j_neu) of keypoints {list(upper)}",
                        "baseline": None}[p.variant]
     info = {"variant": p.variant, "slots": config.slots if has_memory else 0, "temperature": config.temperature,
+            "read_temperature": config.read_temperature,
             "slots_used_is": SLOTS_USED if has_memory else None, "retrieval_space": retrieval_space,
             "upper_keypoints": list(upper), "steps": steps, "train_seconds": round(train_seconds, 1),
             "window": trainer.window, "heldout_actors": sorted(test.actor.unique()),
@@ -603,6 +634,6 @@ def _train(corpus_dir: Path, keypoints: Path, motion_store: Path, audio_store: P
 
 __all__ = [
     "Batch", "MemoryData", "MemoryTrainer", "build_report", "choose_upper_keypoints", "effective_slots",
-    "emmn_config", "load_frozen", "load_memory_data", "memory_target", "probe_dims", "score_clips",
-    "stage1_terms", "train_memory_model",
+    "emmn_config", "load_frozen", "load_memory_data", "memory_target", "probe_dims", "read_temperature_sweep",
+    "score_clips", "stage1_terms", "train_memory_model",
 ]

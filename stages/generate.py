@@ -10,7 +10,8 @@ emmn.pt and emmn_render.pt (fomm.pt when no fine-tuned renderer exists).
 
 Stage mode writes data/outputs/frames.zarr (`frames` (F,H,W,3) uint8, clip ids `<row>/<corpus clip>`,
 each as long as the corpus clip), data/outputs/<row>/<clip>.mp4, data/reports/generate.json and
-data/reports/emotions_sheet.png; see pipeline/generate_set.py for the rows.
+data/reports/emotions_sheet.png and emotions_sheet_told.png (one neutral speech clip, each emotion told with
+--emotion); see pipeline/generate_set.py for the rows.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pipeline.generate_set import (
     heldout_clips,
     output_clip_id,
     plan_rows,
+    told_emotions_sheet,
 )
 from pipeline.parallel import dask_client, ordered_map
 from pipeline.store import ArraySpec, RaggedStoreWriter, atomic_output, open_store, read_index
@@ -52,8 +54,9 @@ def _run_task(args: tuple) -> dict:
 
 
 def build_outputs(corpus_dir: Path, audio_store: Path, models_dir: Path, out_dir: Path, report: Path, sheet: Path,
-                  base: BaseParams, p: GenerateParams, log=print) -> dict:
-    """Every (row, held-out clip) into out_dir (frames.zarr + mp4s, atomically), the sheet and the report."""
+                  base: BaseParams, p: GenerateParams, log=print, told_sheet: Path | None = None) -> dict:
+    """Every (row, held-out clip) into out_dir (frames.zarr + mp4s, atomically), the sheet and the report; with
+    `told_sheet`, also the `--emotion` sheet (pipeline.generate_set.told_emotions_sheet)."""
     manifest_path = corpus_dir / "manifest.parquet"
     if not manifest_path.is_file():
         raise InputError(manifest_path, "corpus manifest not found (run the corpus stage first)")
@@ -99,12 +102,20 @@ def build_outputs(corpus_dir: Path, audio_store: Path, models_dir: Path, out_dir
         writer.close()
         sheet_info = emotions_sheet(tmp / "frames.zarr", corpus_dir, clips, sheet, actor=p.sheet_actor,
                                     columns=p.sheet_frames)
+    told_info = None
+    if told_sheet is not None:
+        from pipeline.generate import load_animator
+        from pipeline.train import pick_device
+
+        animator = load_animator(models["emmn"], renderer, pick_device(base.device))
+        told_info = told_emotions_sheet(animator, corpus_dir, clips, told_sheet, base, p, actor=p.sheet_actor)
     frames = int(clips.frames.sum())
     summary = {
         "rows": rows, "skipped_rows": skipped, "clips": len(clips), "frames_per_row": frames,
         "actors": sorted(clips.actor.unique()), "renderer": str(renderer),
         "ms_per_frame": {row: round(1000 * s / max(frames, 1), 2) for row, s in seconds.items()},
         "seconds": round(time.monotonic() - t0, 1), "filter": p.filter, "sheet": sheet_info,
+        "told_sheet": told_info,
     }
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(json.dumps(summary, indent=2) + "\n")
@@ -163,6 +174,8 @@ def generate(
     report: Annotated[Path, typer.Option(help="stage mode: report JSON")] = Path("data/reports/generate.json"),
     sheet: Annotated[Path, typer.Option(help="stage mode: emotions contact sheet")] = Path(
         "data/reports/emotions_sheet.png"),
+    told_sheet: Annotated[Path, typer.Option(help="stage mode: the same sheet with --emotion told, one neutral "
+                                                  "speech clip")] = Path("data/reports/emotions_sheet_told.png"),
 ) -> None:
     """Talking-face video from --image + --audio into --out; without them, the held-out videos (DVC stage)."""
     if image is not None and params == DEFAULT_PARAMS and not params.is_file():
@@ -180,7 +193,8 @@ def generate(
         raise InputError(None, "--emotion/--intensity apply to photo mode (--image, --audio, --out)")
     if device is not None:
         base = BaseParams(**{**as_dict(base), "device": device})
-    summary = build_outputs(corpus, audio_features, models_dir, out or Path("data/outputs"), report, sheet, base, p)
+    summary = build_outputs(corpus, audio_features, models_dir, out or Path("data/outputs"), report, sheet, base, p,
+                            told_sheet=told_sheet)
     typer.echo(json.dumps({k: summary[k] for k in ("rows", "skipped_rows", "clips", "ms_per_frame")}))
 
 

@@ -39,7 +39,7 @@ def outputs(tiny_audio, models, tmp_path_factory):
     p = with_field(tiny_section("generate"), rows=ALL_ROWS,
                    variant_models={"baseline": str(models / "emmn_baseline.pt"), "mmn": str(models / "emmn_mmn.pt")})
     summary = build_outputs(corpus, audio, models, out / "outputs", out / "generate.json", out / "sheet.png",
-                            tiny_section("base"), p)
+                            tiny_section("base"), p, told_sheet=out / "told.png")
     return corpus, out, summary
 
 
@@ -88,6 +88,15 @@ def test_report_and_emotions_sheet(outputs):
     image = cv2.imread(str(out / "sheet.png"))
     columns = 1 + 1 + tiny_section("generate").sheet_frames + 1  # label, reference, frames, real
     assert image.shape == (16 + 64 * len(sheet["emotions"]), 64 * columns, 3)  # a title strip, a row per emotion
+
+    told = report["told_sheet"]  # one neutral speech clip of the sheet's actor and sentence, each emotion told
+    assert told["emotions"] == sheet["emotions"] and told["actor"] == sheet["actor"]
+    assert told["speech"].startswith(f"{sheet['actor']}_") and "neutral" in told["speech"]
+    told_image = cv2.imread(str(out / "told.png"))
+    assert told_image.shape == image.shape
+    generated = [told_image[16 + 64 * r:16 + 64 * (r + 1), 128:64 * (columns - 1)]
+                 for r in range(len(told["emotions"]))]
+    assert not all(np.array_equal(generated[0], g) for g in generated[1:])  # the told emotion changes the frames
 
 
 def test_stage_cli_refuses_a_missing_emmn_checkpoint(tiny_audio, models, tmp_path):

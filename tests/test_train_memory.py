@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 
 from pipeline.config import BaseParams, with_field
 from pipeline.errors import InputError
-from pipeline.memory_train import (MemoryData, choose_upper_keypoints, effective_slots, emotion_partners,
-                                   nearest_centroid,
-                                   load_memory_data)
+from pipeline.memory_train import (MemoryData, MemoryTrainer, choose_upper_keypoints, effective_slots,
+                                   emotion_partners, load_memory_data, nearest_centroid, read_temperature_sweep,
+                                   score_clips, training_means)
 from pipeline.models.emmn import load_emmn
 from pipeline.train import read_loss_csv, torch_threads
 from stages.train_memory import app, run_train_memory
@@ -159,11 +159,30 @@ def test_train_memory_end_to_end(stores, tmp_path, variant):
     assert 1.0 <= report["slots_used"] <= 8.0
     assert report["align_kl"] >= 0 and np.isfinite(report["retrieval_err"])
     assert report["retrieval_err_mean_predictor"] > 0
-    for key in ("emotion_acc_retrieved", "emotion_acc_true_target"):  # 2 held-out clips: 0, 1/2 or 1
-        assert written["heldout"][key] in (0.0, 0.5, 1.0)
+    for key in ("emotion_acc_retrieved", "emotion_acc_true_target", "emotion_acc_retrieved_told_emotion"):
+        assert written["heldout"][key] in (0.0, 0.5, 1.0)  # 2 held-out clips: 0, 1/2 or 1
+    assert written["heldout"]["expression_strength"] >= 0
     if variant == "mmn":
         assert len(written["info"]["upper_keypoints"]) == 3
         assert all(r["a2m"] == 0 for r in rows)
+
+
+def test_read_temperature_sweep_rescores_at_each_tau_and_restores_the_config(stores, tmp_path):
+    """Row None = the trained model as memory.json scored it; a smaller tau sharpens the address (lower
+    perplexity) and moves the read-out (another retrieval error); the model keeps its own config after."""
+    run(stores, tmp_path, variant="emmn", steps=30, read_temperature=None)
+    model = load_emmn(tmp_path / "emmn.pt")
+    data = load_memory_data(stores["corpus"], stores["keypoints"], stores["motion"], stores["audio"])
+    trainer = MemoryTrainer(model, data, tiny_section("train_memory"), torch.device("cpu"))
+    test, means = data.split("test"), training_means(trainer)
+    trained, sharp = read_temperature_sweep(trainer, test, means, [None, 0.01])
+    assert model.config.read_temperature is None
+    assert trained["read_temperature"] == model.config.temperature and sharp["read_temperature"] == 0.01
+    plain = score_clips(trainer, test, means)
+    assert trained["retrieval_err"] == pytest.approx(plain["retrieval_err"])
+    assert sharp["address_perplexity"] < trained["address_perplexity"]
+    assert sharp["retrieval_err"] != pytest.approx(trained["retrieval_err"])
+    assert sharp["keypoint_l1_static"] == pytest.approx(trained["keypoint_l1_static"])
 
 
 def test_training_learns_the_keypoints(stores, tmp_path):
