@@ -385,15 +385,22 @@ def test_apply_film_hand_computed():
     assert torch.equal(apply_film(features, scale, shift), torch.tensor([[[[2.5, -2.0]], [[2.0, 2.0]]]]))
 
 
-def test_keypoint_film_starts_as_identity_and_then_reads_both_frames_keypoints():
-    """Not in FOMM: an untrained FiLM leaves the generator exactly as without it (zero last layer); once trained,
-    the output depends on the keypoints even where the flow and the warped source are the same."""
-    config = dataclasses.replace(TINY, generator=dataclasses.replace(TINY.generator, expression_film=16))
-    assert FommConfig.vox256().generator.expression_film == 0 and FommConfig.slim().generator.expression_film == 0
+def generator_with_option_and_plain(new_prefix: str, **generator_changes):
+    """Seeded E_k and a TINY generator with a non-FOMM option on, plus the plain TINY generator holding the same
+    weights except the option's own (state-dict keys starting with `new_prefix`), all in eval mode."""
+    config = dataclasses.replace(TINY, generator=dataclasses.replace(TINY.generator, **generator_changes))
     torch.manual_seed(0)
     kp_detector, generator = KPDetector(config).eval(), OcclusionAwareGenerator(config).eval()
     plain = OcclusionAwareGenerator(TINY).eval()
-    plain.load_state_dict({k: v for k, v in generator.state_dict().items() if not k.startswith("film.")})
+    plain.load_state_dict({k: v for k, v in generator.state_dict().items() if not k.startswith(new_prefix)})
+    return kp_detector, generator, plain
+
+
+def test_keypoint_film_starts_as_identity_and_then_reads_both_frames_keypoints():
+    """Not in FOMM: an untrained FiLM leaves the generator exactly as without it (zero last layer); once trained,
+    the output depends on the keypoints even where the flow and the warped source are the same."""
+    assert FommConfig.vox256().generator.expression_film == 0 and FommConfig.slim().generator.expression_film == 0
+    kp_detector, generator, plain = generator_with_option_and_plain("film.", expression_film=16)
     source, driving = seeded_images(8, 2, 1, 64)
     with torch.no_grad():
         kp_s, kp_d = kp_detector(source), kp_detector(driving)
@@ -416,12 +423,8 @@ def test_motion_features_start_as_identity_and_then_paint_where_keypoints_moved(
     """Not in FOMM: the dense-motion features reach the bottleneck through a zero 1x1 conv (identity at first);
     trained, the output changes, even with the flow (deformation) itself unchanged. TINY's flow is coarser than
     the bottleneck (16 vs 32 pixels): the features are resized."""
-    config = dataclasses.replace(TINY, generator=dataclasses.replace(TINY.generator, motion_features=True))
     assert not FommConfig.vox256().generator.motion_features and not FommConfig.slim().generator.motion_features
-    torch.manual_seed(0)
-    kp_detector, generator = KPDetector(config).eval(), OcclusionAwareGenerator(config).eval()
-    plain = OcclusionAwareGenerator(TINY).eval()
-    plain.load_state_dict({k: v for k, v in generator.state_dict().items() if not k.startswith("motion_map.")})
+    kp_detector, generator, plain = generator_with_option_and_plain("motion_map.", motion_features=True)
     source, driving = seeded_images(9, 2, 1, 64)
     with torch.no_grad():
         kp_s, kp_d = kp_detector(source), kp_detector(driving)
