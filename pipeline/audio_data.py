@@ -18,6 +18,7 @@ import torch
 
 from pipeline.dtw import align_clips
 from pipeline.errors import InputError
+from pipeline.prosody import ProsodyStore
 from pipeline.store import open_store, read_index
 
 
@@ -48,9 +49,12 @@ class AudioBank:
     warps: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)  # (a, b) -> b frame of each a frame
     dtw_costs: list[float] = field(default_factory=list)
     mel: np.ndarray | None = None
+    prosody: np.ndarray | None = None  # [F,4,3] (pipeline.prosody), when asked
+    voices: np.ndarray | None = None  # [clips,2]: each clip's speaker's voice baseline
 
     @classmethod
-    def load(cls, audio_store: Path, clips: pd.DataFrame, *, align: bool = True, with_mel: bool = False) -> AudioBank:
+    def load(cls, audio_store: Path, clips: pd.DataFrame, *, align: bool = True, with_mel: bool = False,
+             prosody_store: Path | None = None) -> AudioBank:
         if clips.empty:
             raise InputError(audio_store, "no clips to load (check the corpus split)")
         root = open_store(audio_store)
@@ -82,6 +86,8 @@ class AudioBank:
                    emotions=clips.emotion.to_numpy().astype(str), levels=clips.level.to_numpy().astype(np.int64),
                    starts=np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64), lengths=lengths,
                    mfcc=np.concatenate(blocks), mel=mel)
+        if prosody_store is not None:
+            bank.attach_prosody(ProsodyStore(prosody_store))
         for k in range(len(bank.clip_ids)):
             bank.groups.setdefault(bank.group_of(k), {})[bank.cell_of(k)] = k
         if align:
@@ -106,6 +112,20 @@ class AudioBank:
             raise InputError(None, "mel windows were not loaded (AudioBank.load(..., with_mel=True))")
         s = int(self.starts[k])
         return self.mel[s:s + int(self.lengths[k])]
+
+    def attach_prosody(self, store: ProsodyStore) -> None:
+        """Every clip's prosody track and its actor's voice baseline, from the prosody stage's store."""
+        tracks = [store.clip(c) for c in self.clip_ids]
+        if [len(t) for t in tracks] != list(self.lengths):
+            raise InputError(store.path, "prosody and audio features differ in clip length (re-run the prosody stage)")
+        self.prosody = np.concatenate(tracks)
+        self.voices = np.stack([store.voice(a) for a in self.actors])
+
+    def clip_prosody(self, k: int) -> np.ndarray:
+        if self.prosody is None:
+            raise InputError(None, "prosody was not loaded (AudioBank.load(..., prosody_store=...))")
+        s = int(self.starts[k])
+        return self.prosody[s:s + int(self.lengths[k])]
 
     def emotion_clip(self, k: int, kind: str) -> np.ndarray:
         """What E_e reads of clip k: its MFCC windows, or its mel windows for kind 'mel'."""
@@ -181,6 +201,8 @@ class QuadBatch:
     seg_d: torch.Tensor  # x_{j,m} at the frames aligned to seg_c
     emo: torch.Tensor  # [4Q,LE,28,12] (or [4Q,LE,80,16]): a, b, c, d crops
     labels: torch.Tensor  # [4Q]
+    prosody: torch.Tensor | None = None  # [4Q,LE,4,3] of the same crops, when the bank has prosody
+    voice: torch.Tensor | None = None  # [4Q,2] their speakers' voice baselines
 
 
 def sample_batch(bank: AudioBank, labels: np.ndarray, rng: np.random.Generator, quads: int, segment_frames: int,
@@ -197,13 +219,18 @@ def sample_batch(bank: AudioBank, labels: np.ndarray, rng: np.random.Generator, 
     emo_clips = [k for q in picked for k in (q.a, q.b, q.c, q.d)]
     emo_clips = emo_clips[0::4] + emo_clips[1::4] + emo_clips[2::4] + emo_clips[3::4]  # a..., b..., c..., d...
     emo_len = min(emotion_frames, min(int(bank.lengths[k]) for k in emo_clips))
-    emo = [bank.emotion_clip(k, emotion_input)[segment(bank, k, emo_len, rng)] for k in emo_clips]
+    crops = [segment(bank, k, emo_len, rng) for k in emo_clips]
+    emo = [bank.emotion_clip(k, emotion_input)[frames] for k, frames in zip(emo_clips, crops)]
 
     def stack(blocks: list[np.ndarray]) -> torch.Tensor:
         return torch.from_numpy(np.stack(blocks))
 
+    prosody = voice = None
+    if bank.prosody is not None:
+        prosody = stack([bank.clip_prosody(k)[frames] for k, frames in zip(emo_clips, crops)])
+        voice = torch.from_numpy(bank.voices[emo_clips])
     return QuadBatch(stack(seg_a), stack(seg_b), stack(seg_c), stack(seg_d), stack(emo),
-                     torch.from_numpy(labels[emo_clips]))
+                     torch.from_numpy(labels[emo_clips]), prosody, voice)
 
 
 def eval_quads(bank: AudioBank, seed: int, count: int) -> list[Quad]:

@@ -31,14 +31,24 @@ def emotion_mel(model: AudioEncoders, bank: AudioBank, k: int) -> torch.Tensor |
     return torch.from_numpy(bank.clip_mel(k))[None] if model.needs_mel else None
 
 
+def encode_clip_emotion(model: AudioEncoders, bank: AudioBank, k: int, *, own_voice: bool = True) -> torch.Tensor:
+    """e_e [1,E] of clip k as a whole; with prosody, relative to its speaker's baseline (`own_voice`) or to
+    the model's default one (what a caller who knows nothing of the voice gets)."""
+    prosody = voice = None
+    if model.needs_prosody:
+        prosody = torch.from_numpy(bank.clip_prosody(k))[None]
+        voice = torch.from_numpy(bank.voices[k])[None] if own_voice else None
+    return model.encode_emotion(torch.from_numpy(bank.clip(k))[None], emotion_mel(model, bank, k), prosody, voice)
+
+
 @torch.inference_mode()
-def clip_embeddings(model: AudioEncoders, bank: AudioBank) -> dict[str, np.ndarray]:
+def clip_embeddings(model: AudioEncoders, bank: AudioBank, *, own_voice: bool = True) -> dict[str, np.ndarray]:
     """Per clip: e_e of the whole clip, classifier logits, e_c mean-pooled over its frames."""
     model.eval()
     ee, logits, ec = [], [], []
     for k in range(len(bank)):
         x = torch.from_numpy(bank.clip(k))[None]
-        e = model.encode_emotion(x, emotion_mel(model, bank, k))
+        e = encode_clip_emotion(model, bank, k, own_voice=own_voice)
         ee.append(e[0].numpy())
         logits.append(model.classify_emotion(e)[0].numpy())
         ec.append(model.encode_content(x)[0].mean(dim=0).numpy())
@@ -90,9 +100,8 @@ def reconstruction_errors(model: AudioEncoders, bank: AudioBank, seed: int, coun
             x_src = torch.from_numpy(bank.clip(src))[None]
             x_tgt = torch.from_numpy(bank.clip(tgt)[bank.warp(src, tgt)])[None]  # tgt on src's timeline
             content = model.encode_content(x_src)
-            emotion_tgt = model.encode_emotion(torch.from_numpy(bank.clip(emo_src))[None],
-                                               emotion_mel(model, bank, emo_src))
-            emotion_src = model.encode_emotion(x_src, emotion_mel(model, bank, src))
+            emotion_tgt = encode_clip_emotion(model, bank, emo_src)
+            emotion_src = encode_clip_emotion(model, bank, src)
             cross.append(float((model.decode(content, emotion_tgt) - x_tgt).abs().mean()))
             self_.append(float((model.decode(content, emotion_src) - x_src).abs().mean()))
             copy.append(float((x_src - x_tgt).abs().mean()))
@@ -126,6 +135,9 @@ def evaluate_audio(model: AudioEncoders, train: AudioBank, test: AudioBank, *, s
         "per_emotion_acc_from_ee": {emotions[i]: round(float(confusion[i, i] / confusion[i].sum()), 4)
                                     for i in present},
     }
+    if model.needs_prosody:  # a caller with one clip and no baseline of its voice gets the training average
+        default_voice = clip_embeddings(model, test, own_voice=False)["logits"].argmax(axis=1)
+        metrics["emotion_acc_from_ee_default_voice"] = round(float((default_voice == y_test).mean()), 4)
     levels = np.unique(test.levels)
     if len(levels) > 1:
         metrics["emotion_acc_from_ee_by_level"] = {

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -51,7 +52,7 @@ def audio_config(p: TrainAudioParams, emotions: tuple[str, ...]) -> AudioConfig:
                               emotion_input=p.emotion_input, emotion_stride=p.emotion_stride,
                               temporal_channels=p.temporal_channels, standardize=p.standardize,
                               output_scale=4.0 if p.standardize else 90.0,  # +-4 std, or EVP's +-90 MFCC units
-                              temporal_layers=p.temporal_layers)
+                              temporal_layers=p.temporal_layers, prosody_channels=p.prosody_channels)
 
 
 def mfcc_statistics(bank: AudioBank) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,7 +73,8 @@ def disentanglement_losses(model: AudioEncoders, batch: QuadBatch, p: TrainAudio
     q = batch.seg_a.shape[0]
     content = model.encode_content(torch.cat([batch.seg_a, batch.seg_b, batch.seg_c, batch.seg_d]))
     c_im, c_in, c_jn, c_jm = content.split(q)
-    emotion = model.encode_emotion(None, batch.emo) if model.needs_mel else model.encode_emotion(batch.emo)
+    emotion = (model.encode_emotion(None, batch.emo, batch.prosody, batch.voice) if model.needs_mel
+               else model.encode_emotion(batch.emo, None, batch.prosody, batch.voice))
     e_im, _, e_jn, _ = emotion.split(q)  # crops of a, b, c, d: a = x_{i,m}, c = x_{j,n}
     decoded = model.decode(torch.cat([c_im, c_jn, c_im, c_jn]), torch.cat([e_im, e_jn, e_jn, e_im]))
     self_im, self_jn, cross_in, cross_jm = decoded.split(q)
@@ -114,8 +116,9 @@ def recalibrate_batchnorm(model: AudioEncoders, bank: AudioBank, labels, base: B
 
 
 def _to(batch: QuadBatch, device: torch.device) -> QuadBatch:
-    return QuadBatch(*(t.to(device) for t in (batch.seg_a, batch.seg_b, batch.seg_c, batch.seg_d, batch.emo,
-                                               batch.labels)))
+    return QuadBatch(*(None if t is None else t.to(device)
+                       for t in (batch.seg_a, batch.seg_b, batch.seg_c, batch.seg_d, batch.emo, batch.labels,
+                                 batch.prosody, batch.voice)))
 
 
 def train_audio_model(train_bank: AudioBank, emotions: tuple[str, ...], model_out: Path, losses_csv: Path,
@@ -132,6 +135,10 @@ def train_audio_model(train_bank: AudioBank, emotions: tuple[str, ...], model_ou
     model = AudioEncoders(config)
     if config.standardize:
         model.set_standardization(*mfcc_statistics(train_bank))
+    if config.prosody_channels:
+        if train_bank.voices is None:
+            raise InputError("params.yaml", "train_audio.prosody_channels > 0 needs the prosody store")
+        model.set_voice_default(torch.from_numpy(np.unique(train_bank.voices, axis=0).mean(axis=0)))
     model = model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=p.lr, betas=(0.5, 0.999))
     labels = train_bank.labels(emotions)
@@ -154,6 +161,9 @@ def train_audio_model(train_bank: AudioBank, emotions: tuple[str, ...], model_ou
         rng, _ = step_rngs(base.seed, step)
         batch = sample_batch(train_bank, labels, rng, p.batch_quads, p.segment_frames, p.emotion_frames,
                              p.cross_actor_prob, p.emotion_input)
+        if batch.voice is not None and p.voice_dropout > 0:  # some crops as a caller who knows no voice hears them
+            unknown = torch.from_numpy(rng.random(len(batch.voice)) < p.voice_dropout)
+            batch.voice[unknown] = float("nan")
         batch = _to(batch, device)
         model.train()
         loss, terms = disentanglement_losses(model, batch, p)

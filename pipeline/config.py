@@ -61,6 +61,14 @@ class AudioFeaturesParams:
 
 
 @dataclass(frozen=True)
+class ProsodyParams:
+    """Pitch and loudness tracks per video frame and each speaker's voice baseline (pipeline.prosody)."""
+
+    chunk_frames: int = 1024
+    shard_frames: int = 16384
+
+
+@dataclass(frozen=True)
 class TrainFommParams:
     pretrained: str | None = None  # official FOMM checkpoint (vox-cpk.pth.tar): import it instead of training
     vgg19: str | None = None  # torchvision VGG19 weights file: perceptual loss; unset = multi-scale L1
@@ -273,6 +281,10 @@ class TrainAudioParams:
     emotion_stride: int = 2  # E_e reads every n-th frame's window (windows span 7 frames: n <= 7 hears everything)
     temporal_channels: int = 64  # temporal conv stack over window embeddings before pooling; 0 = EVP's mean
     temporal_layers: int = 3
+    prosody_channels: int = 32  # conv branch over pitch/loudness relative to the speaker's voice baseline; 0 = off
+    voice_baseline: str = "speaker"  # speaker: each actor's own (prosody stage) | default: the training average
+    # for everyone (E_e then hears absolute prosody; the ablation)
+    voice_dropout: float = 0.1  # share of training crops heard as if the voice were unknown (default baseline, flagged)
     standardize: bool = True  # MFCC standardised per coefficient (training statistics); false = EVP's raw MFCC
     batch_quads: int = 8  # quads per step (4 clips each)
     segment_frames: int = 24  # frames of content / reconstruction per clip and step
@@ -406,6 +418,7 @@ SECTIONS: dict[str, type] = {
     "base": BaseParams,
     "corpus": CorpusParams,
     "audio_features": AudioFeaturesParams,
+    "prosody": ProsodyParams,
     "train_fomm": TrainFommParams,
     "keypoints": KeypointsParams,
     "train_syncnet": TrainSyncnetParams,
@@ -480,7 +493,7 @@ def with_field(params: Any, **changes: Any) -> Any:
 
 
 __all__ = [
-    "AudioFeaturesParams", "BaseParams", "CorpusParams", "MEAD_EMOTIONS", "SECTIONS",
+    "AudioFeaturesParams", "BaseParams", "ProsodyParams", "CorpusParams", "MEAD_EMOTIONS", "SECTIONS",
     "as_dict", "build_section", "deep_merge", "load_section", "read_yaml", "with_field",
     "TrainFommParams", "KeypointsParams",
     "TrainSyncnetParams", "TrainSyncScorerParams", "TrainWav2lipParams", "PseudoPairsParams", "SyncFilterParams",

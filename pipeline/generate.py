@@ -17,14 +17,14 @@ before any frame is made; the mp4 is written to a temp file and renamed only on 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pipeline.audio import load_audio
+from pipeline.audio import SAMPLE_RATE, load_audio
 from pipeline.audio_stream import mel_windows, mfcc_windows, signal_mel, video_frame_count
 from pipeline.config import BaseParams, GenerateParams
 from pipeline.errors import CheckpointError, InputError
@@ -32,6 +32,7 @@ from pipeline.fomm_io import detect_keypoints, frames_to_tensor, load_fomm
 from pipeline.models.fomm import KPDetector, OcclusionAwareGenerator
 from pipeline.mp4_stream import Mp4StreamWriter
 from pipeline.photo import FacePaster, crop_face, face_box, load_photo
+from pipeline.prosody import block_prosody, measure_voice
 from pipeline.render import FilterSettings, KeypointSmoother, render_frames
 
 EMMN_FILE = "emmn.pt"
@@ -131,9 +132,11 @@ def reference_keypoints(animator: Animator, crop_rgb: np.ndarray) -> dict[str, n
 @torch.inference_mode()
 def predict_keypoints(emmn: torch.nn.Module, reference: torch.Tensor, mfcc: np.ndarray,
                       kp_neu: dict[str, np.ndarray], emotion: str | None = None, intensity: float = 1.0,
-                      mel: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """EmmnNet on MFCC windows (T,28,12) [+ mel windows (T,80,16) for an emotion encoder that reads them]
-    of one clip -> p^ (T,N,2), j^ (T,N,2,2) float32 on the CPU.
+                      mel: np.ndarray | None = None, prosody: np.ndarray | None = None,
+                      voice: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """EmmnNet on MFCC windows (T,28,12) [+ mel windows (T,80,16) for an emotion encoder that reads them; +
+    prosody (T,4,3) and the speaker's voice baseline (2,), if known, for one that hears prosody] of one clip
+    -> p^ (T,N,2), j^ (T,N,2,2) float32 on the CPU.
 
     `emotion` None: e_e comes from the audio (the paper). A name replaces it by EmmnNet's emotion-table
     embedding e_neutral + intensity (e_name - e_neutral), which steers only the emo-mouth memory query
@@ -142,19 +145,22 @@ def predict_keypoints(emmn: torch.nn.Module, reference: torch.Tensor, mfcc: np.n
     out = emmn.predict(reference, torch.as_tensor(np.asarray(mfcc, np.float32))[None],
                        torch.as_tensor(kp_neu["value"]), torch.as_tensor(kp_neu["jacobian"]),
                        emotion=emotion, intensity=intensity,
-                       mel=None if mel is None else torch.as_tensor(np.asarray(mel, np.float32))[None])
+                       mel=None if mel is None else torch.as_tensor(np.asarray(mel, np.float32))[None],
+                       prosody=None if prosody is None else torch.as_tensor(np.asarray(prosody, np.float32))[None],
+                       voice=None if voice is None else torch.as_tensor(np.asarray(voice, np.float32))[None])
     return out["value"][0].float().cpu().numpy(), out["jacobian"][0].float().cpu().numpy()
 
 
 def animate_blocks(animator: Animator, crop_rgb: np.ndarray, samples: np.ndarray, n_frames: int, *, fps: float,
                    filter_settings: FilterSettings, block_frames: int, emotion: str | None = None,
-                   intensity: float = 1.0, batch_size: int = 16, mel_pad_mode: str = "reflect", bf16: bool = False
-                   ) -> Iterator[np.ndarray]:
+                   intensity: float = 1.0, batch_size: int = 16, mel_pad_mode: str = "reflect", bf16: bool = False,
+                   voice: np.ndarray | None = None) -> Iterator[np.ndarray]:
     """Reference crop (S,S,3) uint8 + speech samples -> uint8 crop blocks (<= block_frames, S,S,3), in order.
 
     Each block's MFCC windows get EmmnNet's temporal context (`config.context` frames) on both sides, so
     the mouth decoder sees the same neighbours at a block edge as inside a block; the one-euro filter
-    runs on across blocks. The audio emotion embedding is pooled per block.
+    runs on across blocks. The audio emotion embedding is pooled per block; an encoder that hears prosody hears
+    it relative to `voice` (the speaker's baseline, pipeline.prosody), or to the training voices' average.
     """
     reference = frames_to_tensor(crop_rgb[None], animator.image_size)
     kp_neu = reference_keypoints(animator, crop_rgb)
@@ -162,12 +168,15 @@ def animate_blocks(animator: Animator, crop_rgb: np.ndarray, samples: np.ndarray
     margin = int(getattr(getattr(animator.emmn, "config", None), "context", 0))
     # the emotion encoder may read mel windows; the mel of the whole signal is small (unlike its MFCC frames)
     mel = signal_mel(samples, mel_pad_mode) if getattr(animator.emmn, "needs_mel", False) else None
+    hears_prosody = emotion is None and getattr(animator.emmn, "needs_prosody", False)
     for start in range(0, n_frames, block_frames):
         stop = min(start + block_frames, n_frames)
         lo, hi = max(start - margin, 0), min(stop + margin, n_frames)
         mfcc = mfcc_windows(samples, n_frames, lo, hi)
         mel_block = None if mel is None else mel_windows(mel, lo, hi, fps)
-        value, jacobian = predict_keypoints(animator.emmn, reference, mfcc, kp_neu, emotion, intensity, mel_block)
+        prosody = block_prosody(samples, lo, hi, fps, SAMPLE_RATE) if hears_prosody else None
+        value, jacobian = predict_keypoints(animator.emmn, reference, mfcc, kp_neu, emotion, intensity, mel_block,
+                                            prosody, voice if hears_prosody else None)
         keep = slice(start - lo, stop - lo)
         value, jacobian = smoother(value[keep], jacobian[keep])
         yield render_frames(animator.generator, reference, kp_neu, value, jacobian, batch_size, bf16)
@@ -175,12 +184,13 @@ def animate_blocks(animator: Animator, crop_rgb: np.ndarray, samples: np.ndarray
 
 def animate_clip(animator: Animator, crop_rgb: np.ndarray, samples: np.ndarray, n_frames: int, *, fps: float,
                  filter_settings: FilterSettings, block_frames: int, emotion: str | None = None,
-                 intensity: float = 1.0, batch_size: int = 16, bf16: bool = False) -> np.ndarray:
+                 intensity: float = 1.0, batch_size: int = 16, bf16: bool = False,
+                 voice: np.ndarray | None = None) -> np.ndarray:
     """A whole clip of generated crops (n_frames, S, S, 3) (what the generate stage stores)."""
     return np.concatenate(list(animate_blocks(animator, crop_rgb, samples, n_frames, fps=fps,
                                               filter_settings=filter_settings, block_frames=block_frames,
                                               emotion=emotion, intensity=intensity, batch_size=batch_size,
-                                              bf16=bf16)))
+                                              bf16=bf16, voice=voice)))
 
 
 # ------------------------------------------------------------------------------------------ photo -> mp4
@@ -192,10 +202,12 @@ def filter_settings(p: GenerateParams) -> FilterSettings:
 
 def generate_video(image: str | Path, audio: str | Path, out: str | Path, animator: Animator, base: BaseParams,
                    p: GenerateParams, *, emotion: str | None = None, intensity: float | None = None,
-                   progress: Callable[[int, int], None] | None = None) -> dict:
+                   voice: Sequence[str | Path] = (), progress: Callable[[int, int], None] | None = None) -> dict:
     """Animate the face in `image` with the speech in `audio`; write `out` (mp4 with the input audio).
 
     Every input is checked before the first frame is rendered. `intensity` (default 1) needs `emotion`.
+    `voice`: other recordings of the same speaker; the emotion is then heard relative to their voice baseline
+    (pipeline.prosody) instead of the training voices' average (models whose E_e hears prosody).
     `progress(done, total)` is called after each block. Returns a summary (frames, size, box, emotion,
     renderer).
     """
@@ -212,6 +224,7 @@ def generate_video(image: str | Path, audio: str | Path, out: str | Path, animat
     photo = load_photo(image, p.max_side)
     box = face_box(photo, image, p.crop_enlarge, p.crop_shift_down)
     samples = load_speech(audio, base.sample_rate, p.min_seconds, p.silence_dbfs)
+    baseline = measure_voice(list(voice), base.fps, base.sample_rate) if voice else None
     crop = crop_face(photo, box, animator.image_size)
     paster = FacePaster(photo, box, p.feather)
     n_frames = video_frame_count(len(samples), base.sample_rate, base.fps)
@@ -220,7 +233,8 @@ def generate_video(image: str | Path, audio: str | Path, out: str | Path, animat
     with Mp4StreamWriter(out, width, height, base.fps, audio=audio, crf=p.crf) as writer:
         for crops in animate_blocks(animator, crop, samples, n_frames, fps=base.fps,
                                     filter_settings=filter_settings(p), block_frames=p.block_frames,
-                                    emotion=emotion, intensity=intensity, batch_size=p.batch_size, bf16=p.bf16):
+                                    emotion=emotion, intensity=intensity, batch_size=p.batch_size, bf16=p.bf16,
+                                    voice=baseline):
             for start in range(0, len(crops), PASTE_FRAMES):  # full-size frames exist a few at a time
                 writer.write(paster.paste(crops[start:start + PASTE_FRAMES]))
                 done += len(crops[start:start + PASTE_FRAMES])
@@ -228,4 +242,5 @@ def generate_video(image: str | Path, audio: str | Path, out: str | Path, animat
                     progress(done, n_frames)
     return {"frames": n_frames, "seconds": round(len(samples) / base.sample_rate, 3), "width": width, "height": height,
             "face_box": list(box), "emotion": emotion or "from audio", "intensity": intensity if emotion else None,
+            "voice": None if baseline is None else [round(float(v), 2) for v in baseline],
             "renderer": str(animator.renderer_path), "out": str(out)}

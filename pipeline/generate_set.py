@@ -104,6 +104,7 @@ class ClipTask:
     wav: str
     corpus_dir: str
     audio_store: str
+    prosody_store: str  # voice baselines, for an emotion encoder that hears prosody
     model: str | None  # EmmnNet checkpoint (model rows) or wav2lip.pt
     renderer: str | None  # fomm.pt-layout renderer (model rows)
     mp4: str
@@ -132,6 +133,20 @@ def _wav2lip(path: str, mtime: float):
     from pipeline.lipsync_io import load_wav2lip_any
 
     return load_wav2lip_any(path).module.eval()
+
+
+@functools.lru_cache(maxsize=2)
+def _voices(prosody_store: str) -> dict[str, np.ndarray]:
+    from pipeline.prosody import ProsodyStore
+
+    return ProsodyStore(prosody_store).voices
+
+
+def _voice(prosody_store: str, actor: str) -> np.ndarray:
+    voices = _voices(prosody_store)
+    if actor not in voices:
+        raise InputError(prosody_store, f"actor '{actor}' has no voice baseline (re-run the prosody stage)")
+    return voices[actor]
 
 
 def _reference(corpus_dir: str, actor: str) -> np.ndarray:
@@ -176,8 +191,10 @@ def generate_clip(task: ClipTask, base: BaseParams, p: GenerateParams) -> dict:
         samples = load_audio(task.wav, base.sample_rate)
         reference = _reference(task.corpus_dir, task.actor)
         crop = _resize(reference[None], animator.image_size)[0]
+        # the speaker's own baseline, measured over their clips by the prosody stage
+        voice = _voice(task.prosody_store, task.actor) if getattr(animator.emmn, "needs_prosody", False) else None
         frames = animate_clip(animator, crop, samples, n, fps=base.fps, filter_settings=filter_settings(p),
-                              block_frames=p.block_frames, batch_size=p.batch_size, bf16=p.bf16)
+                              block_frames=p.block_frames, batch_size=p.batch_size, bf16=p.bf16, voice=voice)
     frames = _resize(np.ascontiguousarray(frames, dtype=np.uint8), size)
     if len(frames) != n:
         raise InputError(task.wav, f"{task.row}: made {len(frames)} frames, the corpus clip has {n}")

@@ -42,6 +42,8 @@ from pipeline.models.memory import (
     keypoint_loss,
     stage1_loss,
 )
+from pipeline.prosody import DEFAULT_STORE as DEFAULT_PROSODY_STORE
+from pipeline.prosody import ProsodyStore
 from pipeline.store import open_store, read_index
 from pipeline.train import (
     Budget,
@@ -73,6 +75,8 @@ class MemoryData:
     value_neu: np.ndarray  # (A, N, 2)
     jacobian_neu: np.ndarray  # (A, N, 2, 2)
     actors: list[str]
+    prosody: np.ndarray | None = None  # (R, 4, 3), only for an emotion encoder that hears prosody
+    voices: np.ndarray | None = None  # (A, 2) each actor's voice baseline, with prosody
 
     def split(self, name: str) -> pd.DataFrame:
         return self.clips[self.clips.split == name]
@@ -121,9 +125,9 @@ def _per_actor(store: Path, names: tuple[str, ...], actors: list[str]) -> list[n
 
 
 def load_memory_data(corpus_dir: Path, keypoints: Path, motion: Path | None, audio: Path, *,
-                     mel: bool = False) -> MemoryData:
+                     mel: bool = False, prosody: Path | None = None) -> MemoryData:
     """Everything training and the report read, for the real clips of both splits (`motion` None: no f_e/f_m;
-    `mel`: also the mel windows, for an emotion encoder that reads them)."""
+    `mel`: also the mel windows; `prosody`: the prosody store, for an emotion encoder that hears prosody)."""
     manifest_path = corpus_dir / "manifest.parquet"
     if not manifest_path.is_file():
         raise InputError(manifest_path, "corpus manifest not found (run the corpus stage first)")
@@ -149,8 +153,15 @@ def load_memory_data(corpus_dir: Path, keypoints: Path, motion: Path | None, aud
         "clip_id": clips.clip_id, "actor": clips.actor, "emotion": clips.emotion, "level": clips.level.astype(int),
         "split": clips.split, "start": stops - lengths, "stop": stops,
         "actor_index": clips.actor.map({a: i for i, a in enumerate(actors)}).to_numpy()})
+    tracks = voices = None
+    if prosody is not None:
+        store = ProsodyStore(prosody)
+        tracks = np.concatenate([store.clip(c) for c in clips.clip_id])
+        if len(tracks) != len(mfcc):
+            raise InputError(prosody, "prosody and audio features differ in length (re-run the prosody stage)")
+        voices = np.stack([store.voice(a) for a in actors])
     return MemoryData(table, value, jacobian, mfcc, mel_windows, f_e, f_m, images, value_neu.astype(np.float32),
-                      jacobian_neu.astype(np.float32), actors)
+                      jacobian_neu.astype(np.float32), actors, tracks, voices)
 
 
 def choose_upper_keypoints(data: MemoryData, count: int) -> tuple[int, ...]:
@@ -200,8 +211,9 @@ def probe_dims(audio: torch.nn.Module, motion: torch.nn.Module | None) -> dict[s
     """Feature sizes of the frozen parts: e_c, e_e read off one dummy forward (the audio contract names no config
     fields), f_e, f_m from MotionConfig."""
     mfcc = torch.zeros(1, 4, 28, 12)
-    emotion = (audio.encode_emotion(mfcc, torch.zeros(1, 4, 80, 16)) if getattr(audio, "needs_mel", False)
-               else audio.encode_emotion(mfcc))
+    mel = torch.zeros(1, 4, 80, 16) if getattr(audio, "needs_mel", False) else None
+    prosody = torch.zeros(1, 4, 4, 3) if getattr(audio, "needs_prosody", False) else None
+    emotion = audio.encode_emotion(mfcc, mel, prosody) if prosody is not None else audio.encode_emotion(mfcc, mel)
     dims = {"content_dim": int(audio.encode_content(mfcc).shape[-1]), "emotion_dim": int(emotion.shape[-1])}
     if motion is not None:
         dims.update(expression_dim=int(motion.config.expression_dim), mouth_dim=int(motion.config.mouth_dim))
@@ -300,6 +312,8 @@ class MemoryTrainer:
         self.jacobian = torch.from_numpy(data.jacobian).to(device)
         self.mfcc = torch.from_numpy(data.mfcc).to(device)
         self.mel = None if data.mel is None else torch.from_numpy(data.mel).to(device)
+        self.prosody = None if data.prosody is None else torch.from_numpy(data.prosody).to(device)
+        self.voices = None if data.voices is None else torch.from_numpy(data.voices).to(device)
         self.value_neu = torch.from_numpy(data.value_neu).to(device)
         self.jacobian_neu = torch.from_numpy(data.jacobian_neu).to(device)
         self.f_e = None if data.f_e is None else torch.from_numpy(data.f_e).to(device)
@@ -319,10 +333,18 @@ class MemoryTrainer:
         contents, emotions = [], []
         for a, b in zip(self.data.clips.start, self.data.clips.stop):
             mel = None if self.mel is None else self.mel[None, a:b]
-            e_c, e_e = self.model.encode_audio(self.mfcc[None, a:b], mel=mel)
+            e_c, e_e = self.model.encode_audio(self.mfcc[None, a:b], mel=mel, **self.voice_inputs(a, b))
             contents.append(e_c[0])
             emotions.append(e_e[0])
         return torch.cat(contents), torch.stack(emotions)
+
+    def voice_inputs(self, start: int, stop: int) -> dict[str, torch.Tensor]:
+        """prosody (1, T, 4, 3) of rows start:stop and their speaker's voice baseline (1, 2), for an emotion
+        encoder that hears prosody; else nothing."""
+        if self.prosody is None:
+            return {}
+        actor = self.actor_index[int(np.searchsorted(self.data.clips.stop.to_numpy(), start, side="right"))]
+        return {"prosody": self.prosody[None, start:stop], "voice": self.voices[actor][None]}
 
     def batch_from_rows(self, rows: torch.Tensor, clips: torch.Tensor, emotion_clips: torch.Tensor | None = None
                         ) -> Batch:
@@ -425,7 +447,8 @@ def score_clips(trainer: MemoryTrainer, clips: pd.DataFrame, means: dict[str, to
     for clip in clips.index:
         rows, batch = trainer.clip_batch(int(clip))
         out = model.predict(batch.image, trainer.mfcc[rows], batch.value_neu, batch.jacobian_neu,
-                            mel=None if trainer.mel is None else trainer.mel[rows])
+                            mel=None if trainer.mel is None else trainer.mel[rows],
+                            **trainer.voice_inputs(int(rows[0, 0]), int(rows[0, -1]) + 1))
         frames += rows.shape[1]
         static_v = batch.value_neu[:, None].expand_as(batch.value)
         static_j = batch.jacobian_neu[:, None].expand_as(batch.jacobian)
@@ -563,21 +586,23 @@ def _rounded(value: Any) -> Any:
 
 def train_memory_model(corpus_dir: Path, keypoints: Path, motion_store: Path, audio_store: Path, audio_model: Path,
                        motion_model: Path, model_out: Path, losses_csv: Path, base: BaseParams, p: TrainMemoryParams,
-                       *, log=print) -> dict[str, Any]:
-    """Train EmmnNet (stage 1) and write `model_out`, the loss log; return the memory.json report."""
+                       *, log=print, prosody_store: Path = DEFAULT_PROSODY_STORE) -> dict[str, Any]:
+    """Train EmmnNet (stage 1) and write `model_out`, the loss log; return the memory.json report. The prosody
+    store is read only when the frozen emotion encoder hears prosody."""
     with torch_threads(p.threads):
         return _train(corpus_dir, keypoints, motion_store, audio_store, audio_model, motion_model, model_out,
-                      losses_csv, base, p, log)
+                      losses_csv, base, p, log, prosody_store)
 
 
 def _train(corpus_dir: Path, keypoints: Path, motion_store: Path, audio_store: Path, audio_model: Path,
            motion_model: Path, model_out: Path, losses_csv: Path, base: BaseParams, p: TrainMemoryParams,
-           log) -> dict[str, Any]:
+           log, prosody_store: Path) -> dict[str, Any]:
     device = pick_device(base.device)
     use_motion = p.variant == "emmn"
     audio, audio_ckpt, motion, motion_ckpt = load_frozen(Path(audio_model), Path(motion_model) if use_motion else None)
     data = load_memory_data(Path(corpus_dir), Path(keypoints), Path(motion_store) if use_motion else None,
-                            Path(audio_store), mel=bool(getattr(audio, "needs_mel", False)))
+                            Path(audio_store), mel=bool(getattr(audio, "needs_mel", False)),
+                            prosody=Path(prosody_store) if getattr(audio, "needs_prosody", False) else None)
     num_kp = data.value.shape[1]
     upper = choose_upper_keypoints(data, p.mmn_keypoints) if p.variant == "mmn" else ()
     train_clips = data.split("train")

@@ -32,6 +32,8 @@ from pipeline.fomm_io import detect_keypoints, frames_to_tensor, load_fomm
 from pipeline.fomm_losses import MIN_VGG_SIZE
 from pipeline.fomm_report import psnr
 from pipeline.generate import check_keypoint_count, predict_keypoints
+from pipeline.prosody import DEFAULT_STORE as DEFAULT_PROSODY_STORE
+from pipeline.prosody import ProsodyStore
 from pipeline.models.fomm import ImagePyramid
 from pipeline.models.vgg19 import Vgg19Features, load_vgg19
 from pipeline.store import open_store, read_index
@@ -137,11 +139,14 @@ def real_clips(corpus_dir: Path, split: str, limit: int = 0) -> pd.DataFrame:
     return clips
 
 
-def predict_clips(emmn: nn.Module, clips: pd.DataFrame, audio_store: Path, refs: References) -> PredictedClips:
-    """EmmnNet's (p^, j^) for every frame of the clips (emotion from each clip's audio, as at inference)."""
+def predict_clips(emmn: nn.Module, clips: pd.DataFrame, audio_store: Path, refs: References,
+                  prosody_store: Path | None = None) -> PredictedClips:
+    """EmmnNet's (p^, j^) for every frame of the clips (emotion from each clip's audio, as at inference; prosody
+    relative to each actor's voice baseline when the emotion encoder hears it)."""
     audio_index = read_index(audio_store).set_index("clip_id")
     mfcc = open_store(audio_store)["mfcc"]
     mel = open_store(audio_store)["mel"] if getattr(emmn, "needs_mel", False) else None
+    voices = ProsodyStore(prosody_store or DEFAULT_PROSODY_STORE) if getattr(emmn, "needs_prosody", False) else None
     values, jacobians = [], []
     for row in clips.itertuples():
         if row.clip_id not in audio_index.index:
@@ -150,7 +155,9 @@ def predict_clips(emmn: nn.Module, clips: pd.DataFrame, audio_store: Path, refs:
         windows = np.asarray(mfcc[int(a.start):int(a.stop)], np.float32)
         mel_windows = None if mel is None else np.asarray(mel[int(a.start):int(a.stop)], np.float32)
         value, jacobian = predict_keypoints(emmn, refs.images[row.actor], windows, refs.keypoints[row.actor],
-                                            mel=mel_windows)
+                                            mel=mel_windows,
+                                            prosody=None if voices is None else voices.clip(row.clip_id),
+                                            voice=None if voices is None else voices.voice(row.actor))
         values.append(value)
         jacobians.append(jacobian)
     lengths = np.array([len(v) for v in values], np.int64)
@@ -230,7 +237,7 @@ def evaluate(generator: nn.Module, sampler: FrameSampler, device: torch.device, 
 
 def finetune_render(corpus_dir: str | Path, audio_store: str | Path, emmn_path: str | Path, fomm_path: str | Path,
                     model_out: str | Path, losses_csv: str | Path, base: BaseParams, p: FinetuneRenderParams,
-                    *, log=print) -> dict:
+                    *, log=print, prosody_store: str | Path = DEFAULT_PROSODY_STORE) -> dict:
     """Fine-tune fomm.pt's generator (+ dense motion) with Eq. 15 on EmmnNet-driven renders of training
     clips; write `model_out` (fomm.pt layout: the unchanged E_k + the fine-tuned generator) and the loss
     log; return metrics (held-out L1/PSNR before and after, loss kind, steps)."""
@@ -249,8 +256,9 @@ def finetune_render(corpus_dir: str | Path, audio_store: str | Path, emmn_path: 
         kp_detector, generator = fomm.kp_detector.to(device), fomm.generator.to(device)
         size = fomm.config.image_size
         refs = actor_references(corpus_dir, kp_detector, size)
-        train = predict_clips(emmn, real_clips(corpus_dir, "train"), audio_store, refs)
-        heldout = predict_clips(emmn, real_clips(corpus_dir, "test", p.eval_clips), audio_store, refs)
+        train = predict_clips(emmn, real_clips(corpus_dir, "train"), audio_store, refs, Path(prosody_store))
+        heldout = predict_clips(emmn, real_clips(corpus_dir, "test", p.eval_clips), audio_store, refs,
+                                Path(prosody_store))
         del emmn  # frozen: its predictions are all stage 2 needs
         train_sampler = FrameSampler(corpus_dir, train, refs, size)
         eval_sampler = FrameSampler(corpus_dir, heldout, refs, size)

@@ -37,6 +37,7 @@ def main(
     keypoints: Annotated[Path, typer.Option(help="keypoints.zarr")] = Path("data/features/keypoints.zarr"),
     motion_store: Annotated[Path, typer.Option(help="motion.zarr")] = Path("data/features/motion.zarr"),
     audio_store: Annotated[Path, typer.Option(help="audio.zarr")] = Path("data/features/audio.zarr"),
+    prosody_store: Annotated[Path, typer.Option(help="prosody.zarr")] = Path("data/features/prosody.zarr"),
     out: Annotated[Path, typer.Option(help="JSON rows")] = Path("memory_read_sweep.json"),
     threads: Annotated[int, typer.Option(min=1, help="torch threads")] = 1,
 ) -> None:
@@ -44,7 +45,7 @@ def main(
     torch.set_num_threads(threads)
     net = load_emmn(model)
     data = load_memory_data(corpus, keypoints, motion_store if net.config.variant == "emmn" else None, audio_store,
-                            mel=net.needs_mel)
+                            mel=net.needs_mel, prosody=prosody_store if net.needs_prosody else None)
     trainer = MemoryTrainer(net, data, load_section("train_memory", params), torch.device("cpu"))
     rows = read_temperature_sweep(trainer, data.split("test"), training_means(trainer), list(temperature))
     out.write_text(json.dumps(rows, indent=2) + "\n")

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from stages import audio_features, corpus
+from stages import audio_features, corpus, prosody
 from stages import keypoints, train_fomm
 from stages import pseudo_pairs, sync_filter, sync_score, train_sync_scorer, train_syncnet, train_wav2lip
 from stages import evaluate, train_evaluator
@@ -27,6 +27,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 app.command("corpus")(corpus.corpus)
 app.command("audio_features")(audio_features.audio_features)
+app.command("prosody")(prosody.prosody)
 app.command("train_fomm")(train_fomm.train_fomm)
 app.command("keypoints")(keypoints.keypoints)
 app.command("train_syncnet")(train_syncnet.train_syncnet)

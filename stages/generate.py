@@ -1,11 +1,13 @@
 """`generate`: a talking-face mp4 from one photo and one speech file, or (as a stage) the held-out videos.
 
-    emmn generate --image face.jpg --audio speech.wav --out out.mp4 [--emotion happy --intensity 1]
+    emmn generate --image face.jpg --audio speech.wav --out out.mp4 [--emotion happy --intensity 1] [--voice other.wav]
     python -m stages.generate                    # the DVC stage: every held-out clip x row
 Photo mode: the face is found and cropped, animated by EmmnNet + the renderer from the audio (any
 length, rate, channel count), pasted back into the full photo, and written as H.264 + AAC with the
 input audio. The emotion comes from the audio unless --emotion overrides it (--intensity scales it:
-0 neutral, 1 the strongest training level, up to 2 extrapolates). Models come from --models-dir:
+0 neutral, 1 the strongest training level, up to 2 extrapolates); --voice (repeatable) gives other recordings
+of the same speaker, so the emotion is heard against that voice's own pitch and loudness rather than the
+training voices' average (pipeline/prosody.py). Models come from --models-dir:
 emmn.pt and emmn_render.pt (fomm.pt when no fine-tuned renderer exists).
 
 Stage mode writes data/outputs/frames.zarr (`frames` (F,H,W,3) uint8, clip ids `<row>/<corpus clip>`,
@@ -19,6 +21,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -37,6 +40,7 @@ from pipeline.generate_set import (
     told_emotions_sheet,
 )
 from pipeline.parallel import dask_client, ordered_map
+from pipeline.prosody import DEFAULT_STORE as DEFAULT_PROSODY_STORE
 from pipeline.store import ArraySpec, RaggedStoreWriter, atomic_output, open_store, read_index
 from stages.common import ParamsOption, one_line_errors, stage_app
 
@@ -54,7 +58,8 @@ def _run_task(args: tuple) -> dict:
 
 
 def build_outputs(corpus_dir: Path, audio_store: Path, models_dir: Path, out_dir: Path, report: Path, sheet: Path,
-                  base: BaseParams, p: GenerateParams, log=print, told_sheet: Path | None = None) -> dict:
+                  base: BaseParams, p: GenerateParams, log=print, told_sheet: Path | None = None,
+                  prosody_store: Path = DEFAULT_PROSODY_STORE) -> dict:
     """Every (row, held-out clip) into out_dir (frames.zarr + mp4s, atomically), the sheet and the report; with
     `told_sheet`, also the `--emotion` sheet (pipeline.generate_set.told_emotions_sheet)."""
     manifest_path = corpus_dir / "manifest.parquet"
@@ -91,7 +96,7 @@ def build_outputs(corpus_dir: Path, audio_store: Path, models_dir: Path, out_dir
                     model = models.get(row)
                     tasks.append((ClipTask(
                         row, c.clip_id, c.actor, int(c.start), int(c.stop), int(a.start), int(a.stop),
-                        str(corpus_dir / c.wav_path), str(corpus_dir), str(audio_store),
+                        str(corpus_dir / c.wav_path), str(corpus_dir), str(audio_store), str(prosody_store),
                         None if model is None else str(model),
                         str(renderer) if row in ("emmn", "baseline", "mmn") else None,
                         str(tmp / row / f"{c.clip_id}.mp4"), base.device, client is not None), base, p))
@@ -128,7 +133,8 @@ def build_outputs(corpus_dir: Path, audio_store: Path, models_dir: Path, out_dir
 
 
 def generate_from_photo(image: Path, audio: Path, out: Path, models_dir: Path, base: BaseParams, p: GenerateParams,
-                        emotion: str | None, intensity: float | None, device: str) -> dict:
+                        emotion: str | None, intensity: float | None, device: str, voice: Sequence[Path] = ()
+                        ) -> dict:
     """`emmn generate --image --audio --out`: one mp4, with a progress bar (plain lines off a terminal)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -139,6 +145,9 @@ def generate_from_photo(image: Path, audio: Path, out: Path, models_dir: Path, b
         raise InputError(image, "image file not found")
     if not Path(audio).is_file():
         raise InputError(audio, "audio file not found")
+    for path in voice:
+        if not Path(path).is_file():
+            raise InputError(path, "voice recording not found")
     animator = load_animator(models_dir / EMMN_FILE, renderer_path(models_dir), pick_device(device))
     interactive = sys.stderr.isatty()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -151,7 +160,7 @@ def generate_from_photo(image: Path, audio: Path, out: Path, models_dir: Path, b
                 print(f"generate: {done}/{total} frames", file=sys.stderr, flush=True)
 
         return generate_video(image, audio, out, animator, base, p, emotion=emotion, intensity=intensity,
-                              progress=progress)
+                              voice=voice, progress=progress)
 
 
 @app.command()
@@ -165,12 +174,17 @@ def generate(
     = None,
     intensity: Annotated[float | None, typer.Option(help="strength of --emotion: 0 neutral, 1 strongest trained "
                                                          "level, up to 2")] = None,
+    voice: Annotated[list[Path] | None, typer.Option(
+        help="other recordings of the same speaker (repeatable; the --audio file itself also works when it is long): "
+             "the emotion is heard relative to this voice instead of the training voices' average")] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda (default: base.device)")] = None,
     models_dir: Annotated[Path, typer.Option(help="emmn.pt, emmn_render.pt (or fomm.pt), wav2lip.pt")]
     = Path("data/models"),
     params: ParamsOption = DEFAULT_PARAMS,
     corpus: Annotated[Path, typer.Option(help="stage mode: corpus folder")] = Path("data/corpus"),
     audio_features: Annotated[Path, typer.Option(help="stage mode: audio.zarr")] = Path("data/features/audio.zarr"),
+    prosody: Annotated[Path, typer.Option(help="stage mode: prosody.zarr (each actor's voice baseline)")] = (
+        DEFAULT_PROSODY_STORE),
     report: Annotated[Path, typer.Option(help="stage mode: report JSON")] = Path("data/reports/generate.json"),
     sheet: Annotated[Path, typer.Option(help="stage mode: emotions contact sheet")] = Path(
         "data/reports/emotions_sheet.png"),
@@ -186,15 +200,15 @@ def generate(
         if image is None or audio is None or out is None:
             raise InputError(None, "photo mode needs --image, --audio and --out")
         summary = generate_from_photo(image, audio, out, models_dir, base, p, emotion, intensity,
-                                      device or base.device)
+                                      device or base.device, voice or ())
         typer.echo(json.dumps(summary))
         return
-    if emotion is not None or intensity is not None:
-        raise InputError(None, "--emotion/--intensity apply to photo mode (--image, --audio, --out)")
+    if emotion is not None or intensity is not None or voice:
+        raise InputError(None, "--emotion/--intensity/--voice apply to photo mode (--image, --audio, --out)")
     if device is not None:
         base = BaseParams(**{**as_dict(base), "device": device})
     summary = build_outputs(corpus, audio_features, models_dir, out or Path("data/outputs"), report, sheet, base, p,
-                            told_sheet=told_sheet)
+                            told_sheet=told_sheet, prosody_store=prosody)
     typer.echo(json.dumps({k: summary[k] for k in ("rows", "skipped_rows", "clips", "ms_per_frame")}))
 
 

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 
 from pipeline.audio_data import AudioBank
@@ -32,8 +33,12 @@ app = stage_app()
 
 
 def run_train_audio(corpus_dir: Path, audio_store: Path, model_out: Path, report: Path, losses_csv: Path,
-                    losses_png: Path, confusion_png: Path, base: BaseParams, p: TrainAudioParams, log=print) -> dict:
+                    losses_png: Path, confusion_png: Path, base: BaseParams, p: TrainAudioParams, log=print,
+                    prosody_store: Path = Path("data/features/prosody.zarr")) -> dict:
     """Align, train (or import), evaluate on the held-out actors; write checkpoint, report and pictures."""
+    if p.voice_baseline not in ("speaker", "default"):
+        raise InputError("params.yaml", f"train_audio.voice_baseline must be speaker or default, not "
+                                        f"{p.voice_baseline!r}")
     with torch_threads(p.threads):
         manifest = read_manifest(corpus_dir)
         train_clips, test_clips = real_clips(manifest, "train", 2), real_clips(manifest, "test", 2)
@@ -42,8 +47,12 @@ def run_train_audio(corpus_dir: Path, audio_store: Path, model_out: Path, report
                              "no held-out (test split) real clips to evaluate on")
         t0 = time.monotonic()
         with_mel = p.emotion_input == "mel" and not p.pretrained
-        train_bank = AudioBank.load(audio_store, train_clips, with_mel=with_mel)
-        test_bank = AudioBank.load(audio_store, test_clips, with_mel=with_mel)
+        voices = prosody_store if p.prosody_channels and not p.pretrained else None
+        train_bank = AudioBank.load(audio_store, train_clips, with_mel=with_mel, prosody_store=voices)
+        test_bank = AudioBank.load(audio_store, test_clips, with_mel=with_mel, prosody_store=voices)
+        if voices is not None and p.voice_baseline == "default":  # ablation: everyone gets the training average
+            for bank in (train_bank, test_bank):
+                bank.voices[:] = np.unique(train_bank.voices, axis=0).mean(axis=0)
         dtw_seconds = time.monotonic() - t0
         log(f"train_audio: {len(train_bank.warps) + len(test_bank.warps)} DTW alignments in {dtw_seconds:.1f}s")
         # alphabetical: on MEAD's eight emotions this is EVP's class order
@@ -81,6 +90,8 @@ def train_audio(
     params: ParamsOption = Path("params.yaml"),
     corpus: Annotated[Path, typer.Option(help="corpus folder")] = Path("data/corpus"),
     audio: Annotated[Path, typer.Option(help="audio feature store (MFCC windows)")] = Path("data/features/audio.zarr"),
+    prosody: Annotated[Path, typer.Option(help="prosody store (pitch, loudness, voice baselines)")] = Path(
+        "data/features/prosody.zarr"),
     out: Annotated[Path, typer.Option(help="checkpoint to write")] = Path("data/models/audio.pt"),
     report: Annotated[Path, typer.Option(help="held-out metrics JSON")] = Path("data/reports/audio.json"),
     losses: Annotated[Path, typer.Option(help="loss log CSV (DVC plot)")] = Path("data/reports/audio_losses.csv"),
@@ -90,7 +101,8 @@ def train_audio(
 ) -> None:
     """Train the audio content/emotion encoders (EVP disentanglement) or import EVP's weights; held-out report."""
     base, p = load_section("base", params), load_section("train_audio", params)
-    metrics = run_train_audio(corpus, audio, out, report, losses, losses_png, confusion_png, base, p)
+    metrics = run_train_audio(corpus, audio, out, report, losses, losses_png, confusion_png, base, p,
+                              prosody_store=prosody)
     typer.echo(json.dumps({k: metrics[k] for k in ("emotion_acc_from_ee", "emotion_acc_from_ec", "cross_rec_err")}))
 
 

@@ -21,6 +21,7 @@ from pipeline.config import BaseParams, TrainMemoryParams, load_section, with_fi
 from pipeline.errors import InputError
 from pipeline.fomm_report import write_report
 from pipeline.memory_train import train_memory_model
+from pipeline.prosody import DEFAULT_STORE as DEFAULT_PROSODY_STORE
 from pipeline.models.emmn import VARIANTS
 from pipeline.train import plot_loss_curves
 from stages.common import ParamsOption, one_line_errors, stage_app
@@ -30,12 +31,12 @@ app = stage_app()
 
 def run_train_memory(corpus_dir: Path, keypoints: Path, motion_store: Path, audio_store: Path, audio_model: Path,
                      motion_model: Path, model_out: Path, report: Path, losses_csv: Path, losses_png: Path,
-                     base: BaseParams, p: TrainMemoryParams) -> dict:
+                     base: BaseParams, p: TrainMemoryParams, prosody_store: Path = DEFAULT_PROSODY_STORE) -> dict:
     """Train, write the checkpoint, the report and the loss curves; return the report."""
     if p.variant not in VARIANTS:
         raise InputError("params.yaml", f"train_memory.variant must be one of {list(VARIANTS)}, not '{p.variant}'")
     summary = train_memory_model(corpus_dir, keypoints, motion_store, audio_store, audio_model, motion_model,
-                                 model_out, losses_csv, base, p)
+                                 model_out, losses_csv, base, p, prosody_store=prosody_store)
     write_report(summary, report)
     plot_loss_curves(losses_csv, losses_png, title=f"train_memory losses ({p.variant}, Eq. 14 terms unweighted)")
     return summary
@@ -51,6 +52,8 @@ def train_memory(
         "data/features/keypoints.zarr"),
     motion_store: Annotated[Path, typer.Option(help="motion.zarr (f_e, f_m)")] = Path("data/features/motion.zarr"),
     audio_store: Annotated[Path, typer.Option(help="audio.zarr (mfcc)")] = Path("data/features/audio.zarr"),
+    prosody_store: Annotated[Path, typer.Option(help="prosody.zarr (pitch, loudness, voice baselines)")] = (
+        DEFAULT_PROSODY_STORE),
     audio_model: Annotated[Path, typer.Option(help="audio.pt (frozen e_c / e_e encoders)")] = Path(
         "data/models/audio.pt"),
     motion_model: Annotated[Path, typer.Option(help="motion.pt (frozen D_em)")] = Path("data/models/motion.pt"),
@@ -64,7 +67,7 @@ def train_memory(
     if variant is not None:
         p = with_field(p, variant=variant)
     summary = run_train_memory(corpus, keypoints, motion_store, audio_store, audio_model, motion_model, out, report,
-                               losses, losses_png, base, p)
+                               losses, losses_png, base, p, prosody_store)
     typer.echo(json.dumps({k: summary[k] for k in ("slots_used", "align_kl", "retrieval_err", "keypoint_l1")}))
 
 

@@ -26,17 +26,18 @@ def write_tiny_fomm(path: Path, seed: int = 0) -> None:
                         step=0, metrics={})
 
 
-def write_tiny_emmn(path: Path, num_kp: int, seed: int = 0, variant: str = "emmn") -> None:
-    """An emmn.pt of tiny random modules: frozen audio encoders and D_em embedded, emotion table filled.
+def write_tiny_emmn(path: Path, num_kp: int, seed: int = 0, variant: str = "emmn", prosody: bool = False) -> None:
+    """An emmn.pt of tiny random modules: frozen audio encoders (with `prosody`, ones whose E_e also hears
+    voice-relative prosody) and D_em embedded, emotion table filled.
 
     D_em's output layer starts at zero (an untrained decoder returns the neutral keypoints); it gets small
     random weights here so the predicted keypoints move with the audio, as a trained one's do.
     """
     from pipeline.models.emmn import EmmnConfig, EmmnNet, save_emmn
     from pipeline.models.motion import MotionConfig, init_motion
-    from tests.memory_fixtures import tiny_audio
+    from tests.memory_fixtures import tiny_audio, tiny_prosody_audio
 
-    audio = tiny_audio(seed)  # the memory tests' tiny frozen audio encoders
+    audio = (tiny_prosody_audio if prosody else tiny_audio)(seed)  # the memory tests' tiny frozen audio encoders
     audio_ckpt = {"model": {"evp_audio": audio.state_dict()},
                   "config": {"arch": "evp_audio", "model": audio.config.to_dict()}, "step": 0, "metrics": {}}
     motion = init_motion(MotionConfig(num_kp=num_kp, expression_dim=8, mouth_dim=4, hidden=16, layers=1), seed)

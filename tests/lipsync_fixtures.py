@@ -17,3 +17,13 @@ def tiny_audio(tiny_corpus, tmp_path_factory) -> tuple[Path, Path]:
     store = tmp_path_factory.mktemp("features") / "audio.zarr"
     build_audio_features(tiny_corpus, store, tiny_section("base"), tiny_section("audio_features"))
     return tiny_corpus, store
+
+
+@pytest.fixture(scope="session")
+def tiny_prosody(tiny_corpus, tmp_path_factory) -> Path:
+    """prosody.zarr of the tiny profile (pitch, loudness, each actor's voice baseline)."""
+    from stages.prosody import build_prosody
+
+    store = tmp_path_factory.mktemp("features") / "prosody.zarr"
+    build_prosody(tiny_corpus, store, tiny_section("base"), tiny_section("prosody"))
+    return store

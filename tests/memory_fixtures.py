@@ -32,6 +32,16 @@ def tiny_audio(seed: int = 0) -> AudioEncoders:
     return AudioEncoders(config).eval()
 
 
+def tiny_prosody_audio(seed: int = 0) -> AudioEncoders:
+    """tiny_audio with a prosody branch (E_e also hears pitch/loudness relative to the voice baseline)."""
+    torch.manual_seed(seed)
+    config = AudioConfig.scaled(1 / 16, emotions=EMOTIONS, content_dim=8, emotion_dim=6, temporal_channels=8,
+                                prosody_channels=4)
+    model = AudioEncoders(config)
+    model.set_voice_default(torch.tensor([80.0, -22.0]))
+    return model.eval()
+
+
 def tiny_motion(seed: int = 0) -> MotionNet:
     torch.manual_seed(seed)
     net = MotionNet(MotionConfig(num_kp=NUM_KP, expression_dim=6, mouth_dim=4, hidden=16, layers=1))
@@ -118,7 +128,7 @@ def build_stores(root: Path, motion: MotionNet, *, frames: int = 20, seed: int =
     _per_frame_store(corpus / "frames.zarr", ids, lengths, {"frames": np.zeros((total, 4, 4, 3), np.uint8)})
     _add_arrays(corpus / "frames.zarr", {"reference_frames": images, "reference_actor": np.array(list(actors))})
     paths = {"corpus": corpus, "keypoints": root / "keypoints.zarr", "motion": root / "motion.zarr",
-             "audio": root / "audio.zarr"}
+             "audio": root / "audio.zarr", "prosody": root / "prosody.zarr"}
     _per_frame_store(paths["keypoints"], ids, lengths, {"value": value, "jacobian": jacobian})
     order = ["A3", "A1", "A2"]  # a different actor order than the frames store: lookups must go by name
     _add_arrays(paths["keypoints"], {"reference_value": np.stack([neutral[a][0] for a in order]),
@@ -126,4 +136,12 @@ def build_stores(root: Path, motion: MotionNet, *, frames: int = 20, seed: int =
                                      "reference_actor": np.array(order)})
     _per_frame_store(paths["motion"], ids, lengths, {"f_e": f_e, "f_m": f_m})
     _per_frame_store(paths["audio"], ids, lengths, {"mfcc": mfcc})
+    # prosody: each actor's voice pitch plus the emotion's offset, voiced throughout; voices as the stage writes them
+    voices = {"A1": [80.0, -22.0], "A2": [90.0, -22.0], "A3": [70.0, -22.0]}
+    prosody = np.zeros((total, 4, 3), np.float32)
+    for clip in clips.itertuples():
+        s = slice(clip.start, clip.stop)
+        prosody[s] = [voices[clip.actor][0] + 20 * offsets[clip.emotion], 1.0, -22.0 + 20 * offsets[clip.emotion]]
+    _per_frame_store(paths["prosody"], ids, lengths, {"prosody": prosody})
+    zarr.open_group(paths["prosody"], mode="a").attrs["voices"] = voices
     return paths

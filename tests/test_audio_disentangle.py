@@ -34,7 +34,7 @@ from pipeline.models.audio import (
     load_official_evp_audio,
 )
 from tests.conftest import tiny_section
-from tests.lipsync_fixtures import tiny_audio  # noqa: F401  (session fixture)
+from tests.lipsync_fixtures import tiny_audio, tiny_prosody  # noqa: F401  (session fixtures)
 from tests.test_lipsync_models import checksums, recipe_state_dict
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -344,7 +344,7 @@ def test_batchnorm_recalibration_uses_exact_batch_statistics(tiny_bank):
 
     bank = tiny_bank
     emotions = tuple(sorted({str(e) for e in bank.emotions}))
-    p = tiny_section("train_audio", bn_recalibration_batches=1, emotion_input="mfcc")
+    p = tiny_section("train_audio", bn_recalibration_batches=1, emotion_input="mfcc", prosody_channels=0)
     torch.manual_seed(0)
     model = AudioEncoders(audio_config(p, emotions))
     model.set_standardization(*mfcc_statistics(bank))
@@ -374,13 +374,13 @@ def stage_paths(root: Path) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def trained_audio(tiny_audio, tmp_path_factory):  # noqa: F811
+def trained_audio(tiny_audio, tiny_prosody, tmp_path_factory):  # noqa: F811
     from stages.train_audio import run_train_audio
 
     corpus, store = tiny_audio
     paths = stage_paths(tmp_path_factory.mktemp("train_audio"))
     metrics = run_train_audio(corpus, store, base=tiny_section("base"), p=tiny_section("train_audio"),
-                              log=lambda *_: None, **paths)
+                              log=lambda *_: None, prosody_store=tiny_prosody, **paths)
     return corpus, store, paths, metrics
 
 
@@ -400,6 +400,8 @@ def test_stage_writes_checkpoint_report_and_pictures(trained_audio):
     assert set(report["per_emotion_acc_from_ee"]) == {"happy", "neutral", "sad", "surprised"}
     model = load_audio_encoders(paths["model_out"])
     assert model.emotions == ["happy", "neutral", "sad", "surprised"] and not model.training
+    assert model.needs_prosody and 0 <= report["emotion_acc_from_ee_default_voice"] <= 1
+    assert model.voice_default[0] > 12 * np.log2(60)  # the training voices' mean f0 in semitones, not zeros
     rows = read_loss_csv(paths["losses_csv"])
     assert [r["step"] for r in rows] == [2, 4, 6]
     assert {"total", "self_rec", "cross_rec", "content", "classification", "train_accuracy"} <= set(rows[0])
@@ -408,7 +410,7 @@ def test_stage_writes_checkpoint_report_and_pictures(trained_audio):
         assert image is not None and image.shape[0] > 100
 
 
-def test_stage_metrics_are_reproducible_from_the_checkpoint(trained_audio):
+def test_stage_metrics_are_reproducible_from_the_checkpoint(trained_audio, tiny_prosody):  # noqa: F811
     from pipeline.audio_eval import evaluate_audio
     from pipeline.lipsync_data import read_manifest, real_clips
 
@@ -416,15 +418,15 @@ def test_stage_metrics_are_reproducible_from_the_checkpoint(trained_audio):
     manifest = read_manifest(corpus)
     p = tiny_section("train_audio")
     with_mel = p.emotion_input == "mel"
-    train = AudioBank.load(store, real_clips(manifest, "train", 2), with_mel=with_mel)
-    test = AudioBank.load(store, real_clips(manifest, "test", 2), with_mel=with_mel)
+    train = AudioBank.load(store, real_clips(manifest, "train", 2), with_mel=with_mel, prosody_store=tiny_prosody)
+    test = AudioBank.load(store, real_clips(manifest, "test", 2), with_mel=with_mel, prosody_store=tiny_prosody)
     again, _ = evaluate_audio(load_audio_encoders(paths["model_out"]), train, test, seed=tiny_section("base").seed,
                               eval_quads_count=p.eval_quads, probe_alphas=p.probe_alphas)
     for key in ("emotion_acc_from_ee", "emotion_acc_from_ec", "cross_rec_err"):
         assert again[key] == metrics[key]
 
 
-def test_stage_resumes_where_it_stopped(trained_audio, tmp_path):
+def test_stage_resumes_where_it_stopped(trained_audio, tiny_prosody, tmp_path):  # noqa: F811
     import shutil
 
     from pipeline.train import read_loss_csv
@@ -435,7 +437,8 @@ def test_stage_resumes_where_it_stopped(trained_audio, tmp_path):
     shutil.copy(paths["model_out"], resumed["model_out"])
     shutil.copy(paths["losses_csv"], resumed["losses_csv"])
     p = tiny_section("train_audio", resume=True, steps=8)
-    metrics = run_train_audio(corpus, store, base=tiny_section("base"), p=p, log=lambda *_: None, **resumed)
+    metrics = run_train_audio(corpus, store, base=tiny_section("base"), p=p, log=lambda *_: None,
+                              prosody_store=tiny_prosody, **resumed)
     assert metrics["steps"] == 8
     rows = read_loss_csv(resumed["losses_csv"])
     assert [r["step"] for r in rows] == [2, 4, 6, 8]
@@ -443,17 +446,19 @@ def test_stage_resumes_where_it_stopped(trained_audio, tmp_path):
 
 
 @pytest.mark.parametrize("emotion_input", ["mfcc", "mel"])
-def test_losses_fall_when_fitting_one_batch(tiny_audio, emotion_input):  # noqa: F811
+def test_losses_fall_when_fitting_one_batch(tiny_audio, tiny_prosody, emotion_input):  # noqa: F811
     from pipeline.audio_train import audio_config, disentanglement_losses, mfcc_statistics
     from pipeline.lipsync_data import read_manifest, real_clips
 
     corpus, store = tiny_audio
-    bank = AudioBank.load(store, real_clips(read_manifest(corpus), "train", 2), with_mel=emotion_input == "mel")
+    bank = AudioBank.load(store, real_clips(read_manifest(corpus), "train", 2), with_mel=emotion_input == "mel",
+                          prosody_store=tiny_prosody)
     emotions = tuple(sorted({str(e) for e in bank.emotions}))
     p = tiny_section("train_audio", emotion_input=emotion_input)
     torch.manual_seed(0)
     model = AudioEncoders(audio_config(p, emotions))
     model.set_standardization(*mfcc_statistics(bank))
+    assert model.needs_prosody
     batch = sample_batch(bank, bank.labels(emotions), np.random.default_rng(0), p.batch_quads, p.segment_frames,
                          p.emotion_frames, p.cross_actor_prob, emotion_input)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -468,14 +473,17 @@ def test_losses_fall_when_fitting_one_batch(tiny_audio, emotion_input):  # noqa:
         assert history[-1][key] < 0.8 * history[0][key], key
 
 
-def test_stage_with_mel_emotion_input(tiny_audio, tmp_path):  # noqa: F811
+def test_stage_with_mel_emotion_input_and_no_prosody(tiny_audio, tmp_path):  # noqa: F811
     from stages.train_audio import run_train_audio
 
     corpus, store = tiny_audio
     paths = stage_paths(tmp_path)
-    metrics = run_train_audio(corpus, store, base=tiny_section("base"),
-                              p=tiny_section("train_audio", steps=2, emotion_input="mel"), log=lambda *_: None, **paths)
-    assert load_audio_encoders(paths["model_out"]).needs_mel and metrics["steps"] == 2
+    metrics = run_train_audio(corpus, store, base=tiny_section("base"), log=lambda *_: None,
+                              p=tiny_section("train_audio", steps=2, emotion_input="mel", prosody_channels=0),
+                              prosody_store=tmp_path / "absent.zarr", **paths)  # not read without prosody
+    model = load_audio_encoders(paths["model_out"])
+    assert model.needs_mel and not model.needs_prosody and metrics["steps"] == 2
+    assert "emotion_acc_from_ee_default_voice" not in metrics
     assert np.isfinite(metrics["cross_rec_err"])
 
 

@@ -266,6 +266,46 @@ def test_bad_input_is_one_line_exit_2_and_no_mp4(params_file, tiny_models, input
     assert not out_dir.exists() or not any(out_dir.iterdir())
 
 
+def test_voice_recordings_set_the_baseline_the_emotion_is_heard_against(params_file, tiny_models, inputs, tmp_path):
+    import shutil
+
+    from pipeline.fomm_io import frames_to_tensor
+    from pipeline.generate import load_animator, predict_keypoints, reference_keypoints
+    from pipeline.prosody import frame_prosody, measure_voice
+    from tests.generate_fixtures import write_tiny_emmn
+
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(tiny_models / "fomm.pt", models / "fomm.pt")
+    write_tiny_emmn(models / "emmn.pt", num_kp=tiny_section("train_fomm").num_kp, prosody=True)
+    animator = load_animator(models / "emmn.pt", models / "fomm.pt", torch.device("cpu"))
+    assert animator.emmn.needs_prosody
+    crop = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    kp_neu = reference_keypoints(animator, crop)
+    samples = speech_like(1.0, SR)
+    mfcc, prosody = mfcc_windows(samples, 25, 0, 25), frame_prosody(samples, 25, 25.0, SR)
+    voice = measure_voice([inputs["speech"]], 25.0, SR)
+    np.testing.assert_allclose(voice[0], 12 * np.log2(140.0), atol=0.3)  # speech_like's 140 Hz source
+    value = {name: predict_keypoints(animator.emmn, frames_to_tensor(crop[None], 64), mfcc, kp_neu, None, 1.0,
+                                     None, prosody, v)[0]
+             for name, v in (("default", None), ("own", voice), ("higher voice", voice + [7.0, 0.0]))}
+    assert np.abs(value["own"] - value["higher voice"]).max() > 1e-5  # the same speech, heard lower than the voice
+    assert np.abs(value["own"] - value["default"]).max() > 1e-5
+    out = tmp_path / "o.mp4"
+    result = _generate(params_file, models, inputs["photo"], inputs["speech"], out, "--voice", str(inputs["speech"]),
+                       "--voice", str(inputs["stereo44k"]))
+    assert result.exit_code == 0, result.output
+    assert '"voice": [' in result.output and has_audio_stream(out)
+    missing = tmp_path / "nobody.wav"
+    result = _generate(params_file, models, inputs["photo"], inputs["speech"], tmp_path / "x.mp4", "--voice",
+                       str(missing))
+    assert result.exit_code == 2 and f"{missing}: voice recording not found" in result.output
+    assert not (tmp_path / "x.mp4").exists()
+    result = _generate(params_file, models, inputs["photo"], inputs["speech"], tmp_path / "y.mp4", "--voice",
+                       str(inputs["silent"]))
+    assert result.exit_code == 2 and "no voiced speech" in result.output and not (tmp_path / "y.mp4").exists()
+
+
 def test_block_by_block_generation_equals_one_pass(tiny_models, inputs):
     """Blocks with the decoder's context on both sides and the filter's state carried over give the video a
     single block gives (with a fixed emotion; from the audio, e_e is pooled per block by design)."""

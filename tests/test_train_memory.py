@@ -22,9 +22,10 @@ from pipeline.models.emmn import load_emmn
 from pipeline.train import read_loss_csv, torch_threads
 from stages.train_memory import app, run_train_memory
 from tests.conftest import tiny_section
-from tests.lipsync_fixtures import tiny_audio  # noqa: F401  (fixture)
+from tests.lipsync_fixtures import tiny_audio, tiny_prosody  # noqa: F401  (fixtures)
 from tests.memory_fixtures import NUM_KP, build_stores, save_audio, save_motion, tiny_motion
 from tests.memory_fixtures import tiny_audio as tiny_audio_encoders
+from tests.memory_fixtures import tiny_prosody_audio
 from tests.motion_fixtures import motion_inputs  # noqa: F401  (fixture)
 
 BASE = BaseParams(seed=3, device="cpu", workers=0)
@@ -167,6 +168,32 @@ def test_train_memory_end_to_end(stores, tmp_path, variant):
         assert all(r["a2m"] == 0 for r in rows)
 
 
+def test_an_encoder_that_hears_prosody_hears_each_clip_against_its_actors_voice(stores, tmp_path):
+    audio = tiny_prosody_audio()
+    data = load_memory_data(stores["corpus"], stores["keypoints"], stores["motion"], stores["audio"],
+                            prosody=stores["prosody"])
+    assert data.prosody.shape == (len(data.mfcc), 4, 3)
+    np.testing.assert_allclose(data.voices[data.actors.index("A2")], [90.0, -22.0])
+    save_audio(audio, tmp_path / "audio.pt")
+    p = with_field(tiny_section("train_memory"), max_minutes=0)
+    report = run_train_memory(stores["corpus"], stores["keypoints"], stores["motion"], stores["audio"],
+                              tmp_path / "audio.pt", stores["motion_model"], tmp_path / "emmn.pt", tmp_path / "m.json",
+                              tmp_path / "m.csv", tmp_path / "m.png", BASE, p, prosody_store=stores["prosody"])
+    assert np.isfinite(report["retrieval_err"])
+    model = load_emmn(tmp_path / "emmn.pt")
+    trainer = MemoryTrainer(model, data, p, torch.device("cpu"))
+    k = int(np.flatnonzero(data.clips.clip_id == "A2_happy_1")[0])
+    a, b = int(data.clips.start.iloc[k]), int(data.clips.stop.iloc[k])
+    mfcc, prosody = torch.from_numpy(data.mfcc[None, a:b]), torch.from_numpy(data.prosody[None, a:b])
+    own = model.encode_emotion(mfcc, prosody=prosody, voice=torch.tensor([[90.0, -22.0]]))
+    torch.testing.assert_close(trainer.clip_emotion[k], own[0])
+    assert not torch.allclose(own, model.encode_emotion(mfcc, prosody=prosody))  # the default voice differs
+    with pytest.raises(InputError, match="absent.zarr: not a Zarr store"):
+        run_train_memory(stores["corpus"], stores["keypoints"], stores["motion"], stores["audio"],
+                         tmp_path / "audio.pt", stores["motion_model"], tmp_path / "x.pt", tmp_path / "x.json",
+                         tmp_path / "x.csv", tmp_path / "x.png", BASE, p, prosody_store=tmp_path / "absent.zarr")
+
+
 def test_read_temperature_sweep_rescores_at_each_tau_and_restores_the_config(stores, tmp_path):
     """Row None = the trained model as memory.json scored it; a smaller tau sharpens the address (lower
     perplexity) and moves the read-out (another retrieval error); the model keeps its own config after."""
@@ -204,7 +231,7 @@ def test_cli_bad_variant_is_a_one_line_error(stores, tmp_path):
 
 
 @pytest.mark.slow
-def test_train_memory_on_the_tiny_pipeline(motion_inputs, tiny_audio, tmp_path):  # noqa: F811 (fixtures)
+def test_train_memory_on_the_tiny_pipeline(motion_inputs, tiny_audio, tiny_prosody, tmp_path):  # noqa: F811
     """The real upstream workers on the tiny corpus (FOMM keypoints, train_motion, decompose, audio features,
     train_audio), then train_memory: the stores and checkpoints they write are what this stage reads."""
     from stages.decompose import build_motion_store
@@ -220,11 +247,11 @@ def test_train_memory_on_the_tiny_pipeline(motion_inputs, tiny_audio, tmp_path):
                        tiny_section("decompose"))
     run_train_audio(corpus, audio_store, tmp_path / "audio.pt", tmp_path / "audio.json", tmp_path / "audio.csv",
                     tmp_path / "audio.png", tmp_path / "confusion.png", base, tiny_section("train_audio"),
-                    log=lambda *_: None)
+                    log=lambda *_: None, prosody_store=tiny_prosody)
     report = run_train_memory(corpus, motion_inputs["keypoints"], tmp_path / "motion.zarr", audio_store,
                               tmp_path / "audio.pt", tmp_path / "motion.pt", tmp_path / "emmn.pt",
                               tmp_path / "memory.json", tmp_path / "memory.csv", tmp_path / "memory.png", base,
-                              tiny_section("train_memory"))
+                              tiny_section("train_memory"), prosody_store=tiny_prosody)
     assert 1.0 <= report["slots_used"] <= tiny_section("train_memory").slots
     assert report["align_kl"] >= 0 and report["retrieval_err"] > 0
     model = load_emmn(tmp_path / "emmn.pt")
@@ -232,5 +259,6 @@ def test_train_memory_on_the_tiny_pipeline(motion_inputs, tiny_audio, tmp_path):
     n = model.config.num_kp
     out = model.predict(torch.rand(1, 3, 64, 64), torch.randn(1, frames, 28, 12), torch.zeros(1, n, 2),
                         torch.eye(2).expand(1, n, 2, 2),
-                        mel=torch.randn(1, frames, 80, 16) if model.needs_mel else None)
-    assert out["value"].shape == (1, frames, n, 2)
+                        mel=torch.randn(1, frames, 80, 16) if model.needs_mel else None,
+                        prosody=torch.rand(1, frames, 4, 3) if model.needs_prosody else None)
+    assert out["value"].shape == (1, frames, n, 2) and model.needs_prosody

@@ -15,6 +15,9 @@ see checkpoint-specs/evp_audio.json), authors' spellings included:
   Option (`emotion_input: mel`, not EVP): E_e reads the Wav2Lip mel windows [80,16] instead (`emo_mel`, a
   1-D conv front over the mel sequence, then the same temporal stack). MFCC without c0 keeps neither
   loudness nor pitch (12 cepstra of 26 bands do not resolve harmonics); the mel spectrogram keeps both.
+  Option (`prosody_channels` > 0, not EVP): a third input, pitch and loudness per 10 ms relative to the
+  speaker's voice baseline (pipeline.prosody), through its own conv branch (`emo_prosody`), mean+std pooled
+  beside the temporal stack into `emo_pool_fc`. Without a baseline the training speakers' average is used.
 * `decoder` (D): [e_c, e_e] as [C,1,1] -> transposed convs (4x4, 8x6, 16x12, 28x12, 28x12) -> tanh x 90.
 * `classify.last_fc`: e_e -> emotion logits.
 
@@ -40,6 +43,8 @@ from torch import nn
 from pipeline.checkpoints import load_file, load_strict, strip_prefix
 from pipeline.errors import CheckpointError, InputError
 from pipeline.models.wav2lip import config_from_dict, scale_channels
+from pipeline.prosody import CHANNELS as PROSODY_CHANNELS
+from pipeline.prosody import relative_prosody
 
 WINDOW_ROWS, WINDOW_COEFFS = 28, 12
 MEL_BINS, MEL_STEPS = 80, 16
@@ -73,6 +78,8 @@ class AudioConfig:
     temporal_channels: int = 0  # 0: e_e = mean of window embeddings (EVP); > 0: temporal conv stack width
     temporal_layers: int = 2
     temporal_kernel: int = 5
+    prosody_channels: int = 0  # not EVP: > 0 adds a conv branch over voice-relative pitch and loudness (pooled like
+    # the temporal stack); needs temporal_channels > 0
 
     def __post_init__(self) -> None:
         lengths = {"content_channels": 5, "emotion_channels": 4, "decoder_channels": 4}
@@ -88,6 +95,8 @@ class AudioConfig:
             raise InputError(None, f"AudioConfig.emotion_stride must be in 1..7, got {self.emotion_stride}")
         if self.temporal_channels < 0 or (self.temporal_channels and self.temporal_layers < 1):
             raise InputError(None, "AudioConfig: temporal_channels >= 0, and temporal_layers >= 1 when it is > 0")
+        if self.prosody_channels < 0 or (self.prosody_channels and not self.temporal_channels):
+            raise InputError(None, "AudioConfig: prosody_channels >= 0, and it needs temporal_channels > 0")
         if self.temporal_kernel % 2 == 0:
             raise InputError(None, f"AudioConfig.temporal_kernel must be odd, got {self.temporal_kernel}")
 
@@ -176,6 +185,33 @@ class MelEmotionNet(nn.Module):
         return self.mel_eocder(sequence).transpose(1, 2)
 
 
+class ProsodyNet(nn.Module):
+    """Not EVP: voice-relative prosody [B,T,4,3] (pipeline.prosody.relative_prosody) as a 100 Hz sequence [3,4T]
+    -> dilated 1-D conv units, two max-pools -> [B,prosody_channels,~T]: pitch level, range and movement,
+    loudness and its rhythm, relative to the speaker."""
+
+    def __init__(self, config: AudioConfig):
+        super().__init__()
+        width = config.prosody_channels
+
+        def unit(cin: int, dilation: int) -> list[nn.Module]:
+            return [nn.Conv1d(cin, width, 5, padding=2 * dilation, dilation=dilation, bias=False),
+                    nn.BatchNorm1d(width), nn.ReLU(True)]
+
+        self.units = nn.Sequential(*unit(PROSODY_CHANNELS + 1, 1), nn.MaxPool1d(2, ceil_mode=True),
+                                   *unit(width, 2), nn.MaxPool1d(2, ceil_mode=True), *unit(width, 4))
+
+    def forward(self, relative: torch.Tensor) -> torch.Tensor:
+        b = relative.shape[0]
+        return self.units(relative.reshape(b, -1, PROSODY_CHANNELS + 1).transpose(1, 2))
+
+
+def mean_std_pool(h: torch.Tensor) -> torch.Tensor:
+    """[B,C,T] -> [B,2C]: mean and (biased) standard deviation over time (0 for a single step)."""
+    std = h.std(dim=2, unbiased=False) if h.shape[2] > 1 else torch.zeros_like(h[:, :, 0])
+    return torch.cat([h.mean(dim=2), std], dim=1)
+
+
 class Decoder(nn.Module):
     """EVP `Decoder`: [content, emotion] -> a [1,28,12] MFCC window, `output_scale * tanh`."""
 
@@ -246,7 +282,13 @@ class AudioEncoders(nn.Module):
                            nn.BatchNorm1d(config.temporal_channels), nn.ReLU(True)]
                 cin = config.temporal_channels
             self.emo_temporal = nn.Sequential(*layers)
-            self.emo_pool_fc = nn.Sequential(nn.Linear(2 * config.temporal_channels, config.emotion_dim), nn.ReLU(True))
+            pooled = 2 * config.temporal_channels
+            if config.prosody_channels:
+                self.emo_prosody = ProsodyNet(config)
+                pooled += 2 * config.prosody_channels
+                # the voice baseline assumed when the caller knows none: the training speakers' average
+                self.register_buffer("voice_default", torch.zeros(2))
+            self.emo_pool_fc = nn.Sequential(nn.Linear(pooled, config.emotion_dim), nn.ReLU(True))
 
     def set_standardization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Per-coefficient MFCC statistics of the training data (models with `standardize`)."""
@@ -288,15 +330,32 @@ class AudioEncoders(nn.Module):
         b, t = mfcc.shape[:2]
         return self.emo_encoder(mfcc.reshape(b * t, 1, WINDOW_ROWS, WINDOW_COEFFS)).view(b, t, -1)
 
-    def encode_emotion(self, mfcc: torch.Tensor | None, mel: torch.Tensor | None = None) -> torch.Tensor:
+    @property
+    def needs_prosody(self) -> bool:
+        return bool(self.config.prosody_channels)
+
+    def set_voice_default(self, voice: torch.Tensor) -> None:
+        """The voice baseline (f0 semitones, energy dB) used when `encode_emotion` is given none."""
+        self.voice_default.copy_(torch.as_tensor(voice, dtype=torch.float32))
+
+    def encode_emotion(self, mfcc: torch.Tensor | None, mel: torch.Tensor | None = None,
+                       prosody: torch.Tensor | None = None, voice: torch.Tensor | None = None) -> torch.Tensor:
         """e_e of each utterance: MFCC windows [B,T,28,12] (or, emotion_input mel, mel windows [B,T,80,16],
-        the Wav2Lip mel of the same frames) -> [B,emotion_dim] (non-negative)."""
+        the Wav2Lip mel of the same frames) [+ with prosody_channels, prosody [B,T,4,3] of the same frames
+        and the speaker's voice baseline [B,2]; None or a NaN row: unknown, `voice_default` stands in and the
+        branch is told so] -> [B,emotion_dim] (non-negative)."""
         per_window = self.window_emotions(mfcc, mel)
         if not self.config.temporal_channels:
             return per_window.mean(dim=1)
-        h = self.emo_temporal(per_window.transpose(1, 2))  # [B,C,T']
-        std = h.std(dim=2, unbiased=False) if h.shape[2] > 1 else torch.zeros_like(h[:, :, 0])
-        return self.emo_pool_fc(torch.cat([h.mean(dim=2), std], dim=1))
+        pooled = [mean_std_pool(self.emo_temporal(per_window.transpose(1, 2)))]  # [B,2C]
+        if self.needs_prosody:
+            if prosody is None:
+                raise InputError(None, "this model's E_e hears prosody (prosody_channels > 0): pass prosody "
+                                       "[B,T,4,3] (pipeline.prosody.frame_prosody)")
+            unknown = torch.full((prosody.shape[0], 2), float("nan"), dtype=prosody.dtype, device=prosody.device)
+            voice = unknown if voice is None else voice.to(prosody)
+            pooled.append(mean_std_pool(self.emo_prosody(relative_prosody(prosody, voice, self.voice_default))))
+        return self.emo_pool_fc(torch.cat(pooled, dim=1))
 
     def decode(self, content: torch.Tensor, emotion: torch.Tensor) -> torch.Tensor:
         """D(e_c, e_e): e_c [B,T,content_dim], e_e [B,emotion_dim] (the same for all T) -> [B,T,28,12]."""

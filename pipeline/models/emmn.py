@@ -286,12 +286,19 @@ class EmmnNet(nn.Module):
         """True when the frozen emotion encoder reads the Wav2Lip mel windows (AudioConfig.emotion_input mel)."""
         return bool(getattr(self.audio, "needs_mel", False))
 
+    @property
+    def needs_prosody(self) -> bool:
+        """True when the frozen emotion encoder also hears voice-relative prosody (AudioConfig.prosody_channels)."""
+        return bool(getattr(self.audio, "needs_prosody", False))
+
     @torch.no_grad()
-    def encode_audio(self, mfcc: torch.Tensor, window: int | None = None, mel: torch.Tensor | None = None
+    def encode_audio(self, mfcc: torch.Tensor, window: int | None = None, mel: torch.Tensor | None = None,
+                     prosody: torch.Tensor | None = None, voice: torch.Tensor | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        """mfcc (B, T, 28, 12) [+ mel (B, T, 80, 16) when `needs_mel`] -> e_c (B, T, C) and e_e (B, E), window by
-        window (memory bounded for any T); see `encode_content` and `encode_emotion`."""
-        return self.encode_content(mfcc, window), self.encode_emotion(mfcc, window, mel)
+        """mfcc (B, T, 28, 12) [+ mel (B, T, 80, 16) when `needs_mel`; + prosody (B, T, 4, 3) and optionally the
+        voice baseline (B, 2) when `needs_prosody`] -> e_c (B, T, C) and e_e (B, E), window by window (memory
+        bounded for any T); see `encode_content` and `encode_emotion`."""
+        return self.encode_content(mfcc, window), self.encode_emotion(mfcc, window, mel, prosody, voice)
 
     @torch.no_grad()
     def encode_content(self, mfcc: torch.Tensor, window: int | None = None) -> torch.Tensor:
@@ -307,20 +314,24 @@ class EmmnNet(nn.Module):
         return torch.cat(contents, dim=1)
 
     @torch.no_grad()
-    def encode_emotion(self, mfcc: torch.Tensor, window: int | None = None, mel: torch.Tensor | None = None
-                       ) -> torch.Tensor:
+    def encode_emotion(self, mfcc: torch.Tensor, window: int | None = None, mel: torch.Tensor | None = None,
+                       prosody: torch.Tensor | None = None, voice: torch.Tensor | None = None) -> torch.Tensor:
         """e_e (B, E): the frozen emotion encoder pooled over windows of about `window` frames (the clip is cut into
-        equal windows so none is a sliver), averaged over them weighted by length."""
+        equal windows so none is a sliver), averaged over them weighted by length. `voice` None: the encoder's
+        default baseline (the training speakers' average)."""
         if self.needs_mel and mel is None:
             raise InputError(None, "this model's emotion encoder reads mel windows: pass mel (B, T, 80, 16)")
+        if self.needs_prosody and prosody is None:
+            raise InputError(None, "this model's emotion encoder hears prosody: pass prosody (B, T, 4, 3)")
         window = window or self.config.window
         total = mfcc.shape[1]
         pieces = max(1, round(total / window))
         bounds = [round(i * total / pieces) for i in range(pieces + 1)]
         emotion = 0
         for lo, hi in zip(bounds[:-1], bounds[1:]):
-            part = (self.audio.encode_emotion(mfcc[:, lo:hi], mel[:, lo:hi]) if self.needs_mel
-                    else self.audio.encode_emotion(mfcc[:, lo:hi]))
+            extra = (prosody[:, lo:hi], voice) if self.needs_prosody else ()
+            part = (self.audio.encode_emotion(mfcc[:, lo:hi], mel[:, lo:hi], *extra) if self.needs_mel
+                    else self.audio.encode_emotion(mfcc[:, lo:hi], None, *extra))
             emotion = emotion + part * ((hi - lo) / total)
         return emotion
 
@@ -389,9 +400,11 @@ class EmmnNet(nn.Module):
     @torch.no_grad()
     def predict(self, image: torch.Tensor, mfcc: torch.Tensor, value_neu: torch.Tensor, jacobian_neu: torch.Tensor,
                 *, emotion: str | None = None, intensity: float = 1.0, window: int | None = None,
-                mel: torch.Tensor | None = None) -> dict[str, torch.Tensor | None]:
+                mel: torch.Tensor | None = None, prosody: torch.Tensor | None = None,
+                voice: torch.Tensor | None = None) -> dict[str, torch.Tensor | None]:
         """Inference on audio of any length: image (B, 3, H, W) in [0, 1], mfcc (B, T, 28, 12), p_neu (B, N, 2),
-        j_neu (B, N, 2, 2) [, mel (B, T, 80, 16): needed only when `needs_mel` and no `emotion` is given]
+        j_neu (B, N, 2, 2) [, mel (B, T, 80, 16): needed only when `needs_mel` and no `emotion` is given; prosody
+        (B, T, 4, 3) likewise when `needs_prosody`, with the speaker's voice baseline (B, 2) if known]
         -> {value (B, T, N, 2), jacobian (B, T, N, 2, 2), mouth (B, T, mouth_dim) f^_m,
         emotion (B, emotion_dim) e_e, expression (B, T, expression_dim) f^_e;em, slot_weights (B, T, S) Omega_em}
         (the last two None for the baseline).
@@ -410,7 +423,9 @@ class EmmnNet(nn.Module):
         if emotion is not None:  # a bad name or intensity fails before any work
             e_e = self.emotion_embedding(emotion, intensity).to(device)[None].expand(mfcc.shape[0], -1)
         else:  # pooled at the training time scale (config.window), whatever `window` the caller computes in
-            e_e = self.encode_emotion(mfcc, mel=None if mel is None else mel.to(device))
+            e_e = self.encode_emotion(mfcc, mel=None if mel is None else mel.to(device),
+                                      prosody=None if prosody is None else prosody.to(device),
+                                      voice=None if voice is None else voice.to(device))
         content = self.encode_content(mfcc, window)
         identity = self.identity_encoder(image)
         total, margin, parts = mfcc.shape[1], self.config.context, []
