@@ -17,7 +17,8 @@ see checkpoint-specs/evp_audio.json), authors' spellings included:
   loudness nor pitch (12 cepstra of 26 bands do not resolve harmonics); the mel spectrogram keeps both.
   Option (`prosody_channels` > 0, not EVP): a third input, pitch and loudness per 10 ms relative to the
   speaker's voice baseline (pipeline.prosody), through its own conv branch (`emo_prosody`), mean+std pooled
-  beside the temporal stack into `emo_pool_fc`. Without a baseline the training speakers' average is used.
+  beside the temporal stack into `emo_pool_fc`. Without a baseline the training speakers' average stands in,
+  and a fourth channel tells the branch so.
 * `decoder` (D): [e_c, e_e] as [C,1,1] -> transposed convs (4x4, 8x6, 16x12, 28x12, 28x12) -> tanh x 90.
 * `classify.last_fc`: e_e -> emotion logits.
 
@@ -186,9 +187,9 @@ class MelEmotionNet(nn.Module):
 
 
 class ProsodyNet(nn.Module):
-    """Not EVP: voice-relative prosody [B,T,4,3] (pipeline.prosody.relative_prosody) as a 100 Hz sequence [3,4T]
+    """Not EVP: voice-relative prosody [B,T,4,4] (pipeline.prosody.relative_prosody) as a 100 Hz sequence [4,4T]
     -> dilated 1-D conv units, two max-pools -> [B,prosody_channels,~T]: pitch level, range and movement,
-    loudness and its rhythm, relative to the speaker."""
+    loudness and its rhythm, relative to the speaker (or, flagged, to the training voices' average)."""
 
     def __init__(self, config: AudioConfig):
         super().__init__()
