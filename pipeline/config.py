@@ -351,6 +351,9 @@ class FinetuneRenderParams:
     max_minutes: float = 3.0  # wall-clock budget
     lr: float = 1.0e-4
     eval_clips: int = 4  # held-out clips rendered before and after fine-tuning (0 = all)
+    # share of training frames driven by E_k's keypoints of the real frame (FOMM's own task) instead of EmmnNet's:
+    # keeps the flow answering keypoint motion where predicted keypoints disagree with the frame
+    real_keypoint_share: float = 0.0
     log_every: int = 10
     threads: int = 0  # torch threads; 0 = torch's default
 

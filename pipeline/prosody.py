@@ -10,8 +10,10 @@ in speech emotion recognition; here the speaker's level is two numbers, its voic
 * `frame_prosody(samples, n_frames, fps, sample_rate)` -> (T, 4, 3) float32: per video frame, four equal
   sub-steps of (f0 in semitones above 1 Hz or 0 where unvoiced, voiced 0/1, RMS energy in dB full scale).
 * `voice_baseline(tracks)` -> (2,): median voiced f0 and mean voiced energy over a speaker's clips.
-* `relative_prosody(prosody, voice)` (torch): what E_e reads: pitch in octaves and energy in 20 dB above the
-  baseline, pitch zeroed where unvoiced.
+* `relative_prosody(prosody, voice, fallback)` (torch): what E_e reads: pitch in octaves and energy in 20 dB
+  above the baseline (pitch zeroed where unvoiced), and a flag saying whether the voice was known (when it is
+  not, `fallback`, the training voices' average, stands in).
+* `ProsodyStore`: the prosody stage's store read back (each clip's track, each actor's baseline).
 """
 
 from __future__ import annotations

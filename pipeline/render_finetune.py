@@ -167,29 +167,52 @@ def predict_clips(emmn: nn.Module, clips: pd.DataFrame, audio_store: Path, refs:
                           values, jacobians)
 
 
+def detected_keypoints(store: Path, clips: PredictedClips) -> tuple:
+    """keypoints.zarr's (value, jacobian) arrays, checked to hold the clips at their corpus rows."""
+    index = read_index(store).set_index("clip_id")
+    for clip_id, start in zip(clips.clip_ids, clips.starts):
+        if clip_id not in index.index or int(index.loc[clip_id, "start"]) != int(start):
+            raise InputError(store, f"clip '{clip_id}' is not at its corpus rows (re-run keypoints)")
+    root = open_store(store)
+    return root["value"], root["jacobian"]
+
+
 class FrameSampler:
-    """Random (clip, frame) batches: references, their keypoints, predicted driving keypoints, real frames."""
+    """Random (clip, frame) batches: references, their keypoints, predicted driving keypoints, real frames; with
+    `detected` (keypoints.zarr's value and jacobian arrays, row = corpus frame), a frame can instead be driven by
+    the keypoints E_k detected in it."""
 
-    def __init__(self, corpus_dir: Path, clips: PredictedClips, refs: References, image_size: int):
+    def __init__(self, corpus_dir: Path, clips: PredictedClips, refs: References, image_size: int,
+                 detected: tuple | None = None):
         self.frames = open_store(corpus_dir / "frames.zarr")["frames"]
-        self.clips, self.refs, self.image_size = clips, refs, image_size
+        self.clips, self.refs, self.image_size, self.detected = clips, refs, image_size, detected
 
-    def batch(self, picks: Sequence[tuple[int, int]]) -> dict[str, torch.Tensor]:
+    def batch(self, picks: Sequence[tuple[int, int]], use_detected: Sequence[bool] = ()) -> dict[str, torch.Tensor]:
         c = self.clips
         kp_src = [self.refs.keypoints[c.actors[i]] for i, _ in picks]
+        use_detected = list(use_detected) or [False] * len(picks)
+
+        def driving(which: int, i: int, t: int, real: bool) -> np.ndarray:
+            if real:
+                return np.asarray(self.detected[which][int(c.starts[i]) + t], np.float32)
+            return (c.value, c.jacobian)[which][i][t]
+
         return {
             "source": torch.cat([self.refs.images[c.actors[i]] for i, _ in picks]),
             "target": frames_to_tensor(np.stack([self.frames[int(c.starts[i]) + t] for i, t in picks]),
                                        self.image_size),
             "kp_source_value": torch.from_numpy(np.concatenate([k["value"] for k in kp_src])),
             "kp_source_jacobian": torch.from_numpy(np.concatenate([k["jacobian"] for k in kp_src])),
-            "kp_driving_value": torch.from_numpy(np.stack([c.value[i][t] for i, t in picks])),
-            "kp_driving_jacobian": torch.from_numpy(np.stack([c.jacobian[i][t] for i, t in picks])),
+            "kp_driving_value": torch.from_numpy(np.stack([driving(0, i, t, r) for (i, t), r in zip(picks, use_detected)])),
+            "kp_driving_jacobian": torch.from_numpy(np.stack([driving(1, i, t, r)
+                                                              for (i, t), r in zip(picks, use_detected)])),
         }
 
-    def sample(self, rng: np.random.Generator, size: int) -> dict[str, torch.Tensor]:
+    def sample(self, rng: np.random.Generator, size: int, detected_share: float = 0.0) -> dict[str, torch.Tensor]:
         clips = rng.integers(len(self.clips.clip_ids), size=size)
-        return self.batch([(int(i), int(rng.integers(self.clips.lengths[i]))) for i in clips])
+        picks = [(int(i), int(rng.integers(self.clips.lengths[i]))) for i in clips]
+        use_detected = rng.random(size) < detected_share if detected_share > 0 else ()  # drawn last: same picks
+        return self.batch(picks, use_detected)
 
     def clip_batches(self, index: int, batch_size: int):
         for start in range(0, int(self.clips.lengths[index]), batch_size):
@@ -237,7 +260,8 @@ def evaluate(generator: nn.Module, sampler: FrameSampler, device: torch.device, 
 
 def finetune_render(corpus_dir: str | Path, audio_store: str | Path, emmn_path: str | Path, fomm_path: str | Path,
                     model_out: str | Path, losses_csv: str | Path, base: BaseParams, p: FinetuneRenderParams,
-                    *, log=print, prosody_store: str | Path = DEFAULT_PROSODY_STORE) -> dict:
+                    *, log=print, prosody_store: str | Path = DEFAULT_PROSODY_STORE,
+                    keypoints_store: str | Path = Path("data/features/keypoints.zarr")) -> dict:
     """Fine-tune fomm.pt's generator (+ dense motion) with Eq. 15 on EmmnNet-driven renders of training
     clips; write `model_out` (fomm.pt layout: the unchanged E_k + the fine-tuned generator) and the loss
     log; return metrics (held-out L1/PSNR before and after, loss kind, steps)."""
@@ -260,7 +284,8 @@ def finetune_render(corpus_dir: str | Path, audio_store: str | Path, emmn_path: 
         heldout = predict_clips(emmn, real_clips(corpus_dir, "test", p.eval_clips), audio_store, refs,
                                 Path(prosody_store))
         del emmn  # frozen: its predictions are all stage 2 needs
-        train_sampler = FrameSampler(corpus_dir, train, refs, size)
+        detected = detected_keypoints(Path(keypoints_store), train) if p.real_keypoint_share > 0 else None
+        train_sampler = FrameSampler(corpus_dir, train, refs, size, detected)
         eval_sampler = FrameSampler(corpus_dir, heldout, refs, size)
 
         vgg = load_vgg19(p.vgg19).to(device) if p.vgg19 else None
@@ -270,7 +295,9 @@ def finetune_render(corpus_dir: str | Path, audio_store: str | Path, emmn_path: 
                else " (no finetune_render.vgg19 weights given: no pretrained VGG here, so the equation is applied "
                     "to the pixels of an image pyramid)")
             + f"; image generator {'fine-tuned' if p.train_generator else 'frozen'}"
-            + f"; dense motion {'fine-tuned' if p.train_dense_motion else 'frozen'}; device {device}")
+            + f"; dense motion {'fine-tuned' if p.train_dense_motion else 'frozen'}; device {device}"
+            + (f"; {p.real_keypoint_share:.0%} of frames driven by their own detected keypoints"
+               if p.real_keypoint_share > 0 else ""))
         log(f"finetune_render: {len(train.clip_ids)} training clips ({train.num_frames} frames) driven by EmmnNet "
             f"keypoints; {len(heldout.clip_ids)} held-out clips for evaluation")
         generator.requires_grad_(p.train_generator)
@@ -283,7 +310,7 @@ def finetune_render(corpus_dir: str | Path, audio_store: str | Path, emmn_path: 
 
         def step_fn(step: int) -> dict[str, float]:
             rng, _ = step_rngs(base.seed, step)
-            batch = train_sampler.sample(rng, p.batch_size)
+            batch = train_sampler.sample(rng, p.batch_size, p.real_keypoint_share)
             # frozen parts stay in eval mode, so their BatchNorm statistics do not drift either
             generator.train(p.train_generator)
             generator.dense_motion_network.train(p.train_dense_motion)
@@ -303,7 +330,7 @@ def finetune_render(corpus_dir: str | Path, audio_store: str | Path, emmn_path: 
             f"sharpness {after['sharpness']:.3f}")
         metrics = {
             "loss": loss_fn.kind, "vgg19": p.vgg19, "train_dense_motion": p.train_dense_motion,
-            "train_generator": p.train_generator, "steps": steps,
+            "train_generator": p.train_generator, "real_keypoint_share": p.real_keypoint_share, "steps": steps,
             "train_seconds": round(train_seconds, 1), "train_clips": len(train.clip_ids),
             "heldout_clips": len(heldout.clip_ids), "heldout_frames": after["frames"],
             "heldout_l1_before": before["l1"], "heldout_l1_after": after["l1"],

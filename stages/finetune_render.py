@@ -28,10 +28,11 @@ app = stage_app()
 
 def run_finetune_render(corpus_dir: Path, audio_store: Path, emmn: Path, fomm: Path, model_out: Path,
                         losses_csv: Path, losses_png: Path, report: Path, base: BaseParams,
-                        p: FinetuneRenderParams, prosody_store: Path = DEFAULT_PROSODY_STORE) -> dict:
+                        p: FinetuneRenderParams, prosody_store: Path = DEFAULT_PROSODY_STORE,
+                        keypoints_store: Path = Path("data/features/keypoints.zarr")) -> dict:
     """Fine-tune, draw the loss curves, write the report; return the metrics."""
     metrics = finetune(corpus_dir, audio_store, emmn, fomm, model_out, losses_csv, base, p,
-                       prosody_store=prosody_store)
+                       prosody_store=prosody_store, keypoints_store=keypoints_store)
     plot_loss_curves(losses_csv, losses_png, title=f"finetune_render: Eq. 15 on {metrics['loss']}")
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(json.dumps(metrics, indent=2) + "\n")
@@ -45,6 +46,8 @@ def finetune_render(
     corpus: Annotated[Path, typer.Option(help="corpus folder")] = Path("data/corpus"),
     audio_features: Annotated[Path, typer.Option(help="audio.zarr")] = Path("data/features/audio.zarr"),
     prosody: Annotated[Path, typer.Option(help="prosody.zarr (voice baselines)")] = DEFAULT_PROSODY_STORE,
+    keypoints: Annotated[Path, typer.Option(help="keypoints.zarr (E_k's keypoints of the real frames; read when "
+                                                 "real_keypoint_share > 0)")] = Path("data/features/keypoints.zarr"),
     emmn: Annotated[Path, typer.Option(help="emmn.pt from train_memory")] = Path("data/models/emmn.pt"),
     fomm: Annotated[Path, typer.Option(help="fomm.pt from train_fomm")] = Path("data/models/fomm.pt"),
     out: Annotated[Path, typer.Option(help="fine-tuned renderer to write")] = Path("data/models/emmn_render.pt"),
@@ -56,7 +59,7 @@ def finetune_render(
     """Stage 2 (Eq. 15): fine-tune the FOMM renderer on frames driven by EmmnNet's predicted keypoints."""
     base, p = load_section("base", params), load_section("finetune_render", params)
     metrics = run_finetune_render(corpus, audio_features, emmn, fomm, out, losses, losses_png, report, base, p,
-                                  prosody)
+                                  prosody, keypoints)
     typer.echo(json.dumps({k: metrics[k] for k in ("loss", "steps", "heldout_psnr_before", "heldout_psnr_after")}))
 
 

@@ -94,3 +94,45 @@ def test_sharpness_is_the_mean_absolute_laplacian():
     assert torch.allclose(sharpness(ramp), torch.tensor([0.0]))
     blurred = torch.nn.functional.avg_pool2d(torch.rand(2, 3, 16, 16), 3, 1, 1)
     assert (sharpness(blurred) < sharpness(torch.rand(2, 3, 16, 16))).all()
+
+
+def test_frames_can_be_driven_by_their_own_detected_keypoints(tiny_audio, tmp_path):  # noqa: F811
+    import numpy as np
+    import pandas as pd
+
+    from pipeline.errors import InputError
+    from pipeline.render_finetune import FrameSampler, PredictedClips, References, detected_keypoints
+    from pipeline.store import ArraySpec, RaggedStoreWriter
+
+    corpus, _ = tiny_audio
+    manifest = pd.read_parquet(corpus / "manifest.parquet")
+    rows = manifest[manifest.kind == "real"].iloc[:2]
+    n = 3
+    clips = PredictedClips(list(rows.clip_id), list(rows.actor), rows.start.to_numpy(), rows.frames.to_numpy(),
+                           [np.zeros((f, n, 2), np.float32) for f in rows.frames],
+                           [np.zeros((f, n, 2, 2), np.float32) for f in rows.frames])
+    total = int(manifest.stop.max())
+    detected = (np.arange(total, dtype=np.float32)[:, None, None] + np.zeros((1, n, 2), np.float32),
+                np.ones((total, n, 2, 2), np.float32))  # value = the corpus row: shows which frame drove
+    refs = References({a: torch.zeros(1, 3, 8, 8) for a in rows.actor},
+                      {a: {"value": np.zeros((1, n, 2), np.float32), "jacobian": np.zeros((1, n, 2, 2), np.float32)}
+                       for a in rows.actor})
+    sampler = FrameSampler(corpus, clips, refs, 8, detected)
+    batch = sampler.batch([(0, 4), (1, 2)], [True, False])
+    assert batch["kp_driving_value"][0, 0, 0] == int(rows.start.iloc[0]) + 4  # E_k's keypoints of that frame
+    assert batch["kp_driving_value"][1].abs().sum() == 0 and batch["kp_driving_jacobian"][1].abs().sum() == 0
+    plain = sampler.sample(np.random.default_rng(5), 6)
+    mixed = sampler.sample(np.random.default_rng(5), 6, detected_share=1.0)
+    assert torch.equal(plain["target"], mixed["target"])  # the share is drawn last: the same frames
+    assert plain["kp_driving_value"].abs().sum() == 0 and (mixed["kp_driving_value"] > 0).all()
+    assert (mixed["kp_driving_jacobian"] == 1).all()
+
+    store = tmp_path / "keypoints.zarr"
+    writer = RaggedStoreWriter(store, list(rows.clip_id)[::-1], list(rows.frames)[::-1],
+                               {"value": ArraySpec((n, 2), "float32", ("kp", "xy"))}, attrs={}, chunk_frames=8,
+                               shard_frames=64)
+    for i, f in enumerate(list(rows.frames)[::-1]):
+        writer.write_clip(i, {"value": np.zeros((f, n, 2), np.float32)})
+    writer.close()
+    with pytest.raises(InputError, match="is not at its corpus rows"):  # clips in another order than the corpus
+        detected_keypoints(store, clips)
