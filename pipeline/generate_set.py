@@ -136,17 +136,11 @@ def _wav2lip(path: str, mtime: float):
 
 
 @functools.lru_cache(maxsize=2)
-def _voices(prosody_store: str) -> dict[str, np.ndarray]:
+def _prosody_store(path: str):
+    """One read per worker process of the voice baselines (ProsodyStore.voice checks the actor)."""
     from pipeline.prosody import ProsodyStore
 
-    return ProsodyStore(prosody_store).voices
-
-
-def _voice(prosody_store: str, actor: str) -> np.ndarray:
-    voices = _voices(prosody_store)
-    if actor not in voices:
-        raise InputError(prosody_store, f"actor '{actor}' has no voice baseline (re-run the prosody stage)")
-    return voices[actor]
+    return ProsodyStore(path)
 
 
 def _reference(corpus_dir: str, actor: str) -> np.ndarray:
@@ -192,7 +186,7 @@ def generate_clip(task: ClipTask, base: BaseParams, p: GenerateParams) -> dict:
         reference = _reference(task.corpus_dir, task.actor)
         crop = _resize(reference[None], animator.image_size)[0]
         # the speaker's own baseline, measured over their clips by the prosody stage
-        voice = _voice(task.prosody_store, task.actor) if getattr(animator.emmn, "needs_prosody", False) else None
+        voice = _prosody_store(task.prosody_store).voice(task.actor) if getattr(animator.emmn, "needs_prosody", False) else None
         frames = animate_clip(animator, crop, samples, n, fps=base.fps, filter_settings=filter_settings(p),
                               block_frames=p.block_frames, batch_size=p.batch_size, bf16=p.bf16, voice=voice)
     frames = _resize(np.ascontiguousarray(frames, dtype=np.uint8), size)
