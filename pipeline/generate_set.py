@@ -186,7 +186,8 @@ def generate_clip(task: ClipTask, base: BaseParams, p: GenerateParams) -> dict:
         reference = _reference(task.corpus_dir, task.actor)
         crop = _resize(reference[None], animator.image_size)[0]
         # the speaker's own baseline, measured over their clips by the prosody stage
-        voice = _prosody_store(task.prosody_store).voice(task.actor) if getattr(animator.emmn, "needs_prosody", False) else None
+        needs_voice = getattr(animator.emmn, "needs_prosody", False)
+        voice = _prosody_store(task.prosody_store).voice(task.actor) if needs_voice else None
         frames = animate_clip(animator, crop, samples, n, fps=base.fps, filter_settings=filter_settings(p),
                               block_frames=p.block_frames, batch_size=p.batch_size, bf16=p.bf16, voice=voice)
     frames = _resize(np.ascontiguousarray(frames, dtype=np.uint8), size)

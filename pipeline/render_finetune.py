@@ -203,7 +203,8 @@ class FrameSampler:
                                        self.image_size),
             "kp_source_value": torch.from_numpy(np.concatenate([k["value"] for k in kp_src])),
             "kp_source_jacobian": torch.from_numpy(np.concatenate([k["jacobian"] for k in kp_src])),
-            "kp_driving_value": torch.from_numpy(np.stack([driving(0, i, t, r) for (i, t), r in zip(picks, use_detected)])),
+            "kp_driving_value": torch.from_numpy(np.stack([driving(0, i, t, r)
+                                                           for (i, t), r in zip(picks, use_detected)])),
             "kp_driving_jacobian": torch.from_numpy(np.stack([driving(1, i, t, r)
                                                               for (i, t), r in zip(picks, use_detected)])),
         }
