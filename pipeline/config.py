@@ -95,6 +95,7 @@ class TrainFommParams:
     augment_jitter: float = 0.1  # brightness/contrast/saturation/hue jitter of a pair (0 = off)
     gan_weight: float = 0.0  # 0 = no discriminator
     feature_matching_weight: float = 10.0
+    gan_start: int = 0  # step at which the discriminator joins (before it: untouched, no adversarial terms)
     bf16: bool = False
     resume: bool = False  # continue from the existing output checkpoint
     checkpoint_every: int = 100

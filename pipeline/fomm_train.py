@@ -230,6 +230,7 @@ class FommTrainer:
             self.discriminator = MultiScaleDiscriminator(config).to(device)
             self.disc_pyramid = ImagePyramid(config.discriminator.scales, config.num_channels).to(device)
             self.optimizer_d = torch.optim.Adam(self.discriminator.parameters(), lr=p.lr, betas=(0.5, 0.999))
+        self.gan_active = self.discriminator is not None  # the loop turns it off before `gan_start`
 
     @property
     def modules(self) -> dict[str, torch.nn.Module]:
@@ -265,7 +266,7 @@ class FommTrainer:
             prediction = out["prediction"]
             losses = {"reconstruction": self.reconstruction(prediction, driving, pixel_weights)}
             kp_transformed = self.kp_detector(transformed) if use_equivariance else None
-            if self.discriminator is not None:
+            if self.gan_active:
                 fake = self.discriminator(self.disc_pyramid(prediction))
                 real = self.discriminator(self.disc_pyramid(driving))
                 losses.update(generator_gan_losses(fake, real, self.config.discriminator.scales, p.gan_weight,
@@ -298,7 +299,7 @@ class FommTrainer:
         total.backward()
         self.optimizer.step()
         logged = {"total": float(total.detach()), **{k: float(v.detach()) for k, v in losses.items()}}
-        if self.discriminator is not None:
+        if self.gan_active:
             with autocast(self.device, self.p.bf16):
                 fake = self.discriminator(self.disc_pyramid(prediction.detach()))
                 real = self.discriminator(self.disc_pyramid(driving))
@@ -308,6 +309,13 @@ class FommTrainer:
             self.optimizer_d.step()
             logged["discriminator"] = float(loss_d.detach())
         return logged
+
+
+def fresh_discriminator_allowed(ckpt: Mapping[str, Any], p: TrainFommParams) -> bool:
+    """Resuming a GAN-less checkpoint with the GAN on: fine while it has not reached `gan_start`, since an unbroken
+    run's discriminator would still be untouched there."""
+    has_discriminator = "discriminator" in (ckpt.get("train_state") or {})
+    return p.gan_weight > 0 and not has_discriminator and int(ckpt["step"]) <= p.gan_start
 
 
 def _first_difference(a: Any, b: Any, where: str = "") -> str:
@@ -350,8 +358,14 @@ def _train(config: FommConfig, corpus_dir: str | Path, model_out: Path, losses_c
             raise InputError(model_out, "cannot resume, model config differs from params ("
                              + _first_difference(ckpt["config"], config.to_dict())
                              + "); set train_fomm.resume: false to start over")
-        start_step = restore_training_state(ckpt, model_out, modules=trainer.modules, optimizers=trainer.optimizers,
-                                            extra_modules=trainer.extra_modules)
+        optimizers, extra_modules = trainer.optimizers, trainer.extra_modules
+        if fresh_discriminator_allowed(ckpt, p):  # GAN switched on later: the discriminator starts fresh at gan_start
+            optimizers.pop("optimizer_d")
+            extra_modules = {}
+            log(f"train_fomm: {model_out} has no discriminator (step {ckpt['step']} <= gan_start {p.gan_start}): "
+                "it starts fresh")
+        start_step = restore_training_state(ckpt, model_out, modules=trainer.modules, optimizers=optimizers,
+                                            extra_modules=extra_modules)
         for opt in trainer.optimizers.values():  # a changed lr in params applies to the resumed run
             for group in opt.param_groups:
                 group["lr"] = p.lr
@@ -362,6 +376,7 @@ def _train(config: FommConfig, corpus_dir: str | Path, model_out: Path, losses_c
 
     def step_fn(step: int) -> dict[str, float]:
         rng, gen = step_rngs(base.seed, step)
+        trainer.gan_active = trainer.discriminator is not None and step >= p.gan_start
         rows = sampler.sample_rows(rng, p.batch_size)
         source, driving = sampler.load(rows)
         weights = sampler.part_weights(rows, p.part_weight) if p.part_weight > 0 else None

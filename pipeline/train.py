@@ -86,7 +86,8 @@ def count_parameters(*modules: nn.Module) -> int:
 class LossLog:
     """Append-only CSV `step,seconds,<loss...>`; DVC plots it with x=step.
 
-    The columns are fixed by the first row. With `resume_step` an existing log keeps its rows up to
+    The columns are fixed by the first row; a term that joins later (train_fomm's `gan_start`) adds its column,
+    0 in the earlier rows. With `resume_step` an existing log keeps its rows up to
     that step (later rows belong to the interrupted run's unsaved steps) and continues from there.
     """
 
@@ -114,7 +115,12 @@ class LossLog:
             self.columns = list(row)
             self._rewrite()
         elif list(row) != self.columns:
-            raise ValueError(f"loss columns changed: {list(row)} vs {self.columns}")
+            if not set(self.columns) <= set(row):
+                raise ValueError(f"loss columns changed: {list(row)} vs {self.columns}")
+            # a term joined mid-run (train_fomm's gan_start): it was off before, so its earlier rows read 0
+            self.columns = list(row)
+            self.rows = [{k: r.get(k, 0.0) for k in self.columns} for r in self.rows]
+            self._rewrite()
         self.rows.append(row)
         with self.path.open("a", newline="") as f:  # one line per log: a crash keeps everything logged
             csv.DictWriter(f, fieldnames=self.columns).writerow(row)

@@ -108,6 +108,15 @@ def test_loss_log_truncates_on_resume_and_plots(tmp_path):
     assert pixels((255, 127, 14)) < 80
 
 
+def test_loss_log_takes_a_term_that_joins_mid_run(tmp_path):
+    log = LossLog(tmp_path / "l.csv")
+    log.log(1, 0.5, {"total": 2.0})
+    log.log(2, 1.0, {"total": 1.5, "generator_gan": 0.3})  # the GAN joined at step 2 (train_fomm's gan_start)
+    rows = read_loss_csv(tmp_path / "l.csv")
+    assert [(r["step"], r["total"], r["generator_gan"]) for r in rows] == [(1, 2.0, 0.0), (2, 1.5, 0.3)]
+    assert LossLog(tmp_path / "l.csv", resume_step=2).columns == ["step", "seconds", "total", "generator_gan"]
+
+
 def test_run_loop_budget_checkpoints_and_nan(tmp_path):
     saved = []
     log = LossLog(tmp_path / "l.csv")
@@ -430,6 +439,37 @@ def test_train_resume_continues_the_step_count_and_equals_an_uninterrupted_run(t
     with pytest.raises(InputError, match="cannot resume, model config differs from params \\(num_kp"):
         train_fomm_model(tiny_corpus, split / "fomm.pt", split / "l.csv", BASE,
                          tiny_train_params(steps=6, resume=True, num_kp=4), log=lambda s: None)
+
+
+def test_gan_joining_at_gan_start_resumes_a_gan_less_checkpoint_like_an_unbroken_run(tiny_corpus, tmp_path):
+    gan = {"gan_weight": 1.0, "gan_start": 2}
+    straight = tmp_path / "straight"
+    train_fomm_model(tiny_corpus, straight / "fomm.pt", straight / "l.csv", BASE, tiny_train_params(steps=4, **gan),
+                     log=lambda s: None)
+    split = tmp_path / "split"
+    train_fomm_model(tiny_corpus, split / "fomm.pt", split / "l.csv", BASE, tiny_train_params(steps=2),
+                     log=lambda s: None)  # no GAN at all: the checkpoint has no discriminator
+    lines = []
+    train_fomm_model(tiny_corpus, split / "fomm.pt", split / "l.csv", BASE,
+                     tiny_train_params(steps=4, resume=True, **gan), log=lines.append)
+    assert any("has no discriminator (step 2 <= gan_start 2): it starts fresh" in line for line in lines)
+    a, b = load_fomm(straight / "fomm.pt"), load_fomm(split / "fomm.pt")
+    for name in ("kp_detector", "generator"):
+        sa, sb = getattr(a, name).state_dict(), getattr(b, name).state_dict()
+        assert all(torch.allclose(sa[k].float(), sb[k].float(), atol=1e-6) for k in sa), name
+    for path in (straight / "l.csv", split / "l.csv"):
+        rows = read_loss_csv(path)
+        assert [r["generator_gan"] > 0 for r in rows] == [False, False, True, True], path
+        assert [r["discriminator"] > 0 for r in rows] == [False, False, True, True], path
+    assert "discriminator" in torch.load(split / "fomm.pt", weights_only=True)["train_state"]
+
+    # past gan_start a GAN-less checkpoint cannot stand in for an unbroken run
+    late = tmp_path / "late"
+    train_fomm_model(tiny_corpus, late / "fomm.pt", late / "l.csv", BASE, tiny_train_params(steps=3),
+                     log=lambda s: None)
+    with pytest.raises(CheckpointError, match="cannot resume: no 'discriminator' in train_state"):
+        train_fomm_model(tiny_corpus, late / "fomm.pt", late / "l.csv", BASE,
+                         tiny_train_params(steps=4, resume=True, **gan), log=lambda s: None)
 
 
 def test_bad_inputs_fail_in_one_line(tmp_path, tiny_corpus):
