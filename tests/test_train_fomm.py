@@ -56,6 +56,13 @@ def one_torch_thread():
         yield
 
 
+def assert_same_weights(a, b):
+    """Two loaded FOMMs (load_fomm) with equal detector and generator weights."""
+    for name in ("kp_detector", "generator"):
+        sa, sb = getattr(a, name).state_dict(), getattr(b, name).state_dict()
+        assert all(torch.allclose(sa[k].float(), sb[k].float(), atol=1e-6) for k in sa), name
+
+
 def tiny_train_params(**changes):
     # GAN off unless a test turns it on (the default params switch it on at gan_start)
     return with_field(tiny_section("train_fomm"), **{"max_minutes": 0, "log_every": 1, "gan_weight": 0.0, **changes})
@@ -425,9 +432,7 @@ def test_train_resume_continues_the_step_count_and_equals_an_uninterrupted_run(t
     assert summary["steps"] == 4
     a, b = load_fomm(straight / "fomm.pt"), load_fomm(split / "fomm.pt")
     assert a.step == b.step == 4
-    for name in ("kp_detector", "generator"):
-        sa, sb = getattr(a, name).state_dict(), getattr(b, name).state_dict()
-        assert all(torch.allclose(sa[k].float(), sb[k].float(), atol=1e-6) for k in sa), name
+    assert_same_weights(a, b)
     assert [r["step"] for r in read_loss_csv(split / "l.csv")] == [1, 2, 3, 4]
     assert read_loss_csv(split / "l.csv")[-1]["total"] == pytest.approx(read_loss_csv(straight / "l.csv")[-1]["total"],
                                                                         rel=1e-5)
@@ -455,9 +460,7 @@ def test_gan_joining_at_gan_start_resumes_a_gan_less_checkpoint_like_an_unbroken
                      tiny_train_params(steps=4, resume=True, **gan), log=lines.append)
     assert any("has no discriminator (step 2 <= gan_start 2): it starts fresh" in line for line in lines)
     a, b = load_fomm(straight / "fomm.pt"), load_fomm(split / "fomm.pt")
-    for name in ("kp_detector", "generator"):
-        sa, sb = getattr(a, name).state_dict(), getattr(b, name).state_dict()
-        assert all(torch.allclose(sa[k].float(), sb[k].float(), atol=1e-6) for k in sa), name
+    assert_same_weights(a, b)
     for path in (straight / "l.csv", split / "l.csv"):
         rows = read_loss_csv(path)
         assert [r["generator_gan"] > 0 for r in rows] == [False, False, True, True], path
