@@ -355,6 +355,11 @@ class FinetuneRenderParams:
     # share of training frames driven by E_k's keypoints of the real frame (FOMM's own task) instead of EmmnNet's:
     # keeps the flow answering keypoint motion where predicted keypoints disagree with the frame
     real_keypoint_share: float = 0.0
+    # > 0: fomm.pt's multi-scale discriminator (trained by train_fomm's GAN; fresh if it has none) joins: LSGAN and
+    # feature-matching terms beside Eq. 15, weighted relative to it (FOMM's 10:1:10 is 1 : 0.1 : 1 here)
+    gan_weight: float = 0.0
+    feature_matching_weight: float = 1.0
+    bf16: bool = False  # autocast for the renderer's convs (as train_fomm.bf16)
     log_every: int = 10
     threads: int = 0  # torch threads; 0 = torch's default
 

@@ -6,7 +6,9 @@ reads four versions of its frames:
 * `reference`: the actor's neutral reference frame copied (chance for an unmoving face);
 * `landmark_warp`: the reference warped piecewise-affinely onto the frame's TRUE 68 landmarks: perfect
   geometry, no new appearance (teeth, wrinkles, eye whites). No warping renderer does better than this;
-* `fomm_keypoints`: the reference driven by the detector's keypoints (E_k) of the frame, through FOMM.
+* `fomm_keypoints`: the reference driven by the detector's keypoints (E_k) of the frame, through FOMM;
+* `emmn`, with an `EmmnRow`: the reference driven by the keypoints EmmnNet predicts from the clip's audio
+  (unfiltered), through a renderer (fomm.pt or emmn_render.pt): what the product shows, on all held-out clips.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
+import torch
 
 from pipeline.errors import InputError
 from pipeline.fomm_io import detect_keypoints, frames_to_tensor, keypoints_dict, load_fomm, reconstruct
@@ -79,12 +82,44 @@ def landmark_warps(reference: np.ndarray, reference_landmarks: np.ndarray, landm
                      for points in landmarks])
 
 
+class EmmnRow:
+    """Held-out clips rendered as the product does: EmmnNet's keypoints from each clip's audio drive the actor's
+    neutral reference through `renderer` (a fomm.pt-layout file)."""
+
+    def __init__(self, emmn_path: Path, renderer_path: Path, corpus_dir: Path, audio_store: Path,
+                 prosody_store: Path):
+        from pipeline.generate import check_keypoint_count
+        from pipeline.models.emmn import load_emmn
+        from pipeline.render_finetune import actor_references
+
+        self.renderer = load_fomm(renderer_path)
+        self.emmn = load_emmn(emmn_path)
+        check_keypoint_count(self.emmn, emmn_path, self.renderer.config.num_kp, renderer_path)
+        self.refs = actor_references(Path(corpus_dir), self.renderer.kp_detector, self.renderer.config.image_size)
+        self.audio_store, self.prosody_store = Path(audio_store), Path(prosody_store)
+
+    def __call__(self, clip, stride: int, frame_size: int) -> np.ndarray:
+        from pipeline.render_finetune import predict_clips
+
+        predicted = predict_clips(self.emmn, pd.DataFrame([clip._asdict()]), self.audio_store, self.refs,
+                                  self.prosody_store)
+        kp = keypoints_dict(predicted.value[0][::stride], predicted.jacobian[0][::stride])
+        actor = str(clip.actor)
+        kp_source = {k: torch.from_numpy(v) for k, v in self.refs.keypoints[actor].items()}
+        images = to_uint8_frames(reconstruct(self.renderer.generator, self.refs.images[actor], kp_source, kp))
+        if images.shape[1] != frame_size:
+            images = np.stack([cv2.resize(im, (frame_size, frame_size), interpolation=cv2.INTER_LINEAR)
+                               for im in images])
+        return images
+
+
 def emotion_ceilings(corpus_dir: Path, evaluator, fomm_path: Path | None = None, stride: int = 3,
                      sheet_actor: str | None = None, sheet_sentence: int | None = None,
-                     progress: Callable[[int, int], None] | None = None) -> tuple[dict, np.ndarray | None]:
-    """Judge accuracy of real / reference / landmark_warp / fomm_keypoints over all held-out real clips, every
-    `stride`-th frame; and a sheet (one row per emotion of `sheet_actor`, `sheet_sentence`, strongest level:
-    real | landmark warp | FOMM | reference, the middle frame) when both are given."""
+                     progress: Callable[[int, int], None] | None = None,
+                     emmn_row: EmmnRow | None = None) -> tuple[dict, np.ndarray | None]:
+    """Judge accuracy of real / reference / landmark_warp / fomm_keypoints [/ emmn] over all held-out real clips,
+    every `stride`-th frame; and a sheet (one row per emotion of `sheet_actor`, `sheet_sentence`, strongest level:
+    real | landmark warp | FOMM | [EMMN |] reference, the middle frame) when both are given."""
     manifest_path = Path(corpus_dir) / "manifest.parquet"
     if not manifest_path.is_file():
         raise InputError(manifest_path, "corpus manifest not found (run the corpus stage first)")
@@ -98,6 +133,8 @@ def emotion_ceilings(corpus_dir: Path, evaluator, fomm_path: Path | None = None,
     hits: dict[str, list[bool]] = {"real": [], "reference": [], "landmark_warp": []}
     if model is not None:
         hits["fomm_keypoints"] = []
+    if emmn_row is not None:
+        hits["emmn"] = []
     rows: dict[str, tuple[int, np.ndarray]] = {}
     frames_seen = 0
     for done, clip in enumerate(clips.itertuples()):
@@ -109,14 +146,17 @@ def emotion_ceilings(corpus_dir: Path, evaluator, fomm_path: Path | None = None,
                                                     root["landmarks"][clip.start:clip.stop][::stride])}
         if model is not None:
             versions["fomm_keypoints"] = fomm_renders(model, reference, frames)
+        if emmn_row is not None:
+            versions["emmn"] = emmn_row(clip, stride, frames.shape[1])
         for name, images in versions.items():
             hits[name].append(clip_emotion(evaluator.emotion_logits(images), evaluator.emotions) == clip.emotion)
         frames_seen += len(frames)
         if str(clip.actor) == sheet_actor and clip.sentence_id == sheet_sentence:
             if clip.emotion not in rows or rows[clip.emotion][0] < clip.level:
                 middle = len(frames) // 2
-                rows[clip.emotion] = (clip.level, np.concatenate([versions[k][middle] for k in (
-                    "real", "landmark_warp", *(["fomm_keypoints"] if model is not None else []), "reference")], 1))
+                shown = ["real", "landmark_warp", *(k for k in ("fomm_keypoints", "emmn") if k in versions),
+                         "reference"]
+                rows[clip.emotion] = (clip.level, np.concatenate([versions[k][middle] for k in shown], 1))
         if progress is not None:
             progress(done + 1, len(clips))
     report = {name: round(float(np.mean(v)), 4) for name, v in hits.items()}

@@ -12,7 +12,10 @@ samples single frames). E_k is not trained; the output keeps it so the file is a
 Loss: Eq. 15 on VGG19 features (relu1_1 ... relu5_1, FOMM's perceptual layers) when `vgg19` names
 torchvision's weight file; without it no pretrained VGG exists here, and the same equation is applied
 to the pixels themselves (multi-scale L1): `RenderLoss.kind` says which, and the log and report say it.
-Either way over an image pyramid (FOMM's scales), summed.
+Either way over an image pyramid (FOMM's scales), summed. Optionally (`gan_weight` > 0) the discriminator
+train_fomm trained joins, as in FOMM's own training: an L1 fit to frames the keypoints only partly explain
+averages the appearance it cannot place (wrinkles, eye whites, teeth) into blur, while the adversarial and
+feature-matching terms ask for a face the discriminator takes for real.
 """
 
 from __future__ import annotations
@@ -29,17 +32,19 @@ from torch import nn
 from pipeline.config import BaseParams, FinetuneRenderParams
 from pipeline.errors import InputError
 from pipeline.fomm_io import detect_keypoints, frames_to_tensor, load_fomm
-from pipeline.fomm_losses import MIN_VGG_SIZE
+from pipeline.fomm_losses import MIN_VGG_SIZE, discriminator_loss, generator_gan_losses
 from pipeline.fomm_report import psnr
 from pipeline.generate import check_keypoint_count, predict_keypoints
 from pipeline.prosody import DEFAULT_STORE as DEFAULT_PROSODY_STORE
 from pipeline.prosody import ProsodyStore
-from pipeline.models.fomm import ImagePyramid
+from pipeline.models.fomm import FommConfig, ImagePyramid, MultiScaleDiscriminator
 from pipeline.models.vgg19 import Vgg19Features, load_vgg19
 from pipeline.store import open_store, read_index
 from pipeline.train import (
     Budget,
     LossLog,
+    autocast,
+    load_training_state,
     pick_device,
     run_loop,
     save_training_state,
@@ -197,10 +202,12 @@ class FrameSampler:
                 return np.asarray(self.detected[which][int(c.starts[i]) + t], np.float32)
             return (c.value, c.jacobian)[which][i][t]
 
+        # contiguous: frames_to_tensor's permuted (channels-last) view under bf16 autocast sends the loss pyramid's
+        # interpolate down a CPU path minutes slow per step
         return {
-            "source": torch.cat([self.refs.images[c.actors[i]] for i, _ in picks]),
+            "source": torch.cat([self.refs.images[c.actors[i]] for i, _ in picks]).contiguous(),
             "target": frames_to_tensor(np.stack([self.frames[int(c.starts[i]) + t] for i, t in picks]),
-                                       self.image_size),
+                                       self.image_size).contiguous(),
             "kp_source_value": torch.from_numpy(np.concatenate([k["value"] for k in kp_src])),
             "kp_source_jacobian": torch.from_numpy(np.concatenate([k["jacobian"] for k in kp_src])),
             "kp_driving_value": torch.from_numpy(np.stack([driving(0, i, t, r)
@@ -259,17 +266,49 @@ def evaluate(generator: nn.Module, sampler: FrameSampler, device: torch.device, 
 # ------------------------------------------------------------------------------------------- training
 
 
+class Adversary:
+    """FOMM's multi-scale discriminator in stage 2: its LSGAN + feature-matching terms for the renderer, and its
+    own update on real vs rendered frames."""
+
+    def __init__(self, fomm_path: str | Path, config: FommConfig, p: FinetuneRenderParams, device: torch.device):
+        from pipeline.checkpoints import load_strict
+
+        self.p, self.scales = p, config.discriminator.scales
+        self.discriminator = MultiScaleDiscriminator(config).to(device)
+        state = (load_training_state(fomm_path).get("train_state") or {}).get("discriminator")
+        if state is not None:  # the one train_fomm's GAN trained: it already knows this corpus's faces
+            load_strict(self.discriminator, state, fomm_path)
+        self.origin = "fomm.pt" if state is not None else "fresh"
+        self.pyramid = ImagePyramid(self.scales, config.num_channels).to(device)
+        self.optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=p.lr, betas=(0.5, 0.999))
+
+    def generator_losses(self, prediction: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        fake = self.discriminator(self.pyramid(prediction))
+        real = self.discriminator(self.pyramid(target))
+        return generator_gan_losses(fake, real, self.scales, self.p.gan_weight, self.p.feature_matching_weight)
+
+    def update(self, prediction: torch.Tensor, target: torch.Tensor, device: torch.device) -> float:
+        with autocast(device, self.p.bf16):
+            loss = discriminator_loss(self.discriminator(self.pyramid(prediction.detach())),
+                                      self.discriminator(self.pyramid(target)), self.scales, self.p.gan_weight)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.detach())
+
+
 def finetune_render(corpus_dir: str | Path, audio_store: str | Path, emmn_path: str | Path, fomm_path: str | Path,
                     model_out: str | Path, losses_csv: str | Path, base: BaseParams, p: FinetuneRenderParams,
                     *, log=print, prosody_store: str | Path = DEFAULT_PROSODY_STORE,
                     keypoints_store: str | Path = Path("data/features/keypoints.zarr")) -> dict:
     """Fine-tune fomm.pt's generator (+ dense motion) with Eq. 15 on EmmnNet-driven renders of training
     clips; write `model_out` (fomm.pt layout: the unchanged E_k + the fine-tuned generator) and the loss
-    log; return metrics (held-out L1/PSNR before and after, loss kind, steps)."""
+    log; return metrics (held-out L1/PSNR before and after, loss kind, steps). `p.steps` 0: no fine-tuning,
+    `model_out` is fomm.pt's renderer as it is (still measured on the held-out clips), the log empty."""
     from pipeline.models.emmn import load_emmn
 
     corpus_dir, audio_store = Path(corpus_dir), Path(audio_store)
-    if not (p.train_generator or p.train_dense_motion):
+    if p.steps > 0 and not (p.train_generator or p.train_dense_motion):
         raise InputError("params.yaml", "finetune_render.train_generator and train_dense_motion are both false: "
                                         "nothing to fine-tune")
     with torch_threads(p.threads):
@@ -281,58 +320,49 @@ def finetune_render(corpus_dir: str | Path, audio_store: str | Path, emmn_path: 
         kp_detector, generator = fomm.kp_detector.to(device), fomm.generator.to(device)
         size = fomm.config.image_size
         refs = actor_references(corpus_dir, kp_detector, size)
-        train = predict_clips(emmn, real_clips(corpus_dir, "train"), audio_store, refs, Path(prosody_store))
+        train = (predict_clips(emmn, real_clips(corpus_dir, "train"), audio_store, refs, Path(prosody_store))
+                 if p.steps > 0 else None)
         heldout = predict_clips(emmn, real_clips(corpus_dir, "test", p.eval_clips), audio_store, refs,
                                 Path(prosody_store))
         del emmn  # frozen: its predictions are all stage 2 needs
-        detected = detected_keypoints(Path(keypoints_store), train) if p.real_keypoint_share > 0 else None
-        train_sampler = FrameSampler(corpus_dir, train, refs, size, detected)
         eval_sampler = FrameSampler(corpus_dir, heldout, refs, size)
-
-        vgg = load_vgg19(p.vgg19).to(device) if p.vgg19 else None
-        loss_fn = RenderLoss(p.scales, vgg, fomm.config.num_channels).to(device)
-        log(f"finetune_render: loss = Eq. 15 on {loss_fn.kind}"
-            + (f" (VGG19 weights {p.vgg19})" if vgg is not None
-               else " (no finetune_render.vgg19 weights given: no pretrained VGG here, so the equation is applied "
-                    "to the pixels of an image pyramid)")
-            + f"; image generator {'fine-tuned' if p.train_generator else 'frozen'}"
-            + f"; dense motion {'fine-tuned' if p.train_dense_motion else 'frozen'}; device {device}"
-            + (f"; {p.real_keypoint_share:.0%} of frames driven by their own detected keypoints"
-               if p.real_keypoint_share > 0 else ""))
-        log(f"finetune_render: {len(train.clip_ids)} training clips ({train.num_frames} frames) driven by EmmnNet "
-            f"keypoints; {len(heldout.clip_ids)} held-out clips for evaluation")
-        generator.requires_grad_(p.train_generator)
-        generator.dense_motion_network.requires_grad_(p.train_dense_motion)
-        trainable = [q for q in generator.parameters() if q.requires_grad]
-        optimizer = torch.optim.Adam(trainable, lr=p.lr, betas=(0.5, 0.999))  # FOMM's betas
+        loss_fn = RenderLoss(p.scales, load_vgg19(p.vgg19).to(device) if p.vgg19 else None,
+                             fomm.config.num_channels).to(device)
+        use_gan = train is not None and p.gan_weight > 0
+        adversary = Adversary(fomm_path, fomm.config, p, device) if use_gan else None
         before = evaluate(generator, eval_sampler, device)
-        log(f"finetune_render: held-out before: L1 {before['l1']:.4f}, PSNR {before['psnr']:.2f} dB, "
-            f"sharpness {before['sharpness']:.3f}")
-
-        def step_fn(step: int) -> dict[str, float]:
-            rng, _ = step_rngs(base.seed, step)
-            batch = train_sampler.sample(rng, p.batch_size, p.real_keypoint_share)
-            # frozen parts stay in eval mode, so their BatchNorm statistics do not drift either
-            generator.train(p.train_generator)
-            generator.dense_motion_network.train(p.train_dense_motion)
-            loss = loss_fn(render_batch(generator, batch, device), batch["target"].to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            return {"stage2": float(loss.detach())}
-
-        loss_log = LossLog(losses_csv)
-        budget = Budget(p.steps, p.max_minutes)
-        steps = run_loop(step_fn, start_step=0, budget=budget, log=loss_log, log_every=p.log_every,
-                         description="finetune_render")
-        train_seconds = budget.elapsed
-        after = evaluate(generator, eval_sampler, device)
-        log(f"finetune_render: held-out after {steps} steps: L1 {after['l1']:.4f}, PSNR {after['psnr']:.2f} dB, "
-            f"sharpness {after['sharpness']:.3f}")
+        log(f"finetune_render: held-out ({len(heldout.clip_ids)} clips) before: L1 {before['l1']:.4f}, "
+            f"PSNR {before['psnr']:.2f} dB, sharpness {before['sharpness']:.3f}")
+        if train is None:
+            log("finetune_render: steps 0: no fine-tuning, the renderer is fomm.pt's as it is")
+            loss_log, steps, train_seconds, after = LossLog(losses_csv), 0, 0.0, before
+        else:
+            log(f"finetune_render: loss = Eq. 15 on {loss_fn.kind}"
+                + (f" (VGG19 weights {p.vgg19})" if p.vgg19
+                   else " (no finetune_render.vgg19 weights given: no pretrained VGG here, so the equation is "
+                        "applied to the pixels of an image pyramid)")
+                + f"; image generator {'fine-tuned' if p.train_generator else 'frozen'}"
+                + f"; dense motion {'fine-tuned' if p.train_dense_motion else 'frozen'}; device {device}"
+                + (f"; {p.real_keypoint_share:.0%} of frames driven by their own detected keypoints"
+                   if p.real_keypoint_share > 0 else "")
+                + (f"; + LSGAN ({p.gan_weight}) and feature matching ({p.feature_matching_weight}) of the "
+                   f"{adversary.origin} discriminator" if adversary is not None else "")
+                + ("; bf16 autocast" if p.bf16 else ""))
+            log(f"finetune_render: {len(train.clip_ids)} training clips ({train.num_frames} frames) driven by "
+                f"EmmnNet keypoints")
+            detected = detected_keypoints(Path(keypoints_store), train) if p.real_keypoint_share > 0 else None
+            train_sampler = FrameSampler(corpus_dir, train, refs, size, detected)
+            loss_log = LossLog(losses_csv)
+            steps, train_seconds = fine_tune(generator, train_sampler, loss_fn, adversary, loss_log, base, p, device)
+            after = evaluate(generator, eval_sampler, device)
+            log(f"finetune_render: held-out after {steps} steps: L1 {after['l1']:.4f}, PSNR {after['psnr']:.2f} dB, "
+                f"sharpness {after['sharpness']:.3f}")
         metrics = {
             "loss": loss_fn.kind, "vgg19": p.vgg19, "train_dense_motion": p.train_dense_motion,
-            "train_generator": p.train_generator, "real_keypoint_share": p.real_keypoint_share, "steps": steps,
-            "train_seconds": round(train_seconds, 1), "train_clips": len(train.clip_ids),
+            "train_generator": p.train_generator, "real_keypoint_share": p.real_keypoint_share,
+            "gan_weight": p.gan_weight, "feature_matching_weight": p.feature_matching_weight,
+            "discriminator": adversary.origin if adversary is not None else None, "bf16": p.bf16, "steps": steps,
+            "train_seconds": round(train_seconds, 1), "train_clips": 0 if train is None else len(train.clip_ids),
             "heldout_clips": len(heldout.clip_ids), "heldout_frames": after["frames"],
             "heldout_l1_before": before["l1"], "heldout_l1_after": after["l1"],
             "heldout_psnr_before": before["psnr"], "heldout_psnr_after": after["psnr"],
@@ -343,3 +373,39 @@ def finetune_render(corpus_dir: str | Path, audio_store: str | Path, emmn_path: 
         save_training_state(model_out, modules={"kp_detector": kp_detector, "generator": generator.eval()},
                             config=fomm.config.to_dict(), step=steps, metrics=metrics)
     return metrics
+
+
+def fine_tune(generator: nn.Module, sampler: FrameSampler, loss_fn: RenderLoss, adversary: Adversary | None,
+              loss_log: LossLog, base: BaseParams, p: FinetuneRenderParams, device: torch.device
+              ) -> tuple[int, float]:
+    """The stage-2 loop on the generator (the parts `p` names) in place; return (steps, seconds)."""
+    generator.requires_grad_(p.train_generator)
+    generator.dense_motion_network.requires_grad_(p.train_dense_motion)
+    trainable = [q for q in generator.parameters() if q.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=p.lr, betas=(0.5, 0.999))  # FOMM's betas
+
+    def step_fn(step: int) -> dict[str, float]:
+        rng, _ = step_rngs(base.seed, step)
+        batch = sampler.sample(rng, p.batch_size, p.real_keypoint_share)
+        # frozen parts stay in eval mode, so their BatchNorm statistics do not drift either
+        generator.train(p.train_generator)
+        generator.dense_motion_network.train(p.train_dense_motion)
+        target = batch["target"].to(device)
+        with autocast(device, p.bf16):
+            prediction = render_batch(generator, batch, device)
+            losses = {"stage2": loss_fn(prediction, target)}
+            if adversary is not None:
+                losses.update(adversary.generator_losses(prediction, target))
+        total = sum(losses.values())
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        logged = {k: float(v.detach()) for k, v in losses.items()}
+        if adversary is not None:
+            logged["discriminator"] = adversary.update(prediction, target, device)
+        return logged
+
+    budget = Budget(p.steps, p.max_minutes)
+    steps = run_loop(step_fn, start_step=0, budget=budget, log=loss_log, log_every=p.log_every,
+                     description="finetune_render")
+    return steps, budget.elapsed

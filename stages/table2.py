@@ -132,7 +132,8 @@ def setup_notes(plans: list[RowPlan], clips: list, per_clip: pd.DataFrame, rende
         value = judges.get(key)
         return "n/a" if value is None else f"{value:.2f}"
 
-    fine_tuned = renderer.name != "fomm.pt"
+    # emmn_render.pt's step is finetune_render's (0: fomm.pt's renderer passed through)
+    fine_tuned = renderer.name != "fomm.pt" and cached_renderer(str(renderer), renderer.stat().st_mtime).step > 0
     notes = [
         f"Measured on {len(clips)} held-out clips ({len(actors)} held-out actor{'s' * (len(actors) != 1)}: "
         f"{', '.join(actors)}; spread over "
@@ -141,8 +142,8 @@ def setup_notes(plans: list[RowPlan], clips: list, per_clip: pd.DataFrame, rende
         "neutral keypoints (p_neu, j_neu) and rendered from the actor's neutral reference frame. The corpus has no "
         "exact cross-reconstruction target for held-out actors (its counterfactual renders exist for training "
         "actors only, and another emotion's take of the same sentence differs in timing), so none is scored here.",
-        f"Renderer: {renderer}" + (" (finetune_render's generator, fine-tuned on EmmnNet-driven frames; the same "
-                                   "for every row)" if fine_tuned else " (train_fomm's, not fine-tuned)")
+        f"Renderer: {renderer}" + (" (finetune_render's generator, fine-tuned on EmmnNet-driven frames"
+                                   if fine_tuned else " (train_fomm's, not fine-tuned") + "; the same for every row)"
         + f"; its E_k matches keypoints.zarr's (reference keypoints within {gap:.1e}).",
         "M-LMD / F-LMD: dlib's 68 points on rendered and real frames." if by_dlib else
         "M-LMD / F-LMD: the evaluator's landmark regressor on the rendered frames against the corpus's exact "

@@ -1,10 +1,11 @@
-"""The landmark-warp ceiling: piecewise-affine warp of the reference onto other landmarks."""
+"""The emotion ceilings: the landmark warp of the reference onto other landmarks, and the EMMN row."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from pipeline.emotion_ceiling import border_points, delaunay_triangles, landmark_warps, piecewise_affine_warp
+from tests.lipsync_fixtures import tiny_audio  # noqa: F401
 
 
 def grid_points(size: int) -> np.ndarray:
@@ -32,3 +33,28 @@ def test_moving_the_inner_points_moves_the_picture_between_them():
     # Inside the inner grid the map is a pure translation by (3, 0).
     np.testing.assert_array_equal(out[14:18, 17:21], image[14:18, 14:18])
     assert out[14:18, 14:17].max() == 0
+
+
+def test_the_emmn_row_renders_a_clip_as_the_product_does(tiny_audio, tmp_path):  # noqa: F811
+    """EmmnNet's keypoints from the clip's audio drive the actor's reference: every stride-th frame, at the
+    asked frame size; keypoints that do not move give one unchanging frame."""
+    import pandas as pd
+    import torch
+
+    from pipeline.emotion_ceiling import EmmnRow
+    from tests.conftest import tiny_section
+    from tests.generate_fixtures import write_tiny_emmn, write_tiny_fomm
+
+    corpus, audio = tiny_audio
+    write_tiny_fomm(tmp_path / "fomm.pt")
+    write_tiny_emmn(tmp_path / "emmn.pt", num_kp=tiny_section("train_fomm").num_kp)
+    row = EmmnRow(tmp_path / "emmn.pt", tmp_path / "fomm.pt", corpus, audio, tmp_path / "no_prosody.zarr")
+    manifest = pd.read_parquet(corpus / "manifest.parquet")
+    clip = next(manifest[(manifest.kind == "real")].itertuples(index=False))
+    frames = row(clip, 2, 40)
+    assert frames.shape == ((int(clip.frames) + 1) // 2, 40, 40, 3) and frames.dtype == np.uint8
+    with torch.no_grad():  # an all-zero EmmnNet predicts the same keypoints for every frame
+        for q in row.emmn.parameters():
+            q.zero_()
+    still = row(clip, 2, 40)
+    assert np.abs(still.astype(int) - still[:1].astype(int)).max() <= 1

@@ -136,3 +136,95 @@ def test_frames_can_be_driven_by_their_own_detected_keypoints(tiny_audio, tmp_pa
     writer.close()
     with pytest.raises(InputError, match="is not at its corpus rows"):  # clips in another order than the corpus
         detected_keypoints(store, clips)
+
+
+def _tiny_fomm_with_discriminator(path, seed: int = 0):
+    """write_tiny_fomm's file plus a discriminator under train_state, as train_fomm's GAN leaves one."""
+    from pipeline.fomm_train import fomm_config, init_fomm
+    from pipeline.models.fomm import MultiScaleDiscriminator
+    from pipeline.train import save_training_state
+
+    config = fomm_config(tiny_section("train_fomm"))
+    kp_detector, generator = init_fomm(config, seed)
+    torch.manual_seed(seed + 1)
+    discriminator = MultiScaleDiscriminator(config)
+    save_training_state(path, modules={"kp_detector": kp_detector, "generator": generator}, config=config.to_dict(),
+                        step=0, metrics={}, extra_modules={"discriminator": discriminator})
+    return config, discriminator
+
+
+def test_the_adversary_starts_from_fomm_pt_s_discriminator_or_fresh(tmp_path):
+    from pipeline.config import FinetuneRenderParams
+    from pipeline.errors import CheckpointError
+    from pipeline.fomm_train import fomm_config
+    from pipeline.render_finetune import Adversary
+    from pipeline.train import load_training_state
+
+    p = FinetuneRenderParams(gan_weight=0.1, feature_matching_weight=1.0)
+    config, trained = _tiny_fomm_with_discriminator(tmp_path / "gan.pt")
+    adversary = Adversary(tmp_path / "gan.pt", config, p, torch.device("cpu"))
+    assert adversary.origin == "fomm.pt"
+    for name, value in trained.state_dict().items():
+        assert torch.equal(value, adversary.discriminator.state_dict()[name])
+    write_tiny_fomm(tmp_path / "plain.pt")
+    assert Adversary(tmp_path / "plain.pt", fomm_config(tiny_section("train_fomm")), p,
+                     torch.device("cpu")).origin == "fresh"
+
+    ckpt = load_training_state(tmp_path / "gan.pt")  # a discriminator of another shape: one line naming the file
+    state = dict(ckpt["train_state"]["discriminator"])
+    state[next(iter(state))] = torch.zeros(1)
+    torch.save({**ckpt, "train_state": {"discriminator": state}}, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="bad.pt"):
+        Adversary(tmp_path / "bad.pt", config, p, torch.device("cpu"))
+
+    # feature matching is zero when the rendered frame is the real one; the LSGAN term (1 - D(fake))^2 is not.
+    # In eval mode: in train mode spectral norm's power iteration moves the weights between the two passes
+    size = config.image_size
+    image = torch.rand(2, 3, size, size)
+    adversary.discriminator.eval()
+    losses = adversary.generator_losses(image, image)
+    assert losses["feature_matching"].item() == 0.0 and losses["generator_gan"].item() > 0.0
+    adversary.discriminator.train()
+    before = [q.clone() for q in adversary.discriminator.parameters()]
+    loss_d = adversary.update(torch.rand(2, 3, size, size), image, torch.device("cpu"))
+    assert loss_d > 0.0
+    assert any(not torch.equal(a, b) for a, b in zip(before, adversary.discriminator.parameters()))
+
+
+def test_finetune_render_with_the_gan_logs_its_terms_and_says_which_discriminator(tiny_audio, tmp_path):  # noqa: F811
+    from stages.finetune_render import run_finetune_render
+
+    corpus, audio = tiny_audio
+    _tiny_fomm_with_discriminator(tmp_path / "fomm.pt")
+    write_tiny_emmn(tmp_path / "emmn.pt", num_kp=tiny_section("train_fomm").num_kp)
+    p = dataclasses.replace(tiny_section("finetune_render"), train_generator=True, gan_weight=0.1, bf16=True)
+    metrics = run_finetune_render(corpus, audio, tmp_path / "emmn.pt", tmp_path / "fomm.pt", tmp_path / "out.pt",
+                                  tmp_path / "losses.csv", tmp_path / "losses.png", tmp_path / "report.json",
+                                  tiny_section("base"), p)
+    assert metrics["discriminator"] == "fomm.pt" and metrics["gan_weight"] == 0.1 and metrics["bf16"] is True
+    rows = read_loss_csv(tmp_path / "losses.csv")
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for row in rows:
+        assert row["stage2"] > 0 and row["generator_gan"] > 0 and row["discriminator"] > 0
+        assert row["feature_matching"] >= 0
+    assert load_fomm(tmp_path / "out.pt").step == 3
+
+
+def test_zero_steps_pass_fomm_pt_s_renderer_through_measured(tiny_audio, tmp_path):  # noqa: F811
+    from stages.finetune_render import run_finetune_render
+
+    corpus, audio = tiny_audio
+    write_tiny_fomm(tmp_path / "fomm.pt")
+    write_tiny_emmn(tmp_path / "emmn.pt", num_kp=tiny_section("train_fomm").num_kp)
+    p = dataclasses.replace(tiny_section("finetune_render"), steps=0, train_generator=False,
+                            train_dense_motion=False)  # nothing to tune is fine when nothing is tuned
+    metrics = run_finetune_render(corpus, audio, tmp_path / "emmn.pt", tmp_path / "fomm.pt", tmp_path / "out.pt",
+                                  tmp_path / "losses.csv", tmp_path / "losses.png", tmp_path / "report.json",
+                                  tiny_section("base"), p)
+    assert metrics["steps"] == 0 and metrics["train_clips"] == 0
+    assert metrics["heldout_psnr_after"] == metrics["heldout_psnr_before"] > 0
+    assert read_loss_csv(tmp_path / "losses.csv") == [] and (tmp_path / "losses.png").is_file()
+    passed, start = load_fomm(tmp_path / "out.pt"), load_fomm(tmp_path / "fomm.pt")
+    for module in ("kp_detector", "generator"):
+        a, b = getattr(start, module).state_dict(), getattr(passed, module).state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
