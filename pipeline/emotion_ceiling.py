@@ -84,16 +84,21 @@ def landmark_warps(reference: np.ndarray, reference_landmarks: np.ndarray, landm
 
 class EmmnRow:
     """Held-out clips rendered as the product does: EmmnNet's keypoints from each clip's audio drive the actor's
-    neutral reference through `renderer` (a fomm.pt-layout file)."""
+    neutral reference through `renderer` (a fomm.pt-layout file); `read_temperature` overrides Eq. 10's inference
+    tau stored in emmn.pt."""
 
     def __init__(self, emmn_path: Path, renderer_path: Path, corpus_dir: Path, audio_store: Path,
-                 prosody_store: Path):
+                 prosody_store: Path, read_temperature: float | None = None):
+        import dataclasses
+
         from pipeline.generate import check_keypoint_count
         from pipeline.models.emmn import load_emmn
         from pipeline.render_finetune import actor_references
 
         self.renderer = load_fomm(renderer_path)
         self.emmn = load_emmn(emmn_path)
+        if read_temperature is not None:
+            self.emmn.config = dataclasses.replace(self.emmn.config, read_temperature=read_temperature)
         check_keypoint_count(self.emmn, emmn_path, self.renderer.config.num_kp, renderer_path)
         self.refs = actor_references(Path(corpus_dir), self.renderer.kp_detector, self.renderer.config.image_size)
         self.audio_store, self.prosody_store = Path(audio_store), Path(prosody_store)

@@ -41,6 +41,8 @@ def main(
         "data/features/audio.zarr"),
     prosody_store: Annotated[Path, typer.Option(help="prosody of the emmn row")] = Path(
         "data/features/prosody.zarr"),
+    read_temperature: Annotated[float | None, typer.Option(
+        help="emmn row: Eq. 10's inference tau instead of emmn.pt's (train_memory.read_temperature)")] = None,
     evaluator: Annotated[Path, typer.Option(help="the judges (train_evaluator)")] = Path("data/models/evaluator.pt"),
     stride: Annotated[int, typer.Option(min=1, help="every n-th frame of each clip")] = 3,
     actor: Annotated[str, typer.Option(help="held-out actor of the sheet")] = "M010",
@@ -52,7 +54,7 @@ def main(
     """Judge accuracy of real / reference / landmark_warp / fomm_keypoints over the held-out clips."""
     torch.set_num_threads(threads)
     judge = load_evaluator(evaluator)
-    emmn_row = None if emmn is None else EmmnRow(emmn, renderer, corpus, audio_store, prosody_store)
+    emmn_row = None if emmn is None else EmmnRow(emmn, renderer, corpus, audio_store, prosody_store, read_temperature)
     with progress_bar() as bar:
         task = bar.add_task("emotion ceilings", total=None)
         report, picture = emotion_ceilings(corpus, judge, None if no_fomm else fomm, stride, actor, sentence,
@@ -60,7 +62,8 @@ def main(
                                            emmn_row=emmn_row)
     report["fomm"] = None if no_fomm else str(fomm)
     if emmn is not None:
-        report.update(emmn_checkpoint=str(emmn), renderer=str(renderer))
+        report.update(emmn_checkpoint=str(emmn), renderer=str(renderer),
+                      read_temperature=emmn_row.emmn.config.read_temperature)
     out.write_text(json.dumps(report, indent=2) + "\n")
     if picture is not None:
         cv2.imwrite(str(sheet), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))

@@ -58,3 +58,6 @@ def test_the_emmn_row_renders_a_clip_as_the_product_does(tiny_audio, tmp_path): 
             q.zero_()
     still = row(clip, 2, 40)
     assert np.abs(still.astype(int) - still[:1].astype(int)).max() <= 1
+    sharper = EmmnRow(tmp_path / "emmn.pt", tmp_path / "fomm.pt", corpus, audio, tmp_path / "no_prosody.zarr",
+                      read_temperature=0.25)
+    assert sharper.emmn.config.read_temperature == 0.25 != row.emmn.config.read_temperature
