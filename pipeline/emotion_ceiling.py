@@ -112,10 +112,7 @@ class EmmnRow:
         actor = str(clip.actor)
         kp_source = {k: torch.from_numpy(v) for k, v in self.refs.keypoints[actor].items()}
         images = to_uint8_frames(reconstruct(self.renderer.generator, self.refs.images[actor], kp_source, kp))
-        if images.shape[1] != frame_size:
-            images = np.stack([cv2.resize(im, (frame_size, frame_size), interpolation=cv2.INTER_LINEAR)
-                               for im in images])
-        return images
+        return to_frame_size(images, frame_size, frame_size)
 
 
 def emotion_ceilings(corpus_dir: Path, evaluator, fomm_path: Path | None = None, stride: int = 3,
@@ -172,13 +169,17 @@ def emotion_ceilings(corpus_dir: Path, evaluator, fomm_path: Path | None = None,
 
 
 def fomm_renders(model, reference: np.ndarray, frames: np.ndarray) -> np.ndarray:
-    """The reference driven by each frame's own keypoints (absolute E_k) -> uint8 frames at the model's size."""
+    """The reference driven by each frame's own keypoints (absolute E_k) -> uint8 frames at the frames' size."""
     size = model.config.image_size
     value, jacobian = detect_keypoints(model.kp_detector, np.concatenate([reference[None], frames]), size)
     kp = keypoints_dict(value, jacobian)
     prediction = reconstruct(model.generator, frames_to_tensor(reference[None], size),
                              {k: t[:1] for k, t in kp.items()}, {k: t[1:] for k, t in kp.items()})
-    images = to_uint8_frames(prediction)
-    if size != frames.shape[1]:
-        images = np.stack([cv2.resize(im, frames.shape[1:3][::-1], interpolation=cv2.INTER_LINEAR) for im in images])
-    return images
+    return to_frame_size(to_uint8_frames(prediction), *frames.shape[1:3])
+
+
+def to_frame_size(images: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Renders (T,h,w,3) at the renderer's size -> (T,height,width,3) (bilinear), untouched when they match."""
+    if images.shape[1:3] == (height, width):
+        return images
+    return np.stack([cv2.resize(im, (width, height), interpolation=cv2.INTER_LINEAR) for im in images])
