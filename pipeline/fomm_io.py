@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,7 +34,12 @@ class FommModel:
 
 def load_fomm(path: str | Path) -> FommModel:
     """A `fomm.pt` written by the train_fomm stage, strictly loaded; one-line CheckpointError otherwise."""
-    ckpt = load_training_state(path)
+    return fomm_from_checkpoint(load_training_state(path), path)
+
+
+def fomm_from_checkpoint(ckpt: Mapping[str, Any], path: str | Path) -> FommModel:
+    """`load_fomm` on a checkpoint already read (load_training_state) from `path`, for callers that need its
+    train_state too."""
     model = ckpt["model"]
     if not isinstance(model, Mapping) or not {"kp_detector", "generator"} <= set(model):
         raise CheckpointError(path, "not an FOMM checkpoint: model needs kp_detector and generator")

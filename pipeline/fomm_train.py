@@ -27,15 +27,14 @@ import torch
 
 from pipeline.config import BaseParams, TrainFommParams, deep_merge
 from pipeline.errors import InputError
+from pipeline.fomm_adversary import Adversary
 from pipeline.fomm_io import frames_to_tensor
 from pipeline.fomm_losses import (
     ANCHOR_LANDMARKS,
     RandomTransform,
     ReconstructionLoss,
-    discriminator_loss,
     equivariance_losses,
     face_part_weights,
-    generator_gan_losses,
     landmark_anchor_loss,
     landmark_anchor_targets,
     landmark_flow_loss,
@@ -44,9 +43,7 @@ from pipeline.fomm_losses import (
 )
 from pipeline.models.fomm import (
     FommConfig,
-    ImagePyramid,
     KPDetector,
-    MultiScaleDiscriminator,
     OcclusionAwareGenerator,
     load_official_fomm,
 )
@@ -225,12 +222,9 @@ class FommTrainer:
                                                  config.num_channels).to(device)
         params = list(self.kp_detector.parameters()) + list(self.generator.parameters())
         self.optimizer = torch.optim.Adam(params, lr=p.lr, betas=(0.5, 0.999))  # FOMM's betas
-        self.discriminator = None
-        if p.gan_weight > 0:
-            self.discriminator = MultiScaleDiscriminator(config).to(device)
-            self.disc_pyramid = ImagePyramid(config.discriminator.scales, config.num_channels).to(device)
-            self.optimizer_d = torch.optim.Adam(self.discriminator.parameters(), lr=p.lr, betas=(0.5, 0.999))
-        self.gan_active = self.discriminator is not None  # the loop turns it off before `gan_start`
+        self.adversary = (Adversary(config, device, gan_weight=p.gan_weight,
+                                    feature_matching_weight=p.feature_matching_weight, lr=p.lr, bf16=p.bf16)
+                          if p.gan_weight > 0 else None)
 
     @property
     def modules(self) -> dict[str, torch.nn.Module]:
@@ -239,18 +233,19 @@ class FommTrainer:
     @property
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         out = {"optimizer": self.optimizer}
-        if self.discriminator is not None:
-            out["optimizer_d"] = self.optimizer_d
+        if self.adversary is not None:
+            out["optimizer_d"] = self.adversary.optimizer
         return out
 
     @property
     def extra_modules(self) -> dict[str, torch.nn.Module]:
-        return {} if self.discriminator is None else {"discriminator": self.discriminator}
+        return {} if self.adversary is None else {"discriminator": self.adversary.discriminator}
 
     def losses(self, source: torch.Tensor, driving: torch.Tensor, gen: torch.Generator,
-               pixel_weights: torch.Tensor | None = None, landmarks: torch.Tensor | None = None
-               ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Weighted loss terms for one batch (train mode) and the prediction."""
+               pixel_weights: torch.Tensor | None = None, landmarks: torch.Tensor | None = None, *,
+               gan: bool = True) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Weighted loss terms for one batch (train mode) and the prediction; the adversarial ones when there is
+        a discriminator and `gan`."""
         p = self.p
         use_equivariance = p.equivariance_value_weight > 0 or p.equivariance_jacobian_weight > 0
         if use_equivariance:
@@ -266,11 +261,8 @@ class FommTrainer:
             prediction = out["prediction"]
             losses = {"reconstruction": self.reconstruction(prediction, driving, pixel_weights)}
             kp_transformed = self.kp_detector(transformed) if use_equivariance else None
-            if self.gan_active:
-                fake = self.discriminator(self.disc_pyramid(prediction))
-                real = self.discriminator(self.disc_pyramid(driving))
-                losses.update(generator_gan_losses(fake, real, self.config.discriminator.scales, p.gan_weight,
-                                                   p.feature_matching_weight))
+            if self.adversary is not None and gan:
+                losses.update(self.adversary.generator_losses(prediction, driving))
         zero = prediction.new_zeros((), dtype=torch.float32)
         equivariance = equivariance_losses(kp_driving, kp_transformed, transform) if use_equivariance else {}
         losses["equivariance_value"] = p.equivariance_value_weight * equivariance.get("equivariance_value", zero)
@@ -286,28 +278,22 @@ class FommTrainer:
         return losses, prediction
 
     def train_step(self, source: torch.Tensor, driving: torch.Tensor, gen: torch.Generator,
-                   pixel_weights: torch.Tensor | None = None, landmarks: torch.Tensor | None = None
-                   ) -> dict[str, float]:
+                   pixel_weights: torch.Tensor | None = None, landmarks: torch.Tensor | None = None, *,
+                   gan: bool = True) -> dict[str, float]:
+        """One update of E_k + the generator, then of the discriminator (when there is one and `gan`)."""
         self.kp_detector.train()
         self.generator.train()
         source, driving = source.to(self.device), driving.to(self.device)
         if pixel_weights is not None:
             pixel_weights = pixel_weights.to(self.device)
-        losses, prediction = self.losses(source, driving, gen, pixel_weights, landmarks)
+        losses, prediction = self.losses(source, driving, gen, pixel_weights, landmarks, gan=gan)
         total = sum(losses.values())
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.optimizer.step()
         logged = {"total": float(total.detach()), **{k: float(v.detach()) for k, v in losses.items()}}
-        if self.gan_active:
-            with autocast(self.device, self.p.bf16):
-                fake = self.discriminator(self.disc_pyramid(prediction.detach()))
-                real = self.discriminator(self.disc_pyramid(driving))
-                loss_d = discriminator_loss(fake, real, self.config.discriminator.scales, self.p.gan_weight)
-            self.optimizer_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            self.optimizer_d.step()
-            logged["discriminator"] = float(loss_d.detach())
+        if self.adversary is not None and gan:
+            logged["discriminator"] = self.adversary.update(prediction, driving)
         return logged
 
 
@@ -347,7 +333,7 @@ def _train(config: FommConfig, corpus_dir: str | Path, model_out: Path, losses_c
     kind = trainer.reconstruction.kind
     log(f"train_fomm: reconstruction loss = {kind}"
         + (f" (VGG19 weights {p.vgg19})" if vgg is not None else " (no train_fomm.vgg19 weights given)")
-        + f"; GAN {'on' if trainer.discriminator is not None else 'off'}; device {device}; bf16 {p.bf16}")
+        + f"; GAN {'on' if trainer.adversary is not None else 'off'}; device {device}; bf16 {p.bf16}")
     log(f"train_fomm: {sampler.num_clips} training clips, {sampler.num_frames} frames; "
         f"{count_parameters(trainer.kp_detector, trainer.generator) / 1e6:.2f}M parameters at {config.image_size}px")
 
@@ -376,7 +362,6 @@ def _train(config: FommConfig, corpus_dir: str | Path, model_out: Path, losses_c
 
     def step_fn(step: int) -> dict[str, float]:
         rng, gen = step_rngs(base.seed, step)
-        trainer.gan_active = trainer.discriminator is not None and step >= p.gan_start
         rows = sampler.sample_rows(rng, p.batch_size)
         source, driving = sampler.load(rows)
         weights = sampler.part_weights(rows, p.part_weight) if p.part_weight > 0 else None
@@ -384,7 +369,7 @@ def _train(config: FommConfig, corpus_dir: str | Path, model_out: Path, losses_c
         source, driving, weights, landmarks = augment_pair(source, driving, gen, flip=p.augment_flip,
                                                            jitter=p.augment_jitter, pixel_weights=weights,
                                                            landmarks=landmarks)
-        return trainer.train_step(source, driving, gen, weights, landmarks)
+        return trainer.train_step(source, driving, gen, weights, landmarks, gan=step >= p.gan_start)
 
     def metrics(step: int) -> dict[str, Any]:
         seconds = seconds_before + budget.elapsed

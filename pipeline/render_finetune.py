@@ -20,9 +20,10 @@ feature-matching terms ask for a face the discriminator takes for real.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,13 +32,14 @@ from torch import nn
 
 from pipeline.config import BaseParams, FinetuneRenderParams
 from pipeline.errors import InputError
-from pipeline.fomm_io import detect_keypoints, frames_to_tensor, load_fomm
-from pipeline.fomm_losses import MIN_VGG_SIZE, discriminator_loss, generator_gan_losses
+from pipeline.fomm_adversary import Adversary
+from pipeline.fomm_io import detect_keypoints, fomm_from_checkpoint, frames_to_tensor
+from pipeline.fomm_losses import MIN_VGG_SIZE
 from pipeline.fomm_report import psnr
 from pipeline.generate import check_keypoint_count, predict_keypoints
 from pipeline.prosody import DEFAULT_STORE as DEFAULT_PROSODY_STORE
 from pipeline.prosody import ProsodyStore
-from pipeline.models.fomm import FommConfig, ImagePyramid, MultiScaleDiscriminator
+from pipeline.models.fomm import FommConfig, ImagePyramid
 from pipeline.models.vgg19 import Vgg19Features, load_vgg19
 from pipeline.store import open_store, read_index
 from pipeline.train import (
@@ -70,6 +72,11 @@ def stage2_loss(real_maps: Sequence[torch.Tensor], fake_maps: Sequence[torch.Ten
     return total
 
 
+def render_loss_kind(with_vgg: bool) -> str:
+    """The name logs and reports give Eq. 15's feature space."""
+    return "perceptual_vgg19" if with_vgg else "multiscale_l1"
+
+
 class RenderLoss(nn.Module):
     """Eq. 15 summed over an image pyramid: VGG19 feature maps per level, or the level's pixels (L1)."""
 
@@ -77,7 +84,7 @@ class RenderLoss(nn.Module):
         super().__init__()
         self.pyramid = ImagePyramid(tuple(scales), num_channels)
         self.vgg = vgg
-        self.kind = "perceptual_vgg19" if vgg is not None else "multiscale_l1"
+        self.kind = render_loss_kind(vgg is not None)
 
     def forward(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         pred_levels, real_levels = self.pyramid(prediction.float()), self.pyramid(target.float())
@@ -266,35 +273,17 @@ def evaluate(generator: nn.Module, sampler: FrameSampler, device: torch.device, 
 # ------------------------------------------------------------------------------------------- training
 
 
-class Adversary:
-    """FOMM's multi-scale discriminator in stage 2: its LSGAN + feature-matching terms for the renderer, and its
-    own update on real vs rendered frames."""
-
-    def __init__(self, fomm_path: str | Path, config: FommConfig, p: FinetuneRenderParams, device: torch.device):
-        from pipeline.checkpoints import load_strict
-
-        self.p, self.scales = p, config.discriminator.scales
-        self.discriminator = MultiScaleDiscriminator(config).to(device)
-        state = (load_training_state(fomm_path).get("train_state") or {}).get("discriminator")
-        if state is not None:  # the one train_fomm's GAN trained: it already knows this corpus's faces
-            load_strict(self.discriminator, state, fomm_path)
-        self.origin = "fomm.pt" if state is not None else "fresh"
-        self.pyramid = ImagePyramid(self.scales, config.num_channels).to(device)
-        self.optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=p.lr, betas=(0.5, 0.999))
-
-    def generator_losses(self, prediction: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        fake = self.discriminator(self.pyramid(prediction))
-        real = self.discriminator(self.pyramid(target))
-        return generator_gan_losses(fake, real, self.scales, self.p.gan_weight, self.p.feature_matching_weight)
-
-    def update(self, prediction: torch.Tensor, target: torch.Tensor, device: torch.device) -> float:
-        with autocast(device, self.p.bf16):
-            loss = discriminator_loss(self.discriminator(self.pyramid(prediction.detach())),
-                                      self.discriminator(self.pyramid(target)), self.scales, self.p.gan_weight)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return float(loss.detach())
+def stage2_adversary(fomm_ckpt: Mapping[str, Any], fomm_path: str | Path, config: FommConfig,
+                     p: FinetuneRenderParams, device: torch.device) -> tuple[Adversary, str]:
+    """The discriminator of stage 2's GAN and where it came from: fomm.pt's (train_state) when train_fomm's GAN
+    left one, since it already knows this corpus's faces ("fomm.pt"), else a fresh one ("fresh")."""
+    adversary = Adversary(config, device, gan_weight=p.gan_weight, feature_matching_weight=p.feature_matching_weight,
+                          lr=p.lr, bf16=p.bf16)
+    state = (fomm_ckpt.get("train_state") or {}).get("discriminator")
+    if state is None:
+        return adversary, "fresh"
+    adversary.load_state(state, fomm_path)
+    return adversary, "fomm.pt"
 
 
 def finetune_render(corpus_dir: str | Path, audio_store: str | Path, emmn_path: str | Path, fomm_path: str | Path,
@@ -314,7 +303,8 @@ def finetune_render(corpus_dir: str | Path, audio_store: str | Path, emmn_path: 
     with torch_threads(p.threads):
         device = pick_device(base.device)
         seed_all(base.seed)
-        fomm = load_fomm(fomm_path)
+        fomm_ckpt = load_training_state(fomm_path)
+        fomm = fomm_from_checkpoint(fomm_ckpt, fomm_path)
         emmn = load_emmn(emmn_path).to(device)
         check_keypoint_count(emmn, emmn_path, fomm.config.num_kp, fomm_path)
         kp_detector, generator = fomm.kp_detector.to(device), fomm.generator.to(device)
@@ -326,10 +316,12 @@ def finetune_render(corpus_dir: str | Path, audio_store: str | Path, emmn_path: 
                                 Path(prosody_store))
         del emmn  # frozen: its predictions are all stage 2 needs
         eval_sampler = FrameSampler(corpus_dir, heldout, refs, size)
-        loss_fn = RenderLoss(p.scales, load_vgg19(p.vgg19).to(device) if p.vgg19 else None,
-                             fomm.config.num_channels).to(device)
-        use_gan = train is not None and p.gan_weight > 0
-        adversary = Adversary(fomm_path, fomm.config, p, device) if use_gan else None
+        # the loss's VGG19 file and the discriminator are read before any rendering, and only when used
+        loss_fn = (RenderLoss(p.scales, load_vgg19(p.vgg19).to(device) if p.vgg19 else None,
+                              fomm.config.num_channels).to(device) if train is not None else None)
+        adversary, origin = (stage2_adversary(fomm_ckpt, fomm_path, fomm.config, p, device)
+                             if train is not None and p.gan_weight > 0 else (None, None))
+        del fomm_ckpt
         before = evaluate(generator, eval_sampler, device)
         log(f"finetune_render: held-out ({len(heldout.clip_ids)} clips) before: L1 {before['l1']:.4f}, "
             f"PSNR {before['psnr']:.2f} dB, sharpness {before['sharpness']:.3f}")
@@ -346,7 +338,7 @@ def finetune_render(corpus_dir: str | Path, audio_store: str | Path, emmn_path: 
                 + (f"; {p.real_keypoint_share:.0%} of frames driven by their own detected keypoints"
                    if p.real_keypoint_share > 0 else "")
                 + (f"; + LSGAN ({p.gan_weight}) and feature matching ({p.feature_matching_weight}) of the "
-                   f"{adversary.origin} discriminator" if adversary is not None else "")
+                   f"{origin} discriminator" if adversary is not None else "")
                 + ("; bf16 autocast" if p.bf16 else ""))
             log(f"finetune_render: {len(train.clip_ids)} training clips ({train.num_frames} frames) driven by "
                 f"EmmnNet keypoints")
@@ -358,10 +350,10 @@ def finetune_render(corpus_dir: str | Path, audio_store: str | Path, emmn_path: 
             log(f"finetune_render: held-out after {steps} steps: L1 {after['l1']:.4f}, PSNR {after['psnr']:.2f} dB, "
                 f"sharpness {after['sharpness']:.3f}")
         metrics = {
-            "loss": loss_fn.kind, "vgg19": p.vgg19, "train_dense_motion": p.train_dense_motion,
+            "loss": render_loss_kind(bool(p.vgg19)), "vgg19": p.vgg19, "train_dense_motion": p.train_dense_motion,
             "train_generator": p.train_generator, "real_keypoint_share": p.real_keypoint_share,
             "gan_weight": p.gan_weight, "feature_matching_weight": p.feature_matching_weight,
-            "discriminator": adversary.origin if adversary is not None else None, "bf16": p.bf16, "steps": steps,
+            "discriminator": origin, "bf16": p.bf16, "steps": steps,
             "train_seconds": round(train_seconds, 1), "train_clips": 0 if train is None else len(train.clip_ids),
             "heldout_clips": len(heldout.clip_ids), "heldout_frames": after["frames"],
             "heldout_l1_before": before["l1"], "heldout_l1_after": after["l1"],
@@ -402,7 +394,7 @@ def fine_tune(generator: nn.Module, sampler: FrameSampler, loss_fn: RenderLoss, 
         optimizer.step()
         logged = {k: float(v.detach()) for k, v in losses.items()}
         if adversary is not None:
-            logged["discriminator"] = adversary.update(prediction, target, device)
+            logged["discriminator"] = adversary.update(prediction, target)
         return logged
 
     budget = Budget(p.steps, p.max_minutes)

@@ -157,25 +157,25 @@ def test_the_adversary_starts_from_fomm_pt_s_discriminator_or_fresh(tmp_path):
     from pipeline.config import FinetuneRenderParams
     from pipeline.errors import CheckpointError
     from pipeline.fomm_train import fomm_config
-    from pipeline.render_finetune import Adversary
+    from pipeline.render_finetune import stage2_adversary
     from pipeline.train import load_training_state
 
+    cpu = torch.device("cpu")
     p = FinetuneRenderParams(gan_weight=0.1, feature_matching_weight=1.0)
     config, trained = _tiny_fomm_with_discriminator(tmp_path / "gan.pt")
-    adversary = Adversary(tmp_path / "gan.pt", config, p, torch.device("cpu"))
-    assert adversary.origin == "fomm.pt"
+    adversary, origin = stage2_adversary(load_training_state(tmp_path / "gan.pt"), tmp_path / "gan.pt", config, p, cpu)
+    assert origin == "fomm.pt"
     for name, value in trained.state_dict().items():
         assert torch.equal(value, adversary.discriminator.state_dict()[name])
     write_tiny_fomm(tmp_path / "plain.pt")
-    assert Adversary(tmp_path / "plain.pt", fomm_config(tiny_section("train_fomm")), p,
-                     torch.device("cpu")).origin == "fresh"
+    assert stage2_adversary(load_training_state(tmp_path / "plain.pt"), tmp_path / "plain.pt",
+                            fomm_config(tiny_section("train_fomm")), p, cpu)[1] == "fresh"
 
     ckpt = load_training_state(tmp_path / "gan.pt")  # a discriminator of another shape: one line naming the file
     state = dict(ckpt["train_state"]["discriminator"])
     state[next(iter(state))] = torch.zeros(1)
-    torch.save({**ckpt, "train_state": {"discriminator": state}}, tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match="bad.pt"):
-        Adversary(tmp_path / "bad.pt", config, p, torch.device("cpu"))
+        stage2_adversary({**ckpt, "train_state": {"discriminator": state}}, tmp_path / "bad.pt", config, p, cpu)
 
     # feature matching is zero when the rendered frame is the real one; the LSGAN term (1 - D(fake))^2 is not.
     # In eval mode: in train mode spectral norm's power iteration moves the weights between the two passes
@@ -186,7 +186,7 @@ def test_the_adversary_starts_from_fomm_pt_s_discriminator_or_fresh(tmp_path):
     assert losses["feature_matching"].item() == 0.0 and losses["generator_gan"].item() > 0.0
     adversary.discriminator.train()
     before = [q.clone() for q in adversary.discriminator.parameters()]
-    loss_d = adversary.update(torch.rand(2, 3, size, size), image, torch.device("cpu"))
+    loss_d = adversary.update(torch.rand(2, 3, size, size), image)
     assert loss_d > 0.0
     assert any(not torch.equal(a, b) for a, b in zip(before, adversary.discriminator.parameters()))
 
