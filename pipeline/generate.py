@@ -36,8 +36,8 @@ from pipeline.prosody import block_prosody, measure_voice
 from pipeline.render import FilterSettings, KeypointSmoother, render_frames
 
 EMMN_FILE = "emmn.pt"
-RENDER_FILE = "emmn_render.pt"  # the stage-2 fine-tuned renderer (finetune_render), fomm.pt layout
-FOMM_FILE = "fomm.pt"  # the renderer as train_fomm left it: used when no fine-tuned one exists
+RENDER_FILE = "emmn_render.pt"  # the stage-2 renderer (finetune_render; fomm.pt's own with steps 0), fomm.pt layout
+FOMM_FILE = "fomm.pt"  # the renderer as train_fomm left it: used when no stage-2 one exists
 PASTE_FRAMES = 16  # full-size frames pasted and piped at a time (16 x 1280 x 960 x 3 bytes = 59 MB)
 
 
@@ -79,7 +79,7 @@ def resolve_emotion(name: str | None, emotions: list[str]) -> str | None:
 
 @dataclass
 class Animator:
-    """Everything inference needs, on one device: EmmnNet, E_k and the (fine-tuned) renderer."""
+    """Everything inference needs, on one device: EmmnNet, E_k and the stage-2 renderer."""
 
     emmn: torch.nn.Module
     kp_detector: KPDetector

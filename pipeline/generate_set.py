@@ -5,7 +5,7 @@ and level) and each row, a clip as long as the corpus clip, at the corpus frame 
   ground_truth  the corpus frames themselves
   static        the actor's neutral reference frame, repeated
   wav2lip_only  Wav2Lip re-dubbing that static frame with the clip's audio (lip sync, no emotion)
-  emmn          EmmnNet + the fine-tuned renderer, from the reference frame and the clip's audio
+  emmn          EmmnNet + the stage-2 renderer (emmn_render.pt), from the reference frame and the clip's audio
   baseline, mmn the paper's ablations: EmmnNet checkpoints of the other `variant`s, same renderer
 The reference frame is the corpus's neutral reference of the actor (already a face crop, so no face
 detection); the audio is the clip's wav, through the same feature code as `emmn generate`.

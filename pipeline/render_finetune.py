@@ -340,8 +340,8 @@ def finetune_render(corpus_dir: str | Path, audio_store: str | Path, emmn_path: 
                 + (f"; + LSGAN ({p.gan_weight}) and feature matching ({p.feature_matching_weight}) of the "
                    f"{origin} discriminator" if adversary is not None else "")
                 + ("; bf16 autocast" if p.bf16 else ""))
-            log(f"finetune_render: {len(train.clip_ids)} training clips ({train.num_frames} frames) driven by "
-                f"EmmnNet keypoints")
+            log(f"finetune_render: {len(train.clip_ids)} training clips ({train.num_frames} frames), "
+                f"{1 - p.real_keypoint_share:.0%} of their frames driven by EmmnNet keypoints")
             detected = detected_keypoints(Path(keypoints_store), train) if p.real_keypoint_share > 0 else None
             train_sampler = FrameSampler(corpus_dir, train, refs, size, detected)
             loss_log = LossLog(losses_csv)

@@ -8,7 +8,7 @@ input audio. The emotion comes from the audio unless --emotion overrides it (--i
 0 neutral, 1 the strongest training level, up to 2 extrapolates); --voice (repeatable) gives other recordings
 of the same speaker, so the emotion is heard against that voice's own pitch and loudness rather than the
 training voices' average (pipeline/prosody.py). Models come from --models-dir:
-emmn.pt and emmn_render.pt (fomm.pt when no fine-tuned renderer exists).
+emmn.pt and emmn_render.pt (fomm.pt when no stage-2 renderer exists).
 
 Stage mode writes data/outputs/frames.zarr (`frames` (F,H,W,3) uint8, clip ids `<row>/<corpus clip>`,
 each as long as the corpus clip), data/outputs/<row>/<clip>.mp4, data/reports/generate.json and
@@ -71,7 +71,7 @@ def build_outputs(corpus_dir: Path, audio_store: Path, models_dir: Path, out_dir
               **{row: Path(path) for row, path in p.variant_models.items()}}
     rows, skipped = plan_rows(p, models, log)
     if any(r in ("emmn", "baseline", "mmn") for r in rows) and not renderer.is_file():
-        raise InputError(renderer, "fine-tuned renderer not found (run finetune_render first)")
+        raise InputError(renderer, "stage-2 renderer not found (run finetune_render first)")
     audio_index = read_index(audio_store).set_index("clip_id")
     missing = sorted(set(clips.clip_id) - set(audio_index.index))
     if missing:
