@@ -423,6 +423,17 @@ class FiguresParams:
     crf: int = 18  # H.264 quality
 
 
+@dataclass(frozen=True)
+class EmotionCeilingParams:
+    """How much emotion the renderer can show at best, beside what the product shows (pipeline.emotion_ceiling)."""
+
+    stride: int = 6  # every n-th frame of each held-out clip is judged
+    sheet_actor: str | None = None  # held-out actor of the sheet (null = the first)
+    sheet_sentence: int | None = None  # its sentence (null = its first held-out sentence)
+    read_temperature: float | None = None  # emmn row: Eq. 10's inference tau (null = emmn.pt's own)
+    threads: int = 0  # torch threads; 0 = torch's default
+
+
 SECTIONS: dict[str, type] = {
     "base": BaseParams,
     "corpus": CorpusParams,
@@ -446,6 +457,7 @@ SECTIONS: dict[str, type] = {
     "finetune_render": FinetuneRenderParams,
     "generate": GenerateParams,
     "figures": FiguresParams,
+    "emotion_ceiling": EmotionCeilingParams,
 }
 
 
@@ -508,4 +520,5 @@ __all__ = [
     "TrainSyncnetParams", "TrainSyncScorerParams", "TrainWav2lipParams", "PseudoPairsParams", "SyncFilterParams",
     "TrainMotionParams", "DecomposeParams", "MotionReportParams", "Table2Params", "TrainEvaluatorParams", "EvaluateParams",
     "TrainAudioParams", "TrainMemoryParams", "FinetuneRenderParams", "GenerateParams", "FiguresParams",
+    "EmotionCeilingParams",
 ]

@@ -120,8 +120,9 @@ def emotion_ceilings(corpus_dir: Path, evaluator, fomm_path: Path | None = None,
                      progress: Callable[[int, int], None] | None = None,
                      emmn_row: EmmnRow | None = None) -> tuple[dict, np.ndarray | None]:
     """Judge accuracy of real / reference / landmark_warp / fomm_keypoints [/ emmn] over all held-out real clips,
-    every `stride`-th frame; and a sheet (one row per emotion of `sheet_actor`, `sheet_sentence`, strongest level:
-    real | landmark warp | FOMM | [EMMN |] reference, the middle frame) when both are given."""
+    every `stride`-th frame, overall and per emotion; and a sheet (one row per emotion of `sheet_actor`,
+    `sheet_sentence`, strongest level: real | landmark warp | FOMM | [EMMN |] reference, the middle frame). The
+    sheet's actor and sentence default to the first held-out actor and its first sentence."""
     manifest_path = Path(corpus_dir) / "manifest.parquet"
     if not manifest_path.is_file():
         raise InputError(manifest_path, "corpus manifest not found (run the corpus stage first)")
@@ -129,6 +130,7 @@ def emotion_ceilings(corpus_dir: Path, evaluator, fomm_path: Path | None = None,
     clips = manifest[(manifest.split == "test") & (manifest.kind == "real")]
     if clips.empty:
         raise InputError(manifest_path, "no held-out real clips")
+    sheet_actor, sheet_sentence = sheet_clip(clips, sheet_actor, sheet_sentence, manifest_path)
     root = open_store(Path(corpus_dir) / "frames.zarr")
     actors = [str(a) for a in root["reference_actor"][:]]
     model = load_fomm(fomm_path) if fomm_path is not None else None
@@ -138,7 +140,7 @@ def emotion_ceilings(corpus_dir: Path, evaluator, fomm_path: Path | None = None,
     if emmn_row is not None:
         hits["emmn"] = []
     rows: dict[str, tuple[int, np.ndarray]] = {}
-    frames_seen = 0
+    emotions, frames_seen = [], 0
     for done, clip in enumerate(clips.itertuples()):
         actor = actors.index(str(clip.actor))
         reference = root["reference_frames"][actor]
@@ -152,6 +154,7 @@ def emotion_ceilings(corpus_dir: Path, evaluator, fomm_path: Path | None = None,
             versions["emmn"] = emmn_row(clip, stride, frames.shape[1])
         for name, images in versions.items():
             hits[name].append(clip_emotion(evaluator.emotion_logits(images), evaluator.emotions) == clip.emotion)
+        emotions.append(str(clip.emotion))
         frames_seen += len(frames)
         if str(clip.actor) == sheet_actor and clip.sentence_id == sheet_sentence:
             if clip.emotion not in rows or rows[clip.emotion][0] < clip.level:
@@ -163,9 +166,31 @@ def emotion_ceilings(corpus_dir: Path, evaluator, fomm_path: Path | None = None,
             progress(done + 1, len(clips))
     report = {name: round(float(np.mean(v)), 4) for name, v in hits.items()}
     report.update(clips=len(clips), frames=frames_seen, stride=stride, chance=round(1 / len(evaluator.emotions), 4))
+    report["per_emotion"] = per_emotion_accuracy(hits, emotions)
+    report["sheet"] = {"actor": sheet_actor, "sentence_id": sheet_sentence}
     order = [e for e in evaluator.emotions if e in rows]
     sheet = np.concatenate([rows[e][1] for e in order], 0) if order else None
     return report, sheet
+
+
+def sheet_clip(clips: pd.DataFrame, actor: str | None, sentence: int | None, where: Path) -> tuple[str, int]:
+    """The sheet's held-out actor and sentence: as given, else the first actor and its first sentence."""
+    actors = sorted(clips.actor.astype(str).unique())
+    actor = actors[0] if actor is None else str(actor)
+    if actor not in actors:
+        raise InputError(where, f"sheet actor {actor} is not a held-out actor ({', '.join(actors)})")
+    sentences = sorted(int(v) for v in clips[clips.actor.astype(str) == actor].sentence_id.unique())
+    sentence = sentences[0] if sentence is None else int(sentence)
+    if sentence not in sentences:
+        raise InputError(where, f"actor {actor} says no held-out sentence {sentence} ({sentences})")
+    return actor, sentence
+
+
+def per_emotion_accuracy(hits: dict[str, list[bool]], emotions: Sequence[str]) -> dict[str, dict[str, float]]:
+    """{row: {emotion: share of that emotion's clips the judge named right}}; `emotions[i]` is clip i's."""
+    labels = np.asarray(emotions)
+    return {row: {e: round(float(np.mean(np.asarray(v)[labels == e])), 4) for e in sorted(set(emotions))}
+            for row, v in hits.items()}
 
 
 def fomm_renders(model, reference: np.ndarray, frames: np.ndarray) -> np.ndarray:

@@ -20,6 +20,7 @@ from stages import train_memory
 from stages import train_audio
 from stages import decompose, motion_report, train_motion
 from stages import table2
+from stages import emotion_ceiling
 from stages.common import one_line_errors
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -52,6 +53,7 @@ app.command("decompose")(decompose.decompose)
 app.command("motion_report")(motion_report.motion_report)
 app.command("motion-report", hidden=True)(motion_report.motion_report)
 app.command("table2")(table2.table2)
+app.command("emotion_ceiling")(emotion_ceiling.emotion_ceiling)
 
 
 @app.command("inspect")

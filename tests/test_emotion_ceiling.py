@@ -61,3 +61,28 @@ def test_the_emmn_row_renders_a_clip_as_the_product_does(tiny_audio, tmp_path): 
     sharper = EmmnRow(tmp_path / "emmn.pt", tmp_path / "fomm.pt", corpus, audio, tmp_path / "no_prosody.zarr",
                       read_temperature=0.25)
     assert sharper.emmn.config.read_temperature == 0.25 != row.emmn.config.read_temperature
+
+
+def test_per_emotion_accuracy_is_each_emotion_s_share_of_right_clips():
+    from pipeline.emotion_ceiling import per_emotion_accuracy
+
+    hits = {"real": [True, False, True, True], "fomm_keypoints": [False, False, True, False]}
+    emotions = ["happy", "happy", "sad", "sad"]
+    assert per_emotion_accuracy(hits, emotions) == {"real": {"happy": 0.5, "sad": 1.0},
+                                                    "fomm_keypoints": {"happy": 0.0, "sad": 0.5}}
+
+
+def test_the_sheet_defaults_to_the_first_held_out_actor_and_sentence_and_refuses_others(tmp_path):
+    import pandas as pd
+    import pytest
+
+    from pipeline.emotion_ceiling import sheet_clip
+    from pipeline.errors import InputError
+
+    clips = pd.DataFrame({"actor": ["W2", "M1", "M1", "W2"], "sentence_id": [7, 9, 8, 6]})
+    assert sheet_clip(clips, None, None, tmp_path) == ("M1", 8)
+    assert sheet_clip(clips, "W2", None, tmp_path) == ("W2", 6)
+    with pytest.raises(InputError, match="M9 is not a held-out actor"):
+        sheet_clip(clips, "M9", None, tmp_path)
+    with pytest.raises(InputError, match="no held-out sentence 6"):
+        sheet_clip(clips, "M1", 6, tmp_path)
