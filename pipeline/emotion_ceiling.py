@@ -5,7 +5,8 @@ reads four versions of its frames:
 * `real`: the frames themselves (the judge's own ceiling);
 * `reference`: the actor's neutral reference frame copied (chance for an unmoving face);
 * `landmark_warp`: the reference warped piecewise-affinely onto the frame's TRUE 68 landmarks: perfect
-  geometry, no new appearance (teeth, wrinkles, eye whites). No warping renderer does better than this;
+  geometry, no new appearance (teeth, wrinkles, eye whites). No warping renderer does better than this.
+  Only where the corpus knows them (the built-in one; a MEAD corpus has none: the row is left out and named);
 * `fomm_keypoints`: the reference driven by the detector's keypoints (E_k) of the frame, through FOMM;
 * `emmn`, with an `EmmnRow`: the reference driven by the keypoints EmmnNet predicts from the clip's audio
   (unfiltered), through a renderer (fomm.pt or emmn_render.pt): what the product shows, on all held-out clips.
@@ -134,7 +135,8 @@ def emotion_ceilings(corpus_dir: Path, evaluator, fomm_path: Path | None = None,
     root = open_store(Path(corpus_dir) / "frames.zarr")
     actors = [str(a) for a in root["reference_actor"][:]]
     model = load_fomm(fomm_path) if fomm_path is not None else None
-    hits: dict[str, list[bool]] = {"real": [], "reference": [], "landmark_warp": []}
+    warp = "reference_landmarks" in root  # the built-in corpus's exact landmarks; MEAD has none
+    hits: dict[str, list[bool]] = {"real": [], "reference": [], **({"landmark_warp": []} if warp else {})}
     if model is not None:
         hits["fomm_keypoints"] = []
     if emmn_row is not None:
@@ -145,9 +147,10 @@ def emotion_ceilings(corpus_dir: Path, evaluator, fomm_path: Path | None = None,
         actor = actors.index(str(clip.actor))
         reference = root["reference_frames"][actor]
         frames = root["frames"][clip.start:clip.stop][::stride]
-        versions = {"real": frames, "reference": np.repeat(reference[None], len(frames), 0),
-                    "landmark_warp": landmark_warps(reference, root["reference_landmarks"][actor],
-                                                    root["landmarks"][clip.start:clip.stop][::stride])}
+        versions = {"real": frames, "reference": np.repeat(reference[None], len(frames), 0)}
+        if warp:
+            versions["landmark_warp"] = landmark_warps(reference, root["reference_landmarks"][actor],
+                                                       root["landmarks"][clip.start:clip.stop][::stride])
         if model is not None:
             versions["fomm_keypoints"] = fomm_renders(model, reference, frames)
         if emmn_row is not None:
@@ -159,8 +162,7 @@ def emotion_ceilings(corpus_dir: Path, evaluator, fomm_path: Path | None = None,
         if str(clip.actor) == sheet_actor and clip.sentence_id == sheet_sentence:
             if clip.emotion not in rows or rows[clip.emotion][0] < clip.level:
                 middle = len(frames) // 2
-                shown = ["real", "landmark_warp", *(k for k in ("fomm_keypoints", "emmn") if k in versions),
-                         "reference"]
+                shown = [k for k in ("real", "landmark_warp", "fomm_keypoints", "emmn", "reference") if k in versions]
                 rows[clip.emotion] = (clip.level, np.concatenate([versions[k][middle] for k in shown], 1))
         if progress is not None:
             progress(done + 1, len(clips))
@@ -168,6 +170,8 @@ def emotion_ceilings(corpus_dir: Path, evaluator, fomm_path: Path | None = None,
     report.update(clips=len(clips), frames=frames_seen, stride=stride, chance=round(1 / len(evaluator.emotions), 4))
     report["per_emotion"] = per_emotion_accuracy(hits, emotions)
     report["sheet"] = {"actor": sheet_actor, "sentence_id": sheet_sentence}
+    if not warp:
+        report["rows_left_out"] = {"landmark_warp": "the corpus has no reference_landmarks (MEAD)"}
     order = [e for e in evaluator.emotions if e in rows]
     sheet = np.concatenate([rows[e][1] for e in order], 0) if order else None
     return report, sheet

@@ -86,3 +86,32 @@ def test_the_sheet_defaults_to_the_first_held_out_actor_and_sentence_and_refuses
         sheet_clip(clips, "M9", None, tmp_path)
     with pytest.raises(InputError, match="no held-out sentence 6"):
         sheet_clip(clips, "M1", 6, tmp_path)
+
+
+def test_a_corpus_without_landmarks_leaves_the_warp_row_out_and_names_it(tiny_audio, tmp_path):  # noqa: F811
+    """MEAD corpora have no exact landmarks: the ceilings still run, without the landmark-warp row."""
+    import shutil
+
+    import torch
+    import zarr
+
+    from pipeline.emotion_ceiling import emotion_ceilings
+    from pipeline.evaluator import EmotionNet, Evaluator
+    from tests.generate_fixtures import write_tiny_fomm
+
+    corpus, _ = tiny_audio
+    torch.manual_seed(0)
+    judge = Evaluator(EmotionNet(4, 4), ("neutral", "happy", "sad", "surprised"), 32)
+    write_tiny_fomm(tmp_path / "fomm.pt")
+    report, sheet = emotion_ceilings(corpus, judge, tmp_path / "fomm.pt", stride=8)
+    assert {"real", "reference", "landmark_warp", "fomm_keypoints"} <= set(report) and "rows_left_out" not in report
+    assert set(report["per_emotion"]["landmark_warp"]) == {"neutral", "happy", "sad", "surprised"}
+    size = sheet.shape[0] // 4  # four emotions, one row each: real | landmark warp | FOMM | reference
+    assert sheet.shape[1] == 4 * size
+
+    shutil.copytree(corpus, tmp_path / "corpus")
+    del zarr.open_group(tmp_path / "corpus" / "frames.zarr", mode="a")["reference_landmarks"]
+    report, sheet = emotion_ceilings(tmp_path / "corpus", judge, tmp_path / "fomm.pt", stride=8)
+    assert "landmark_warp" not in report and "landmark_warp" not in report["per_emotion"]
+    assert "MEAD" in report["rows_left_out"]["landmark_warp"]
+    assert sheet.shape[1] == 3 * size
