@@ -14,6 +14,7 @@ reads four versions of its frames:
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import torch
 
 from pipeline.errors import InputError
 from pipeline.fomm_io import detect_keypoints, frames_to_tensor, keypoints_dict, load_fomm, reconstruct
+from pipeline.generate_set import sheet_clips
 from pipeline.metrics import clip_emotion
 from pipeline.render import to_uint8_frames
 from pipeline.store import open_store
@@ -131,17 +133,14 @@ def emotion_ceilings(corpus_dir: Path, evaluator, fomm_path: Path | None = None,
     clips = manifest[(manifest.split == "test") & (manifest.kind == "real")]
     if clips.empty:
         raise InputError(manifest_path, "no held-out real clips")
-    sheet_actor, sheet_sentence = sheet_clip(clips, sheet_actor, sheet_sentence, manifest_path)
+    sheet = sheet_clips(clips, sheet_actor, sheet_sentence, section="emotion_ceiling")
+    sheet_ids = set(sheet.clip_id)
     root = open_store(Path(corpus_dir) / "frames.zarr")
     actors = [str(a) for a in root["reference_actor"][:]]
     model = load_fomm(fomm_path) if fomm_path is not None else None
     warp = "reference_landmarks" in root  # the built-in corpus's exact landmarks; MEAD has none
-    hits: dict[str, list[bool]] = {"real": [], "reference": [], **({"landmark_warp": []} if warp else {})}
-    if model is not None:
-        hits["fomm_keypoints"] = []
-    if emmn_row is not None:
-        hits["emmn"] = []
-    rows: dict[str, tuple[int, np.ndarray]] = {}
+    hits: dict[str, list[bool]] = defaultdict(list)  # per version, in the order the loop makes them
+    rows: dict[str, np.ndarray] = {}
     emotions, frames_seen = [], 0
     for done, clip in enumerate(clips.itertuples()):
         actor = actors.index(str(clip.actor))
@@ -159,35 +158,21 @@ def emotion_ceilings(corpus_dir: Path, evaluator, fomm_path: Path | None = None,
             hits[name].append(clip_emotion(evaluator.emotion_logits(images), evaluator.emotions) == clip.emotion)
         emotions.append(str(clip.emotion))
         frames_seen += len(frames)
-        if str(clip.actor) == sheet_actor and clip.sentence_id == sheet_sentence:
-            if clip.emotion not in rows or rows[clip.emotion][0] < clip.level:
-                middle = len(frames) // 2
-                shown = [k for k in ("real", "landmark_warp", "fomm_keypoints", "emmn", "reference") if k in versions]
-                rows[clip.emotion] = (clip.level, np.concatenate([versions[k][middle] for k in shown], 1))
+        if clip.clip_id in sheet_ids:
+            middle = len(frames) // 2
+            shown = [k for k in ("real", "landmark_warp", "fomm_keypoints", "emmn", "reference") if k in versions]
+            rows[clip.emotion] = np.concatenate([versions[k][middle] for k in shown], 1)
         if progress is not None:
             progress(done + 1, len(clips))
     report = {name: round(float(np.mean(v)), 4) for name, v in hits.items()}
     report.update(clips=len(clips), frames=frames_seen, stride=stride, chance=round(1 / len(evaluator.emotions), 4))
     report["per_emotion"] = per_emotion_accuracy(hits, emotions)
-    report["sheet"] = {"actor": sheet_actor, "sentence_id": sheet_sentence}
+    report["sheet"] = {"actor": str(sheet.actor.iloc[0]), "sentence_id": int(sheet.sentence_id.iloc[0])}
     if not warp:
         report["rows_left_out"] = {"landmark_warp": "the corpus has no reference_landmarks (MEAD)"}
     order = [e for e in evaluator.emotions if e in rows]
-    sheet = np.concatenate([rows[e][1] for e in order], 0) if order else None
-    return report, sheet
-
-
-def sheet_clip(clips: pd.DataFrame, actor: str | None, sentence: int | None, where: Path) -> tuple[str, int]:
-    """The sheet's held-out actor and sentence: as given, else the first actor and its first sentence."""
-    actors = sorted(clips.actor.astype(str).unique())
-    actor = actors[0] if actor is None else str(actor)
-    if actor not in actors:
-        raise InputError(where, f"sheet actor {actor} is not a held-out actor ({', '.join(actors)})")
-    sentences = sorted(int(v) for v in clips[clips.actor.astype(str) == actor].sentence_id.unique())
-    sentence = sentences[0] if sentence is None else int(sentence)
-    if sentence not in sentences:
-        raise InputError(where, f"actor {actor} says no held-out sentence {sentence} ({sentences})")
-    return actor, sentence
+    picture = np.concatenate([rows[e] for e in order], 0) if order else None
+    return report, picture
 
 
 def per_emotion_accuracy(hits: dict[str, list[bool]], emotions: Sequence[str]) -> dict[str, dict[str, float]]:

@@ -29,6 +29,7 @@ import pandas as pd
 from pipeline.config import MEAD_EMOTIONS, BaseParams, GenerateParams
 from pipeline.errors import InputError
 from pipeline.store import open_store, read_index
+from pipeline.train import _write_png as write_png  # the pipeline's one PNG writer (RGB in)
 
 CHEAP_ROWS = ("ground_truth", "static")
 MODEL_ROWS = ("emmn", "baseline", "mmn")
@@ -41,15 +42,21 @@ def output_clip_id(row: str, clip_id: str) -> str:
     return f"{row}/{clip_id}"
 
 
-def sheet_clips(clips: pd.DataFrame, actor: str | None = None) -> pd.DataFrame:
-    """The emotions sheet's clips: one held-out actor (default the first), their first sentence, every emotion
-    at its strongest level."""
-    actor = actor or sorted(clips.actor.unique())[0]
-    mine = clips[clips.actor == actor]
-    if mine.empty:
-        raise InputError("params.yaml", f"generate.sheet_actor '{actor}' is not a held-out actor "
-                                        f"({sorted(clips.actor.unique())})")
-    mine = mine[mine.sentence_id == mine.sentence_id.min()]
+def sheet_clips(clips: pd.DataFrame, actor: str | None = None, sentence: int | None = None, *,
+                section: str = "generate") -> pd.DataFrame:
+    """A sheet's clips: one held-out actor (default the first), one of their sentences (default the first), every
+    emotion at its strongest level. A choice the clips lack is a one-line error naming `section`'s params key."""
+    actors = sorted(clips.actor.astype(str).unique())
+    actor = actors[0] if not actor else str(actor)
+    if actor not in actors:
+        raise InputError("params.yaml", f"{section}.sheet_actor {actor} is not a held-out actor ({', '.join(actors)})")
+    mine = clips[clips.actor.astype(str) == actor]
+    sentences = sorted(int(v) for v in mine.sentence_id.unique())
+    sentence = sentences[0] if sentence is None else int(sentence)
+    if sentence not in sentences:
+        raise InputError("params.yaml", f"{section}.sheet_sentence: actor {actor} says no held-out sentence "
+                                        f"{sentence} ({sentences})")
+    mine = mine[mine.sentence_id == sentence]
     return mine.sort_values("level").groupby("emotion", sort=False).tail(1)
 
 
@@ -276,7 +283,4 @@ def _write_sheet(out_png: Path, corpus_dir: Path, chosen: pd.DataFrame, order: l
     header = np.full((16, size * width, 3), 255, np.uint8)
     for j, title in enumerate(titles):
         cv2.putText(header, title, (size * j + 3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
-    sheet = np.concatenate([header, *lines], axis=0)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(out_png), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)):
-        raise InputError(out_png, "could not write PNG")
+    write_png(out_png, np.concatenate([header, *lines], axis=0))

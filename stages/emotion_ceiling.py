@@ -15,15 +15,14 @@ import json
 from pathlib import Path
 from typing import Annotated
 
-import cv2
 import typer
 
 from pipeline.config import EmotionCeilingParams, load_section
 from pipeline.emotion_ceiling import EmmnRow, emotion_ceilings
-from pipeline.errors import InputError
 from pipeline.evaluator import load_evaluator
 from pipeline.parallel import progress_bar
 from pipeline.prosody import DEFAULT_STORE as DEFAULT_PROSODY_STORE
+from pipeline.train import _write_png as write_png  # the pipeline's one PNG writer (RGB in)
 from pipeline.train import torch_threads
 from stages.common import ParamsOption, one_line_errors, stage_app
 
@@ -43,10 +42,9 @@ def run_emotion_ceiling(corpus_dir: Path, audio_store: Path, prosody_store: Path
                 progress=lambda done, total: bar.update(task, completed=done, total=total))
     metrics.update(fomm=str(fomm), emmn_checkpoint=str(emmn), renderer=str(renderer),
                    read_temperature=emmn_row.emmn.config.read_temperature)
+    if picture is not None:
+        write_png(sheet, picture)
     report.parent.mkdir(parents=True, exist_ok=True)
-    sheet.parent.mkdir(parents=True, exist_ok=True)
-    if picture is not None and not cv2.imwrite(str(sheet), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)):
-        raise InputError(sheet, "could not write PNG")
     report.write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 

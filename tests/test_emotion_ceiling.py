@@ -72,20 +72,25 @@ def test_per_emotion_accuracy_is_each_emotion_s_share_of_right_clips():
                                                     "fomm_keypoints": {"happy": 0.0, "sad": 0.5}}
 
 
-def test_the_sheet_defaults_to_the_first_held_out_actor_and_sentence_and_refuses_others(tmp_path):
+def test_the_sheet_defaults_to_the_first_held_out_actor_and_sentence_and_refuses_others():
     import pandas as pd
     import pytest
 
-    from pipeline.emotion_ceiling import sheet_clip
     from pipeline.errors import InputError
+    from pipeline.generate_set import sheet_clips
 
-    clips = pd.DataFrame({"actor": ["W2", "M1", "M1", "W2"], "sentence_id": [7, 9, 8, 6]})
-    assert sheet_clip(clips, None, None, tmp_path) == ("M1", 8)
-    assert sheet_clip(clips, "W2", None, tmp_path) == ("W2", 6)
+    def sheet_clip(actor, sentence):
+        chosen = sheet_clips(clips, actor, sentence, section="emotion_ceiling")
+        return str(chosen.actor.iloc[0]), int(chosen.sentence_id.iloc[0])
+
+    clips = pd.DataFrame({"actor": ["W2", "M1", "M1", "W2"], "sentence_id": [7, 9, 8, 6], "emotion": "happy",
+                          "level": 3})
+    assert sheet_clip(None, None) == ("M1", 8)
+    assert sheet_clip("W2", None) == ("W2", 6)
     with pytest.raises(InputError, match="M9 is not a held-out actor"):
-        sheet_clip(clips, "M9", None, tmp_path)
+        sheet_clip("M9", None)
     with pytest.raises(InputError, match="no held-out sentence 6"):
-        sheet_clip(clips, "M1", 6, tmp_path)
+        sheet_clip("M1", 6)
 
 
 def test_a_corpus_without_landmarks_leaves_the_warp_row_out_and_names_it(tiny_audio, tmp_path):  # noqa: F811
