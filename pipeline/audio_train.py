@@ -32,6 +32,7 @@ from pipeline.audio_losses import (
 from pipeline.config import BaseParams, TrainAudioParams
 from pipeline.errors import InputError
 from pipeline.models.audio import ARCH, AudioConfig, AudioEncoders, load_official_evp_audio
+from pipeline.timings import read_timings, write_timings
 from pipeline.train import (
     Budget,
     LossLog,
@@ -43,6 +44,7 @@ from pipeline.train import (
     save_training_state,
     seed_all,
     step_rngs,
+    training_timings,
 )
 
 def audio_config(p: TrainAudioParams, emotions: tuple[str, ...]) -> AudioConfig:
@@ -152,7 +154,7 @@ def train_audio_model(train_bank: AudioBank, emotions: tuple[str, ...], model_ou
             raise InputError(model_out, "cannot resume: model config differs from params; "
                                         "set train_audio.resume: false to start over")
         start_step = restore_training_state(ckpt, model_out, modules={ARCH: model}, optimizers={"optimizer": optimizer})
-        seconds_before = float(ckpt.get("metrics", {}).get("train_seconds", 0.0))
+        seconds_before = float(read_timings(model_out).get("train_seconds", 0.0))
         log(f"train_audio: resumed at step {start_step}")
     loss_log = LossLog(losses_csv, resume_step=start_step if start_step else None)
     budget = Budget(p.steps, p.max_minutes)
@@ -173,19 +175,18 @@ def train_audio_model(train_bank: AudioBank, emotions: tuple[str, ...], model_ou
         return terms
 
     def metrics(step: int) -> dict[str, Any]:
-        return {"steps": step, "train_seconds": round(seconds_before + budget.elapsed, 1),
-                "parameters": count_parameters(model), "width": p.width,
+        return {"steps": step, "parameters": count_parameters(model), "width": p.width,
                 **{f"final_{k}": round(v, 5) for k, v in loss_log.recent_means().items()}}
 
     def save(step: int) -> None:
         save_training_state(model_out, modules={ARCH: model}, config=full_config, step=step, metrics=metrics(step),
                             optimizers={"optimizer": optimizer})
+        write_timings(model_out, training_timings(budget, start_step, step, seconds_before))
 
-    t0 = time.monotonic()
     step = run_loop(step_fn, start_step=start_step, budget=budget, log=loss_log, log_every=p.log_every,
-                    checkpoint_fn=save, checkpoint_every=p.checkpoint_every, description="train_audio",
-                    seconds_offset=seconds_before)
-    log(f"train_audio: {step - start_step} steps in {time.monotonic() - t0:.0f}s")
+                    checkpoint_fn=save, checkpoint_every=p.checkpoint_every, description="train_audio")
+    write_timings(model_out, training_timings(budget, start_step, step, seconds_before))
+    log(f"train_audio: {step - start_step} steps in {budget.elapsed:.0f}s")
     t1 = time.monotonic()
     recalibrated = recalibrate_batchnorm(model, train_bank, labels, base, p, device)
     log(f"train_audio: BatchNorm statistics recomputed over {recalibrated} batches in {time.monotonic() - t1:.0f}s")

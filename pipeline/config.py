@@ -24,6 +24,7 @@ MEAD_EMOTIONS = ("neutral", "angry", "contempt", "disgusted", "fear", "happy", "
 class BaseParams:
     seed: int = 1234
     device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto (bf16 only on CUDA or a CPU with native bf16) | fp32 | bf16 (pipeline.precision)
     fps: float = 25.0
     sample_rate: int = 16000
     workers: int = 2  # local Dask workers (processes, one thread each)
@@ -96,7 +97,6 @@ class TrainFommParams:
     gan_weight: float = 0.0  # 0 = no discriminator
     feature_matching_weight: float = 10.0
     gan_start: int = 0  # step at which the discriminator joins (before it: untouched, no adversarial terms)
-    bf16: bool = False
     resume: bool = False  # continue from the existing output checkpoint
     checkpoint_every: int = 100
     log_every: int = 10
@@ -106,7 +106,6 @@ class TrainFommParams:
 @dataclass(frozen=True)
 class KeypointsParams:
     batch_size: int = 64
-    bf16: bool = True  # detector convs under bf16 autocast, as train_fomm trains them (~2.6x faster on CPU)
     task_frames: int = 2048  # frames per Dask task (the model is loaded once per task)
     chunk_frames: int = 256
     shard_frames: int = 16384
@@ -128,7 +127,6 @@ class TrainSyncnetParams:
     max_minutes: float = 4.0  # wall-clock budget of one run (0 = none)
     lr: float = 1.0e-3
     negative_min_shift: int = 1  # off-sync windows take audio at least this many frames away (Wav2Lip: 1)
-    bf16: bool = True  # bf16 autocast (about 2x faster on CPUs with AVX-512 bf16)
     eval_windows: int = 2000  # held-out windows for the in-sync / off-sync accuracy
     eval_offsets: int = 2  # known shifts per held-out clip for the offset-recovery test
     max_eval_offset: int = 10  # shifts drawn from [-max, max] frames
@@ -160,7 +158,6 @@ class TrainWav2lipParams:
     sync_weight: float = 0.03  # expert sync loss weight (Wav2Lip: 0.03 once the expert loss is low)
     sync_warmup_steps: int = 300  # steps of pure L1 before the sync loss joins
     l1_region: str = "full"  # full (official) | lower: L1 on the lower half only, the part pasted back
-    bf16: bool = True  # bf16 autocast (about 2x faster on CPUs with AVX-512 bf16)
     eval_clips: int = 60  # held-out clips for L1/PSNR/sync (0 = all)
     resume: bool = False
     checkpoint_every: int = 100
@@ -174,7 +171,6 @@ class PseudoPairsParams:
     frame_extension: str = "pingpong"  # source frames beyond its length: pingpong | loop (Wav2Lip inference)
     paste: str = "lower"  # lower: generated lower half blended into the frame | full: whole face (official)
     batch_size: int = 32
-    bf16: bool = True  # Wav2Lip inference under bf16 autocast (~2x faster convs on these CPUs)
     chunk_frames: int = 16
     shard_frames: int = 512
 
@@ -265,7 +261,6 @@ class TrainEvaluatorParams:
     shift: int = 3  # random shift in px of image_size (landmark targets move along)
     jitter: float = 0.1  # per-channel gain and brightness offset range (unseen actors' colours)
     soften_fraction: float = 0.5  # share of each batch blurred 2x down/up (generated frames are softer)
-    bf16: bool = True  # bf16 autocast for the conv stacks (heads stay fp32)
     log_every: int = 20
     threads: int = 0  # torch threads; 0 = torch's default
 
@@ -359,7 +354,6 @@ class FinetuneRenderParams:
     # feature-matching terms beside Eq. 15, weighted relative to it (FOMM's 10:1:10 is 1 : 0.1 : 1 here)
     gan_weight: float = 0.0
     feature_matching_weight: float = 1.0
-    bf16: bool = False  # autocast for the renderer's convs (as train_fomm.bf16)
     log_every: int = 10
     threads: int = 0  # torch threads; 0 = torch's default
 
@@ -387,7 +381,6 @@ class GenerateParams:
     silence_dbfs: float = -55.0  # audio with a lower RMS level is refused as silent
     block_frames: int = 250  # frames per block (memory bound for long audio; also e_e's pooling span)
     batch_size: int = 4  # frames per generator call (larger batches were slower per frame on CPU)
-    bf16: bool = True  # bfloat16 autocast in the renderer: ~2.5x faster on CPU, 54.6 dB from the fp32 frames
     crf: int = 18  # H.264 quality
     max_clips: int = 0  # held-out clips per row (0 = all; spread over actors and emotions)
     sheet_actor: str | None = None  # emotions_sheet.png: held-out actor (null = the first)
@@ -480,6 +473,8 @@ def build_section(cls: type, values: dict | None, *, where: str = "params.yaml",
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
+    if "bf16" in unknown:  # the per-stage switch of earlier versions: say what replaced it
+        raise InputError(where, f"section '{name}': bf16 is gone; set base.precision (auto | fp32 | bf16) instead")
     if unknown:
         raise InputError(where, f"section '{name}': unknown key(s) {unknown}; known: {sorted(names)}")
     for key, value in values.items():

@@ -43,6 +43,8 @@ from pipeline.mouth_landmarks import (
     soften,
 )
 from pipeline.store import open_store
+from pipeline.precision import announce_precision, resolve_precision
+from pipeline.timings import write_timings
 from pipeline.train import (
     Budget,
     LossLog,
@@ -53,6 +55,7 @@ from pipeline.train import (
     seed_all,
     step_rngs,
     torch_threads,
+    training_timings,
 )
 
 
@@ -146,6 +149,8 @@ def _train(corpus_dir: Path, model_out: Path, losses_csv: Path, confusion_png: P
         f" landmarks {'yes' if with_landmarks else 'no'} ({time.monotonic() - started:.0f}s to load)")
 
     device = pick_device(base.device)
+    precision = resolve_precision(base.precision, device)
+    announce_precision(precision, "train_evaluator", log)
     seed_all(base.seed)
     emotion_net = EmotionNet(p.width, len(emotions)).to(device)
     landmark_net = face_landmark_net(p.width, p.image_size).to(device) if with_landmarks else None
@@ -167,13 +172,13 @@ def _train(corpus_dir: Path, model_out: Path, losses_csv: Path, confusion_png: P
         x, target = augment(face_input(train.faces[idx]), targets[idx] if targets is not None else None, rng,
                             p.shift, p.jitter, soften_count)
         x = x.to(device)
-        with autocast(device, p.bf16):
+        with autocast(device, precision.bf16):
             logits = emotion_net(x)
         ce = F.cross_entropy(logits, labels[idx].to(device))
         losses = {"emotion_ce": ce, "train_accuracy": (logits.argmax(1).cpu() == labels[idx]).float().mean()}
         total = ce
         if landmark_net is not None:
-            with autocast(device, p.bf16):
+            with autocast(device, precision.bf16):
                 lm_loss = landmark_loss(landmark_net, x, target.to(device))
             total = total + lm_loss
             losses["landmark_smooth_l1"] = lm_loss
@@ -186,7 +191,7 @@ def _train(corpus_dir: Path, model_out: Path, losses_csv: Path, confusion_png: P
 
     steps = run_loop(step_fn, start_step=0, budget=budget, log=loss_log, log_every=p.log_every,
                      description="train_evaluator")
-    train_seconds = budget.elapsed
+    timings = training_timings(budget, 0, steps)
     stopped_by = "steps" if steps >= p.steps else "max_minutes"
     if stopped_by == "max_minutes":
         log(f"train_evaluator: max_minutes stopped training at step {steps} of {p.steps}: the judges depend on "
@@ -201,12 +206,13 @@ def _train(corpus_dir: Path, model_out: Path, losses_csv: Path, confusion_png: P
     metrics = heldout_metrics(evaluator, test, frame_size, confusion_png)
     if landmarks is not None:
         landmarks.heldout_err_px = metrics["landmark_error_px"]
-    metrics.update({"steps": int(steps), "stopped_by": stopped_by, "train_seconds": round(train_seconds, 1),
-                    "seconds": round(time.monotonic() - started, 1), "train_frames": int(len(train.faces)),
+    metrics.update({"steps": int(steps), "stopped_by": stopped_by, "precision": precision.resolved,
+                    "train_frames": int(len(train.faces)),
                     "train_clips": int(len(train_clips)), "image_size": p.image_size, "frame_size": frame_size,
                     "parameters": count_parameters(*nets), "final_losses": loss_log.recent_means()})
     save_evaluator(model_out, evaluator, width=p.width, step=steps, metrics=metrics)
-    log(f"train_evaluator: {steps} steps in {train_seconds:.0f}s; held-out clip accuracy "
+    write_timings(model_out, {**timings, "stage_seconds": round(time.monotonic() - started, 1)})
+    log(f"train_evaluator: {steps} steps in {timings['train_seconds']:.0f}s; held-out clip accuracy "
         f"{metrics['emotion_clip_accuracy']:.3f} (chance {metrics['chance_accuracy']:.3f}), landmark error "
         f"{metrics['landmark_error_px']} px")
     return metrics

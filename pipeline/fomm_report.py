@@ -309,7 +309,7 @@ def build_fomm_report(model: FommModel, corpus_dir: str | Path, kp_store: str | 
         "heldout_from_reference": from_reference,
         "probe": keypoint_probes(model, base.seed, corpus_dir, kp_store, manifest, p),
         "model": {"step": model.step, "image_size": model.config.image_size, "num_kp": model.config.num_kp,
-                  "train_seconds": float(model.metrics.get("train_seconds", math.nan))},
+                  "precision": model.metrics.get("precision")},
         "info": {"reconstruction_loss": str(model.metrics.get("reconstruction_loss",
                                                               model.metrics.get("pretrained", "unknown"))),
                  "video_clip": first["clip_id"] if first else None},

@@ -16,7 +16,6 @@ FommConfig.to_dict(), step, metrics, train_state: {optimizer[, discriminator, op
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -48,7 +47,9 @@ from pipeline.models.fomm import (
     load_official_fomm,
 )
 from pipeline.models.vgg19 import load_vgg19
+from pipeline.precision import announce_precision, resolve_precision
 from pipeline.store import open_store
+from pipeline.timings import read_timings, write_timings
 from pipeline.train import (
     Budget,
     LossLog,
@@ -62,6 +63,7 @@ from pipeline.train import (
     seed_all,
     step_rngs,
     torch_threads,
+    training_timings,
 )
 
 PRESETS = {"slim": FommConfig.slim, "vox256": FommConfig.vox256}
@@ -214,8 +216,8 @@ class FommTrainer:
     """Modules, losses and optimizers of one FOMM training run; `train_step` does one update."""
 
     def __init__(self, config: FommConfig, p: TrainFommParams, device: torch.device, seed: int,
-                 vgg: torch.nn.Module | None = None):
-        self.config, self.p, self.device = config, p, device
+                 vgg: torch.nn.Module | None = None, *, bf16: bool = False):
+        self.config, self.p, self.device, self.bf16 = config, p, device, bf16
         kp_detector, generator = init_fomm(config, seed)
         self.kp_detector, self.generator = kp_detector.to(device), generator.to(device)
         self.reconstruction = ReconstructionLoss(p.reconstruction_scales, p.reconstruction_weight, vgg,
@@ -223,7 +225,7 @@ class FommTrainer:
         params = list(self.kp_detector.parameters()) + list(self.generator.parameters())
         self.optimizer = torch.optim.Adam(params, lr=p.lr, betas=(0.5, 0.999))  # FOMM's betas
         self.adversary = (Adversary(config, device, gan_weight=p.gan_weight,
-                                    feature_matching_weight=p.feature_matching_weight, lr=p.lr, bf16=p.bf16)
+                                    feature_matching_weight=p.feature_matching_weight, lr=p.lr, bf16=bf16)
                           if p.gan_weight > 0 else None)
 
     @property
@@ -254,7 +256,7 @@ class FommTrainer:
                                                points_tps=p.points_tps, generator=gen, device=self.device)
             with torch.no_grad():
                 transformed = transform.transform_frame(driving)
-        with autocast(self.device, p.bf16):
+        with autocast(self.device, self.bf16):
             kp_source = self.kp_detector(source)
             kp_driving = self.kp_detector(driving)
             out = self.generator(source, kp_driving=kp_driving, kp_source=kp_source)
@@ -329,11 +331,13 @@ def _train(config: FommConfig, corpus_dir: str | Path, model_out: Path, losses_c
     # bad corpus input fails before any model work
     sampler = FramePairSampler(corpus_dir, config.image_size, cross_clip=p.cross_clip)
     vgg = load_vgg19(p.vgg19).to(device) if p.vgg19 else None
-    trainer = FommTrainer(config, p, device, base.seed, vgg)
+    precision = resolve_precision(base.precision, device)
+    announce_precision(precision, "train_fomm", log)
+    trainer = FommTrainer(config, p, device, base.seed, vgg, bf16=precision.bf16)
     kind = trainer.reconstruction.kind
     log(f"train_fomm: reconstruction loss = {kind}"
         + (f" (VGG19 weights {p.vgg19})" if vgg is not None else " (no train_fomm.vgg19 weights given)")
-        + f"; GAN {'on' if trainer.adversary is not None else 'off'}; device {device}; bf16 {p.bf16}")
+        + f"; GAN {'on' if trainer.adversary is not None else 'off'}; device {device}")
     log(f"train_fomm: {sampler.num_clips} training clips, {sampler.num_frames} frames; "
         f"{count_parameters(trainer.kp_detector, trainer.generator) / 1e6:.2f}M parameters at {config.image_size}px")
 
@@ -355,7 +359,7 @@ def _train(config: FommConfig, corpus_dir: str | Path, model_out: Path, losses_c
         for opt in trainer.optimizers.values():  # a changed lr in params applies to the resumed run
             for group in opt.param_groups:
                 group["lr"] = p.lr
-        seconds_before = float(ckpt.get("metrics", {}).get("train_seconds", 0.0))
+        seconds_before = float(read_timings(model_out).get("train_seconds", 0.0))
         log(f"train_fomm: resumed at step {start_step} from {model_out}")
     loss_log = LossLog(losses_csv, resume_step=start_step if start_step else None)
     budget = Budget(p.steps, p.max_minutes)
@@ -372,23 +376,20 @@ def _train(config: FommConfig, corpus_dir: str | Path, model_out: Path, losses_c
         return trainer.train_step(source, driving, gen, weights, landmarks, gan=step >= p.gan_start)
 
     def metrics(step: int) -> dict[str, Any]:
-        seconds = seconds_before + budget.elapsed
-        return {"reconstruction_loss": kind, "train_seconds": round(seconds, 1), "steps": step,
-                "seconds_per_step": round(budget.elapsed / max(step - start_step, 1), 4),
+        return {"reconstruction_loss": kind, "steps": step, "precision": precision.resolved,
                 "parameters": count_parameters(trainer.kp_detector, trainer.generator),
                 **{f"final_{k}": round(v, 6) for k, v in loss_log.recent_means().items()}}
 
     def save(step: int) -> None:
         save_training_state(model_out, modules=trainer.modules, config=config.to_dict(), step=step,
                             metrics=metrics(step), optimizers=trainer.optimizers, extra_modules=trainer.extra_modules)
+        write_timings(model_out, training_timings(budget, start_step, step, seconds_before))
 
-    t0 = time.monotonic()
     step = run_loop(step_fn, start_step=start_step, budget=budget, log=loss_log, log_every=p.log_every,
-                    checkpoint_fn=save, checkpoint_every=p.checkpoint_every, description="train_fomm",
-                    seconds_offset=seconds_before)
+                    checkpoint_fn=save, checkpoint_every=p.checkpoint_every, description="train_fomm")
     save(step)
     summary = metrics(step)
-    log(f"train_fomm: {step - start_step} steps in {time.monotonic() - t0:.0f}s -> {model_out}")
+    log(f"train_fomm: {step - start_step} steps in {budget.elapsed:.0f}s -> {model_out}")
     return summary
 
 

@@ -32,6 +32,7 @@ from pipeline.fomm_io import detect_keypoints, frames_to_tensor, load_fomm
 from pipeline.models.fomm import KPDetector, OcclusionAwareGenerator
 from pipeline.mp4_stream import Mp4StreamWriter
 from pipeline.photo import FacePaster, crop_face, face_box, load_photo
+from pipeline.precision import announce_precision, resolve_precision
 from pipeline.prosody import block_prosody, measure_voice
 from pipeline.render import FilterSettings, KeypointSmoother, render_frames
 
@@ -202,13 +203,15 @@ def filter_settings(p: GenerateParams) -> FilterSettings:
 
 def generate_video(image: str | Path, audio: str | Path, out: str | Path, animator: Animator, base: BaseParams,
                    p: GenerateParams, *, emotion: str | None = None, intensity: float | None = None,
-                   voice: Sequence[str | Path] = (), progress: Callable[[int, int], None] | None = None) -> dict:
+                   voice: Sequence[str | Path] = (), progress: Callable[[int, int], None] | None = None,
+                   log: Callable[[str], None] | None = None) -> dict:
     """Animate the face in `image` with the speech in `audio`; write `out` (mp4 with the input audio).
 
     Every input is checked before the first frame is rendered. `intensity` (default 1) needs `emotion`.
     `voice`: other recordings of the same speaker; the emotion is then heard relative to their voice baseline
     (pipeline.prosody) instead of the training voices' average (models whose E_e hears prosody).
-    `progress(done, total)` is called after each block. Returns a summary (frames, size, box, emotion,
+    `progress(done, total)` is called after each block; `log` gets the resolved precision once every input
+    passed its checks (a refused input stays a one-line error). Returns a summary (frames, size, box, emotion,
     renderer).
     """
     out = Path(out)
@@ -228,13 +231,16 @@ def generate_video(image: str | Path, audio: str | Path, out: str | Path, animat
     crop = crop_face(photo, box, animator.image_size)
     paster = FacePaster(photo, box, p.feather)
     n_frames = video_frame_count(len(samples), base.sample_rate, base.fps)
+    precision = resolve_precision(base.precision, animator.device)
+    if log is not None:
+        announce_precision(precision, "generate", log)
     height, width = photo.shape[:2]
     done = 0
     with Mp4StreamWriter(out, width, height, base.fps, audio=audio, crf=p.crf) as writer:
         for crops in animate_blocks(animator, crop, samples, n_frames, fps=base.fps,
                                     filter_settings=filter_settings(p), block_frames=p.block_frames,
-                                    emotion=emotion, intensity=intensity, batch_size=p.batch_size, bf16=p.bf16,
-                                    voice=baseline):
+                                    emotion=emotion, intensity=intensity, batch_size=p.batch_size,
+                                    bf16=precision.bf16, voice=baseline):
             for start in range(0, len(crops), PASTE_FRAMES):  # full-size frames exist a few at a time
                 writer.write(paster.paste(crops[start:start + PASTE_FRAMES]))
                 done += len(crops[start:start + PASTE_FRAMES])
@@ -243,4 +249,4 @@ def generate_video(image: str | Path, audio: str | Path, out: str | Path, animat
     return {"frames": n_frames, "seconds": round(len(samples) / base.sample_rate, 3), "width": width, "height": height,
             "face_box": list(box), "emotion": emotion or "from audio", "intensity": intensity if emotion else None,
             "voice": None if baseline is None else [round(float(v), 2) for v in baseline],
-            "renderer": str(animator.renderer_path), "out": str(out)}
+            "renderer": str(animator.renderer_path), "precision": precision.resolved, "out": str(out)}

@@ -28,6 +28,7 @@ import pandas as pd
 
 from pipeline.config import MEAD_EMOTIONS, BaseParams, GenerateParams
 from pipeline.errors import InputError
+from pipeline.precision import resolve_precision
 from pipeline.store import open_store, read_index
 from pipeline.train import _write_png as write_png  # the pipeline's one PNG writer (RGB in)
 
@@ -195,8 +196,9 @@ def generate_clip(task: ClipTask, base: BaseParams, p: GenerateParams) -> dict:
         # the speaker's own baseline, measured over their clips by the prosody stage
         needs_voice = getattr(animator.emmn, "needs_prosody", False)
         voice = _prosody_store(task.prosody_store).voice(task.actor) if needs_voice else None
+        bf16 = resolve_precision(base.precision, animator.device).bf16
         frames = animate_clip(animator, crop, samples, n, fps=base.fps, filter_settings=filter_settings(p),
-                              block_frames=p.block_frames, batch_size=p.batch_size, bf16=p.bf16, voice=voice)
+                              block_frames=p.block_frames, batch_size=p.batch_size, bf16=bf16, voice=voice)
     frames = _resize(np.ascontiguousarray(frames, dtype=np.uint8), size)
     if len(frames) != n:
         raise InputError(task.wav, f"{task.row}: made {len(frames)} frames, the corpus clip has {n}")
@@ -249,7 +251,7 @@ def told_emotions_sheet(animator, corpus_dir: Path, clips: pd.DataFrame, out_png
     def generated(emotion: str) -> list[np.ndarray]:
         frames = animate_clip(animator, reference, samples, int(speech.frames), fps=base.fps,
                               filter_settings=filter_settings(p), block_frames=p.block_frames, emotion=emotion,
-                              batch_size=p.batch_size, bf16=p.bf16)
+                              batch_size=p.batch_size, bf16=resolve_precision(base.precision, animator.device).bf16)
         picks = np.linspace(0, len(frames) - 1, p.sheet_frames).round().astype(int)
         return list(_resize(np.ascontiguousarray(frames[picks]), size))
 

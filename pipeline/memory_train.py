@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +44,7 @@ from pipeline.models.memory import (
 from pipeline.prosody import DEFAULT_STORE as DEFAULT_PROSODY_STORE
 from pipeline.prosody import ProsodyStore
 from pipeline.store import open_store, read_index
+from pipeline.timings import write_timings
 from pipeline.train import (
     Budget,
     LossLog,
@@ -54,6 +54,7 @@ from pipeline.train import (
     seed_all,
     step_rngs,
     torch_threads,
+    training_timings,
 )
 
 # ----------------------------------------------------------------------------------------------- data
@@ -624,10 +625,9 @@ def _train(corpus_dir: Path, keypoints: Path, motion_store: Path, audio_store: P
         rng, _ = step_rngs(base.seed, step)
         return trainer.train_step(trainer.sample(rng))
 
-    t0 = time.monotonic()
     steps = run_loop(step_fn, start_step=0, budget=budget, log=loss_log, log_every=p.log_every,
                      description="train_memory")
-    train_seconds = time.monotonic() - t0
+    timings = training_timings(budget, 0, steps)
     trainer.fill_emotion_table()
 
     from pipeline.fomm_report import select_evenly
@@ -644,16 +644,17 @@ def _train(corpus_dir: Path, keypoints: Path, motion_store: Path, audio_store: P
     info = {"variant": p.variant, "slots": config.slots if has_memory else 0, "temperature": config.temperature,
             "read_temperature": config.read_temperature,
             "slots_used_is": SLOTS_USED if has_memory else None, "retrieval_space": retrieval_space,
-            "upper_keypoints": list(upper), "steps": steps, "train_seconds": round(train_seconds, 1),
+            "upper_keypoints": list(upper), "steps": steps,
             "window": trainer.window, "heldout_actors": sorted(test.actor.unique()),
             "emotions": list(model.emotions)}
     report = build_report(heldout, train, info)
-    metrics = {"steps": steps, "train_seconds": round(train_seconds, 1), "parameters": trainable,
+    metrics = {"steps": steps, "parameters": trainable,
                **{f"final_{k}": round(v, 6) for k, v in loss_log.recent_means().items()},
                **{k: report[k] for k in ("slots_used", "align_kl", "retrieval_err", "keypoint_l1")}}
     save_emmn(model_out, model, step=steps, metrics=metrics,
               frozen={"audio": audio_ckpt, **({"motion": motion_ckpt} if motion_ckpt is not None else {})})
-    log(f"train_memory: {steps} steps in {train_seconds:.0f}s -> {model_out}")
+    write_timings(model_out, timings)
+    log(f"train_memory: {steps} steps in {timings['train_seconds']:.0f}s -> {model_out}")
     return report
 
 

@@ -354,7 +354,6 @@ def build_motion_report(net: MotionNet, bank: KeypointBank, f_e: np.ndarray, f_m
         "counts": {"heldout_frames": self_frames, "cross_heldout_frames": cross_held_frames,
                    "cross_quadruples": int(len(eval_pairs)), **cross_counts},
         "model": {"step": int(getattr(net, "step", 0)),
-                  "train_seconds": float((net.metrics or {}).get("train_seconds", math.nan)),
                   "quadruples": int((net.metrics or {}).get("quadruples", 0)),
                   **{k: bool(train_params[k]) for k in ("use_rec", "use_self", "use_con", "use_filter")
                      if k in train_params}, "labels": train_params.get("labels", "pseudo")},

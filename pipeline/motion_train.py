@@ -13,7 +13,6 @@ Every term is logged (unweighted) whether or not it is switched on, so ablations
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from pipeline.motion_losses import (
     mouth_consistency_loss,
     self_reconstruction_loss,
 )
+from pipeline.timings import read_timings, write_timings
 from pipeline.train import (
     Budget,
     LossLog,
@@ -46,6 +46,7 @@ from pipeline.train import (
     seed_all,
     step_rngs,
     torch_threads,
+    training_timings,
 )
 
 NORMALIZATION_SAMPLES = 20000  # quadruple draws (x 6 frames) for the input / residual statistics
@@ -245,7 +246,7 @@ def _train(config: MotionConfig, bank: KeypointBank, quads: QuadrupleFrames, all
         start_step = restore_training_state(ckpt, model_out, modules=trainer.modules, optimizers=trainer.optimizers)
         for group in trainer.optimizer.param_groups:  # a changed lr in params applies to the resumed run
             group["lr"] = p.lr
-        seconds_before = float(ckpt.get("metrics", {}).get("train_seconds", 0.0))
+        seconds_before = float(read_timings(model_out).get("train_seconds", 0.0))
         log(f"train_motion: resumed at step {start_step} from {model_out}")
     loss_log = LossLog(losses_csv, resume_step=start_step if start_step else None)
     budget = Budget(p.steps, p.max_minutes)
@@ -256,23 +257,20 @@ def _train(config: MotionConfig, bank: KeypointBank, quads: QuadrupleFrames, all
         return trainer.train_step(rows, actor, label_weight)
 
     def metrics(step: int) -> dict[str, Any]:
-        return {"train_seconds": round(seconds_before + budget.elapsed, 1), "steps": step,
-                "seconds_per_step": round(budget.elapsed / max(step - start_step, 1), 5),
-                "parameters": count_parameters(trainer.net), "quadruples": len(quads),
+        return {"steps": step, "parameters": count_parameters(trainer.net), "quadruples": len(quads),
                 "quadruples_all": int(all_quadruples), "train_params": as_dict(p),
                 **{f"final_{k}": round(v, 6) for k, v in loss_log.recent_means().items()}}
 
     def save(step: int) -> None:
         save_training_state(model_out, modules=trainer.modules, config=config.as_dict(), step=step,
                             metrics=metrics(step), optimizers=trainer.optimizers)
+        write_timings(model_out, training_timings(budget, start_step, step, seconds_before))
 
-    t0 = time.monotonic()
     step = run_loop(step_fn, start_step=start_step, budget=budget, log=loss_log, log_every=p.log_every,
-                    checkpoint_fn=save, checkpoint_every=p.checkpoint_every, description="train_motion",
-                    seconds_offset=seconds_before)
+                    checkpoint_fn=save, checkpoint_every=p.checkpoint_every, description="train_motion")
     trainer.recalibrate_feature_norms(base.seed)
     save(step)
-    log(f"train_motion: {step - start_step} steps in {time.monotonic() - t0:.0f}s -> {model_out}")
+    log(f"train_motion: {step - start_step} steps in {budget.elapsed:.0f}s -> {model_out}")
     return metrics(step)
 
 

@@ -42,6 +42,8 @@ from pipeline.prosody import ProsodyStore
 from pipeline.models.fomm import FommConfig, ImagePyramid
 from pipeline.models.vgg19 import Vgg19Features, load_vgg19
 from pipeline.store import open_store, read_index
+from pipeline.precision import announce_precision, resolve_precision
+from pipeline.timings import write_timings
 from pipeline.train import (
     Budget,
     LossLog,
@@ -53,6 +55,7 @@ from pipeline.train import (
     seed_all,
     step_rngs,
     torch_threads,
+    training_timings,
 )
 
 
@@ -274,11 +277,11 @@ def evaluate(generator: nn.Module, sampler: FrameSampler, device: torch.device, 
 
 
 def stage2_adversary(fomm_ckpt: Mapping[str, Any], fomm_path: str | Path, config: FommConfig,
-                     p: FinetuneRenderParams, device: torch.device) -> tuple[Adversary, str]:
+                     p: FinetuneRenderParams, device: torch.device, bf16: bool = False) -> tuple[Adversary, str]:
     """The discriminator of stage 2's GAN and where it came from: fomm.pt's (train_state) when train_fomm's GAN
     left one, since it already knows this corpus's faces ("fomm.pt"), else a fresh one ("fresh")."""
     adversary = Adversary(config, device, gan_weight=p.gan_weight, feature_matching_weight=p.feature_matching_weight,
-                          lr=p.lr, bf16=p.bf16)
+                          lr=p.lr, bf16=bf16)
     state = (fomm_ckpt.get("train_state") or {}).get("discriminator")
     if state is None:
         return adversary, "fresh"
@@ -302,6 +305,7 @@ def finetune_render(corpus_dir: str | Path, audio_store: str | Path, emmn_path: 
                                         "nothing to fine-tune")
     with torch_threads(p.threads):
         device = pick_device(base.device)
+        precision = resolve_precision(base.precision, device)
         seed_all(base.seed)
         fomm_ckpt = load_training_state(fomm_path)
         fomm = fomm_from_checkpoint(fomm_ckpt, fomm_path)
@@ -319,7 +323,7 @@ def finetune_render(corpus_dir: str | Path, audio_store: str | Path, emmn_path: 
         # the loss's VGG19 file and the discriminator are read before any rendering, and only when used
         loss_fn = (RenderLoss(p.scales, load_vgg19(p.vgg19).to(device) if p.vgg19 else None,
                               fomm.config.num_channels).to(device) if train is not None else None)
-        adversary, origin = (stage2_adversary(fomm_ckpt, fomm_path, fomm.config, p, device)
+        adversary, origin = (stage2_adversary(fomm_ckpt, fomm_path, fomm.config, p, device, precision.bf16)
                              if train is not None and p.gan_weight > 0 else (None, None))
         del fomm_ckpt
         before = evaluate(generator, eval_sampler, device)
@@ -327,7 +331,7 @@ def finetune_render(corpus_dir: str | Path, audio_store: str | Path, emmn_path: 
             f"PSNR {before['psnr']:.2f} dB, sharpness {before['sharpness']:.3f}")
         if train is None:
             log("finetune_render: steps 0: no fine-tuning, the renderer is fomm.pt's as it is")
-            loss_log, steps, train_seconds, after = LossLog(losses_csv), 0, 0.0, before
+            loss_log, steps, timings, after = LossLog(losses_csv), 0, {}, before
         else:
             log(f"finetune_render: loss = Eq. 15 on {loss_fn.kind}"
                 + (f" (VGG19 weights {p.vgg19})" if p.vgg19
@@ -338,14 +342,15 @@ def finetune_render(corpus_dir: str | Path, audio_store: str | Path, emmn_path: 
                 + (f"; {p.real_keypoint_share:.0%} of frames driven by their own detected keypoints"
                    if p.real_keypoint_share > 0 else "")
                 + (f"; + LSGAN ({p.gan_weight}) and feature matching ({p.feature_matching_weight}) of the "
-                   f"{origin} discriminator" if adversary is not None else "")
-                + ("; bf16 autocast" if p.bf16 else ""))
+                   f"{origin} discriminator" if adversary is not None else ""))
+            announce_precision(precision, "finetune_render", log)
             log(f"finetune_render: {len(train.clip_ids)} training clips ({train.num_frames} frames), "
                 f"{1 - p.real_keypoint_share:.0%} of their frames driven by EmmnNet keypoints")
             detected = detected_keypoints(Path(keypoints_store), train) if p.real_keypoint_share > 0 else None
             train_sampler = FrameSampler(corpus_dir, train, refs, size, detected)
             loss_log = LossLog(losses_csv)
-            steps, train_seconds = fine_tune(generator, train_sampler, loss_fn, adversary, loss_log, base, p, device)
+            steps, timings = fine_tune(generator, train_sampler, loss_fn, adversary, loss_log, base, p, device,
+                                       precision.bf16)
             after = evaluate(generator, eval_sampler, device)
             log(f"finetune_render: held-out after {steps} steps: L1 {after['l1']:.4f}, PSNR {after['psnr']:.2f} dB, "
                 f"sharpness {after['sharpness']:.3f}")
@@ -353,8 +358,8 @@ def finetune_render(corpus_dir: str | Path, audio_store: str | Path, emmn_path: 
             "loss": render_loss_kind(bool(p.vgg19)), "vgg19": p.vgg19, "train_dense_motion": p.train_dense_motion,
             "train_generator": p.train_generator, "real_keypoint_share": p.real_keypoint_share,
             "gan_weight": p.gan_weight, "feature_matching_weight": p.feature_matching_weight,
-            "discriminator": origin, "bf16": p.bf16, "steps": steps,
-            "train_seconds": round(train_seconds, 1), "train_clips": 0 if train is None else len(train.clip_ids),
+            "discriminator": origin, "precision": precision.resolved if train is not None else None, "steps": steps,
+            "train_clips": 0 if train is None else len(train.clip_ids),
             "heldout_clips": len(heldout.clip_ids), "heldout_frames": after["frames"],
             "heldout_l1_before": before["l1"], "heldout_l1_after": after["l1"],
             "heldout_psnr_before": before["psnr"], "heldout_psnr_after": after["psnr"],
@@ -364,13 +369,14 @@ def finetune_render(corpus_dir: str | Path, audio_store: str | Path, emmn_path: 
         }
         save_training_state(model_out, modules={"kp_detector": kp_detector, "generator": generator.eval()},
                             config=fomm.config.to_dict(), step=steps, metrics=metrics)
+        write_timings(model_out, timings)
     return metrics
 
 
 def fine_tune(generator: nn.Module, sampler: FrameSampler, loss_fn: RenderLoss, adversary: Adversary | None,
-              loss_log: LossLog, base: BaseParams, p: FinetuneRenderParams, device: torch.device
-              ) -> tuple[int, float]:
-    """The stage-2 loop on the generator (the parts `p` names) in place; return (steps, seconds)."""
+              loss_log: LossLog, base: BaseParams, p: FinetuneRenderParams, device: torch.device, bf16: bool = False
+              ) -> tuple[int, dict[str, float]]:
+    """The stage-2 loop on the generator (the parts `p` names) in place; return (steps, timings)."""
     generator.requires_grad_(p.train_generator)
     generator.dense_motion_network.requires_grad_(p.train_dense_motion)
     trainable = [q for q in generator.parameters() if q.requires_grad]
@@ -383,7 +389,7 @@ def fine_tune(generator: nn.Module, sampler: FrameSampler, loss_fn: RenderLoss, 
         generator.train(p.train_generator)
         generator.dense_motion_network.train(p.train_dense_motion)
         target = batch["target"].to(device)
-        with autocast(device, p.bf16):
+        with autocast(device, bf16):
             prediction = render_batch(generator, batch, device)
             losses = {"stage2": loss_fn(prediction, target)}
             if adversary is not None:
@@ -400,4 +406,4 @@ def fine_tune(generator: nn.Module, sampler: FrameSampler, loss_fn: RenderLoss, 
     budget = Budget(p.steps, p.max_minutes)
     steps = run_loop(step_fn, start_step=0, budget=budget, log=loss_log, log_every=p.log_every,
                      description="finetune_render")
-    return steps, budget.elapsed
+    return steps, training_timings(budget, 0, steps)

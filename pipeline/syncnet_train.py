@@ -15,7 +15,6 @@ Held-out metrics (test split: unseen actors and sentences):
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,8 @@ from pipeline.lipsync_io import lipsync_config, load_syncnet_any
 from pipeline.models.syncnet_color import SyncNetColor, SyncNetColorConfig
 from pipeline.store import open_store
 from pipeline.sync_scorers import ExpertScorer, score_clip
+from pipeline.precision import announce_precision, resolve_precision
+from pipeline.timings import read_timings, write_timings
 from pipeline.train import (
     Budget,
     LossLog,
@@ -52,6 +53,7 @@ from pipeline.train import (
     seed_all,
     step_rngs,
     torch_threads,
+    training_timings,
 )
 
 ARCH = "syncnet_color"
@@ -144,6 +146,8 @@ def _train(corpus_dir: Path, audio_store: Path, model_out: Path, losses_csv: Pat
     bank = ClipBank.load(corpus_dir, audio_store, real_clips(read_manifest(corpus_dir), "train"))
     log(f"{stage}: {len(bank.clip_ids)} training clips, {len(bank.faces)} frames; "
         f"{count_parameters(model) / 1e6:.2f}M parameters (width {p.width}); device {device}")
+    precision = resolve_precision(base.precision, device)
+    announce_precision(precision, stage, log)
     start_step, seconds_before = 0, 0.0
     full_config = lipsync_config(ARCH, config, base.fps, mel_pad_mode(audio_store))
     if p.resume and model_out.is_file():
@@ -152,7 +156,7 @@ def _train(corpus_dir: Path, audio_store: Path, model_out: Path, losses_csv: Pat
             raise InputError(model_out, "cannot resume: model config differs from params; "
                                         f"set {stage}.resume: false to start over")
         start_step = restore_training_state(ckpt, model_out, modules={ARCH: model}, optimizers={"optimizer": optimizer})
-        seconds_before = float(ckpt.get("metrics", {}).get("train_seconds", 0.0))
+        seconds_before = float(read_timings(model_out).get("train_seconds", 0.0))
         log(f"{stage}: resumed at step {start_step}")
     loss_log = LossLog(losses_csv, resume_step=start_step if start_step else None)
     budget = Budget(p.steps, p.max_minutes)
@@ -161,7 +165,7 @@ def _train(corpus_dir: Path, audio_store: Path, model_out: Path, losses_csv: Pat
         rng, _ = step_rngs(seed, step)
         mel, faces, first = sample_expert_blocks(bank, rng, p.batch_size // p.windows_per_clip, p.windows_per_clip)
         model.train()
-        with autocast(device, p.bf16):
+        with autocast(device, precision.bf16):
             audio, face = model(mel.to(device), faces.to(device))
         loss, accuracy = block_sync_loss(audio, face, first, p.negative_min_shift)
         optimizer.zero_grad(set_to_none=True)
@@ -170,19 +174,18 @@ def _train(corpus_dir: Path, audio_store: Path, model_out: Path, losses_csv: Pat
         return {"bce": float(loss.detach()), **accuracy}
 
     def metrics(step: int) -> dict[str, Any]:
-        return {"steps": step, "train_seconds": round(seconds_before + budget.elapsed, 1),
-                "parameters": count_parameters(model), "width": p.width,
+        return {"steps": step, "precision": precision.resolved, "parameters": count_parameters(model), "width": p.width,
                 **{f"final_{k}": round(v, 5) for k, v in loss_log.recent_means().items()}}
 
     def save(step: int) -> None:
         save_training_state(model_out, modules={ARCH: model}, config=full_config, step=step, metrics=metrics(step),
                             optimizers={"optimizer": optimizer})
+        write_timings(model_out, training_timings(budget, start_step, step, seconds_before))
 
-    t0 = time.monotonic()
     step = run_loop(step_fn, start_step=start_step, budget=budget, log=loss_log, log_every=p.log_every,
-                    checkpoint_fn=save, checkpoint_every=p.checkpoint_every, description=stage,
-                    seconds_offset=seconds_before)
-    log(f"{stage}: {step - start_step} steps in {time.monotonic() - t0:.0f}s")
+                    checkpoint_fn=save, checkpoint_every=p.checkpoint_every, description=stage)
+    write_timings(model_out, training_timings(budget, start_step, step, seconds_before))
+    log(f"{stage}: {step - start_step} steps in {budget.elapsed:.0f}s")
     return model, step, metrics(step), {"optimizer": optimizer}
 
 

@@ -171,8 +171,7 @@ def run_row(task: RowTask, log=print) -> dict[str, Any]:
             cross_set = keypoint_evaluation_set(Path(task.pseudo_dir), task.labels, task.no_filter_trains)
             net, report = train_row(plan, Path(task.kp_store), bank, Path(task.pseudo_dir), Path(task.corpus_dir),
                                     Path(task.out_dir), task.base, task.report_params, cross_set, log=log)
-            train = {"steps": int(net.step), "train_seconds": float(net.metrics.get("train_seconds", 0.0)),
-                     "quadruples": int(net.metrics.get("quadruples", 0))}
+            train = {"steps": int(net.step), "quadruples": int(net.metrics.get("quadruples", 0))}
 
             def predict(rows: np.ndarray, actor: int) -> tuple[np.ndarray, np.ndarray]:
                 neutral = bank.reference_value[actor], bank.reference_jacobian[actor]

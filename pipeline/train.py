@@ -3,7 +3,7 @@
 * `pick_device`: `base.device` (auto | cpu | cuda) -> torch.device; on GPU deterministic algorithms on.
 * `seed_all`, `step_rngs`: global seeding and per-step generators, so a resumed run draws the same
   batches and augmentations as an uninterrupted one.
-* `LossLog`: a CSV of (step, seconds, each loss) that DVC plots read, truncated on resume, plus
+* `LossLog`: a CSV of (step, each loss) that DVC plots read, written atomically, truncated on resume, plus
   `plot_loss_curves`, a PNG fallback drawn with OpenCV (no matplotlib here).
 * `save_training_state` / `load_training_state` / `restore_training_state`: plain-dict checkpoints
   through `pipeline.checkpoints`, optimizer state included so training can resume.
@@ -32,6 +32,7 @@ from torch import nn
 
 from pipeline.checkpoints import load_file, save_checkpoint
 from pipeline.errors import CheckpointError, InputError
+from pipeline.store import atomic_output
 
 # ------------------------------------------------------------------------------------ device, seeds
 
@@ -84,53 +85,53 @@ def count_parameters(*modules: nn.Module) -> int:
 
 
 class LossLog:
-    """Append-only CSV `step,seconds,<loss...>`; DVC plots it with x=step.
+    """CSV `step,<loss...>` that DVC plots with x=step.
 
-    The columns are fixed by the first row; a term that joins later (train_fomm's `gan_start`) adds its column,
-    0 in the earlier rows. With `resume_step` an existing log keeps its rows up to
-    that step (later rows belong to the interrupted run's unsaved steps) and continues from there.
+    No wall-clock column: a rerun that reproduces the same weights writes the same bytes (timings go to
+    `pipeline.timings`). Rows are kept in memory and `flush` rewrites the file atomically (temp + rename); the
+    loop flushes at every checkpoint and at the end, so the file on disk is never torn and matches the
+    checkpoint beside it. The columns are fixed by the first row; a term that joins later (train_fomm's
+    `gan_start`) adds its column, 0 in the earlier rows. With `resume_step` an existing log keeps its rows up
+    to that step (later rows belong to the interrupted run's unsaved steps) and continues from there.
     """
 
     def __init__(self, path: str | Path, resume_step: int | None = None):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.columns: list[str] | None = None
         self.rows: list[dict[str, float]] = []
         if resume_step is not None and self.path.is_file():
-            self.rows = [r for r in read_loss_csv(self.path) if r["step"] <= resume_step]
+            # logs of earlier versions carry a `seconds` column: dropped, it is not a loss
+            self.rows = [{k: v for k, v in r.items() if k != "seconds"}
+                         for r in read_loss_csv(self.path) if r["step"] <= resume_step]
             if self.rows:
                 self.columns = list(self.rows[0])
-        self._rewrite()
+        self.flush()
 
-    def _rewrite(self) -> None:
-        with self.path.open("w", newline="") as f:
+    def flush(self) -> None:
+        with atomic_output(self.path) as tmp, tmp.open("w", newline="") as f:
             if self.columns:
                 writer = csv.DictWriter(f, fieldnames=self.columns)
                 writer.writeheader()
                 writer.writerows(self.rows)
 
-    def log(self, step: int, seconds: float, losses: Mapping[str, float]) -> None:
-        row = {"step": int(step), "seconds": round(float(seconds), 2), **{k: float(v) for k, v in losses.items()}}
+    def log(self, step: int, losses: Mapping[str, float]) -> None:
+        row = {"step": int(step), **{k: float(v) for k, v in losses.items()}}
         if self.columns is None:
             self.columns = list(row)
-            self._rewrite()
         elif list(row) != self.columns:
             if not set(self.columns) <= set(row):
                 raise ValueError(f"loss columns changed: {list(row)} vs {self.columns}")
             # a term joined mid-run (train_fomm's gan_start): it was off before, so its earlier rows read 0
             self.columns = list(row)
             self.rows = [{k: r.get(k, 0.0) for k in self.columns} for r in self.rows]
-            self._rewrite()
         self.rows.append(row)
-        with self.path.open("a", newline="") as f:  # one line per log: a crash keeps everything logged
-            csv.DictWriter(f, fieldnames=self.columns).writerow(row)
 
     def recent_means(self, last: int = 5) -> dict[str, float]:
         """Mean of each loss over the last `last` logged rows (a less noisy final value)."""
         rows = self.rows[-last:]
         if not rows:
             return {}
-        return {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k not in ("step", "seconds")}
+        return {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "step"}
 
 
 def read_loss_csv(path: str | Path) -> list[dict[str, float]]:
@@ -155,7 +156,7 @@ def plot_loss_curves(csv_path: str | Path, png_path: str | Path, title: str = "l
     cv2.putText(img, title, (left, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
     x0, x1, y0, y1 = left, width - right, top, height - bottom
     cv2.rectangle(img, (x0, y0), (x1, y1), (0, 0, 0), 1)
-    names = [k for k in (rows[0] if rows else {}) if k not in ("step", "seconds")]
+    names = [k for k in (rows[0] if rows else {}) if k not in ("step", "seconds")]  # seconds: logs of old runs
     series = {n: np.array([r[n] for r in rows], float) for n in names}
     positive = np.concatenate([v[v > 0] for v in series.values()]) if series else np.array([])
     if len(rows) == 0 or positive.size == 0:
@@ -311,12 +312,12 @@ class TrainingProgress:
 
 def run_loop(step_fn: Callable[[int], Mapping[str, float]], *, start_step: int, budget: Budget, log: LossLog,
              log_every: int, checkpoint_fn: Callable[[int], None] | None = None, checkpoint_every: int = 0,
-             description: str = "training", seconds_offset: float = 0.0) -> int:
+             description: str = "training") -> int:
     """Call `step_fn(step)` for step = start_step, start_step+1, ... until the budget is spent.
 
     Logged losses are the mean over the steps since the last log row; `checkpoint_fn(step)` runs every
-    `checkpoint_every` steps (the caller saves the final state). Returns the number of steps done in
-    total. `seconds_offset` carries the training time of earlier (resumed) runs into the log.
+    `checkpoint_every` steps, with the log flushed beside it (the caller saves the final state; the log is
+    flushed at the end). Returns the number of steps done in total.
     """
     step = start_step
     pending: dict[str, list[float]] = {}
@@ -331,14 +332,23 @@ def run_loop(step_fn: Callable[[int], Mapping[str, float]], *, start_step: int, 
             last = budget.exhausted(step)
             if step % log_every == 0 or last:
                 means = {k: float(np.mean(v)) for k, v in pending.items()}
-                log.log(step, seconds_offset + budget.elapsed, means)
+                log.log(step, means)
                 progress.update(step, means, budget.elapsed, log_line=True)
                 pending = {}
             else:
                 progress.update(step, losses, budget.elapsed, log_line=False)
             if checkpoint_fn is not None and checkpoint_every and step % checkpoint_every == 0 and not last:
                 checkpoint_fn(step)
+                log.flush()
+    log.flush()
     return step
+
+
+def training_timings(budget: Budget, start_step: int, step: int, seconds_before: float = 0.0) -> dict[str, float]:
+    """Wall-clock figures of a run for `pipeline.timings` (never for a checkpoint or report: they differ per run)."""
+    return {"train_seconds": round(seconds_before + budget.elapsed, 1), "steps": int(step),
+            "steps_this_run": int(step - start_step),
+            "seconds_per_step": round(budget.elapsed / max(step - start_step, 1), 4)}
 
 
 @contextlib.contextmanager

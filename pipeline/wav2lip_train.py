@@ -16,7 +16,6 @@ same clips with their original mouths against that audio.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +42,8 @@ from pipeline.models.syncnet_color import SyncNetColor
 from pipeline.models.wav2lip import Wav2Lip, Wav2LipConfig
 from pipeline.redub import generate_faces, redub_faces, source_frame_indices
 from pipeline.sync_scorers import ExpertScorer, score_clip
+from pipeline.precision import announce_precision, resolve_precision
+from pipeline.timings import read_timings, write_timings
 from pipeline.train import (
     Budget,
     LossLog,
@@ -56,6 +57,7 @@ from pipeline.train import (
     seed_all,
     step_rngs,
     torch_threads,
+    training_timings,
 )
 
 ARCH = "wav2lip"
@@ -109,6 +111,8 @@ def _train(corpus_dir: Path, audio_store: Path, expert: SyncNetColor, model_out:
     bank = ClipBank.load(corpus_dir, audio_store, real_clips(read_manifest(corpus_dir), "train"))
     log(f"train_wav2lip: {len(bank.clip_ids)} training clips, {len(bank.faces)} frames; "
         f"{count_parameters(generator) / 1e6:.2f}M parameters (width {p.width}); device {device}")
+    precision = resolve_precision(base.precision, device)
+    announce_precision(precision, "train_wav2lip", log)
     full_config = lipsync_config(ARCH, config, base.fps, mel_pad_mode(audio_store))
     start_step, seconds_before = 0, 0.0
     if p.resume and model_out.is_file():
@@ -118,7 +122,7 @@ def _train(corpus_dir: Path, audio_store: Path, expert: SyncNetColor, model_out:
                                         "set train_wav2lip.resume: false to start over")
         start_step = restore_training_state(ckpt, model_out, modules={ARCH: generator},
                                             optimizers={"optimizer": optimizer})
-        seconds_before = float(ckpt.get("metrics", {}).get("train_seconds", 0.0))
+        seconds_before = float(read_timings(model_out).get("train_seconds", 0.0))
         log(f"train_wav2lip: resumed at step {start_step}")
     loss_log = LossLog(losses_csv, resume_step=start_step if start_step else None)
     budget = Budget(p.steps, p.max_minutes)
@@ -130,7 +134,7 @@ def _train(corpus_dir: Path, audio_store: Path, expert: SyncNetColor, model_out:
         rng, _ = step_rngs(base.seed, step)
         mel, face, target, expert_mel = (t.to(device) for t in sample_generator_batch(bank, rng, p.batch_size))
         generator.train()
-        with autocast(device, p.bf16):
+        with autocast(device, precision.bf16):
             generated = generator(mel, face)  # [B,3,5,96,96] BGR in [0,1]
             audio_emb, face_emb = expert(expert_mel, expert_face_windows(generated))
         generated = generated.float()
@@ -144,19 +148,19 @@ def _train(corpus_dir: Path, audio_store: Path, expert: SyncNetColor, model_out:
         return {"total": float(total.detach()), "l1": float(l1.detach()), "sync": float(sync.detach())}
 
     def metrics(step: int) -> dict[str, Any]:
-        return {"steps": step, "train_seconds": round(seconds_before + budget.elapsed, 1),
-                "parameters": count_parameters(generator), "width": p.width,
+        return {"steps": step, "precision": precision.resolved, "parameters": count_parameters(generator),
+                "width": p.width,
                 **{f"final_{k}": round(v, 5) for k, v in loss_log.recent_means().items()}}
 
     def save(step: int) -> None:
         save_training_state(model_out, modules={ARCH: generator}, config=full_config, step=step,
                             metrics=metrics(step), optimizers={"optimizer": optimizer})
+        write_timings(model_out, training_timings(budget, start_step, step, seconds_before))
 
-    t0 = time.monotonic()
     step = run_loop(step_fn, start_step=start_step, budget=budget, log=loss_log, log_every=p.log_every,
-                    checkpoint_fn=save, checkpoint_every=p.checkpoint_every, description="train_wav2lip",
-                    seconds_offset=seconds_before)
-    log(f"train_wav2lip: {step - start_step} steps in {time.monotonic() - t0:.0f}s")
+                    checkpoint_fn=save, checkpoint_every=p.checkpoint_every, description="train_wav2lip")
+    write_timings(model_out, training_timings(budget, start_step, step, seconds_before))
+    log(f"train_wav2lip: {step - start_step} steps in {budget.elapsed:.0f}s")
     return generator, step, metrics(step), {"optimizer": optimizer}
 
 

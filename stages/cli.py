@@ -56,6 +56,19 @@ app.command("table2")(table2.table2)
 app.command("emotion_ceiling")(emotion_ceiling.emotion_ceiling)
 
 
+@app.command("env")
+@one_line_errors
+def env(params: Annotated[Path, typer.Option(help="params.yaml whose base.precision / base.device to resolve "
+                                                  "(built-in defaults when missing)")] = Path("params.yaml")) -> None:
+    """This machine as the pipeline sees it (torch, device, CPU capability, resolved precision, threads, ffmpeg,
+    espeak-ng, DVC): paste it into bug reports."""
+    from pipeline.config import BaseParams, load_section
+    from pipeline.environment import describe_environment, format_environment
+
+    base = load_section("base", params) if params.is_file() else BaseParams()
+    typer.echo(format_environment(describe_environment(base.precision, base.device)))
+
+
 @app.command("inspect")
 @one_line_errors
 def inspect(path: Annotated[Path, typer.Argument(help="a Zarr store written by a stage")]) -> None:

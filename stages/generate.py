@@ -28,7 +28,7 @@ from typing import Annotated
 import pandas as pd
 import typer
 
-from pipeline.config import BaseParams, GenerateParams, as_dict, load_section
+from pipeline.config import BaseParams, GenerateParams, as_dict, load_section, with_field
 from pipeline.errors import InputError
 from pipeline.generate_set import (
     ClipTask,
@@ -40,8 +40,11 @@ from pipeline.generate_set import (
     told_emotions_sheet,
 )
 from pipeline.parallel import dask_client, ordered_map
+from pipeline.precision import announce_precision, resolve_precision
 from pipeline.prosody import DEFAULT_STORE as DEFAULT_PROSODY_STORE
 from pipeline.store import ArraySpec, RaggedStoreWriter, atomic_output, open_store, read_index
+from pipeline.timings import write_timings
+from pipeline.train import pick_device
 from stages.common import ParamsOption, one_line_errors, stage_app
 
 SCHEMA = "emmn.outputs/v1"
@@ -82,6 +85,9 @@ def build_outputs(corpus_dir: Path, audio_store: Path, models_dir: Path, out_dir
     attrs = {"schema": SCHEMA, "stage": "generate", "rows": rows, "skipped_rows": skipped,
              "params": {"base": as_dict(base), "generate": as_dict(p)},
              "frames": "RGB uint8 at the corpus frame size; clip id <row>/<corpus clip id>, as long as that clip"}
+    precision = resolve_precision(base.precision, pick_device(base.device))
+    announce_precision(precision, "generate", log)
+    attrs["precision"] = precision.resolved
     t0 = time.monotonic()
     seconds = {row: 0.0 for row in rows}
     with atomic_output(out_dir) as tmp:
@@ -110,22 +116,22 @@ def build_outputs(corpus_dir: Path, audio_store: Path, models_dir: Path, out_dir
     told_info = None
     if told_sheet is not None:
         from pipeline.generate import load_animator
-        from pipeline.train import pick_device
 
         animator = load_animator(models["emmn"], renderer, pick_device(base.device))
         told_info = told_emotions_sheet(animator, corpus_dir, clips, told_sheet, base, p, actor=p.sheet_actor)
     frames = int(clips.frames.sum())
     summary = {
         "rows": rows, "skipped_rows": skipped, "clips": len(clips), "frames_per_row": frames,
-        "actors": sorted(clips.actor.unique()), "renderer": str(renderer),
-        "ms_per_frame": {row: round(1000 * s / max(frames, 1), 2) for row, s in seconds.items()},
-        "seconds": round(time.monotonic() - t0, 1), "filter": p.filter, "sheet": sheet_info,
-        "told_sheet": told_info,
+        "actors": sorted(clips.actor.unique()), "renderer": str(renderer), "precision": precision.resolved,
+        "filter": p.filter, "sheet": sheet_info, "told_sheet": told_info,
     }
+    timings = {"seconds": round(time.monotonic() - t0, 1),
+               "ms_per_frame": {row: round(1000 * s / max(frames, 1), 2) for row, s in seconds.items()}}
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(json.dumps(summary, indent=2) + "\n")
+    write_timings(report, timings)
     log(f"generate: {len(rows)} rows x {len(clips)} clips ({frames} frames each) -> {out_dir} "
-        f"in {summary['seconds']}s; ms/frame {summary['ms_per_frame']}")
+        f"in {timings['seconds']}s; ms/frame {timings['ms_per_frame']}")
     return summary
 
 
@@ -139,7 +145,6 @@ def generate_from_photo(image: Path, audio: Path, out: Path, models_dir: Path, b
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from pipeline.generate import EMMN_FILE, PASTE_FRAMES, generate_video, load_animator, renderer_path
-    from pipeline.train import pick_device
 
     if not Path(image).is_file():  # the cheap checks first, before any model is loaded
         raise InputError(image, "image file not found")
@@ -159,8 +164,9 @@ def generate_from_photo(image: Path, audio: Path, out: Path, models_dir: Path, b
             if not interactive and (done == total or done % 250 < PASTE_FRAMES):  # a log line every ~10 s of video
                 print(f"generate: {done}/{total} frames", file=sys.stderr, flush=True)
 
+        # stdout carries the JSON summary: the log (the resolved precision) goes to stderr
         return generate_video(image, audio, out, animator, base, p, emotion=emotion, intensity=intensity,
-                              voice=voice, progress=progress)
+                              voice=voice, progress=progress, log=lambda line: print(line, file=sys.stderr, flush=True))
 
 
 @app.command()
@@ -178,6 +184,8 @@ def generate(
         help="other recordings of the same speaker (repeatable; the --audio file itself also works when it is long): "
              "the emotion is heard relative to this voice instead of the training voices' average")] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda (default: base.device)")] = None,
+    precision: Annotated[str | None, typer.Option(
+        help="auto | fp32 | bf16 (default: base.precision; auto = bf16 only where the hardware has it)")] = None,
     models_dir: Annotated[Path, typer.Option(help="emmn.pt, emmn_render.pt (or fomm.pt), wav2lip.pt")]
     = Path("data/models"),
     params: ParamsOption = DEFAULT_PARAMS,
@@ -196,6 +204,9 @@ def generate(
         base, p = BaseParams(), GenerateParams()  # photo mode outside the repository: the built-in defaults
     else:
         base, p = load_section("base", params), load_section("generate", params)
+    if precision is not None:
+        resolve_precision(precision, "cpu", where="--precision")  # refuses an unknown value in one line
+        base = with_field(base, precision=precision)
     if image is not None or audio is not None:
         if image is None or audio is None or out is None:
             raise InputError(None, "photo mode needs --image, --audio and --out")
@@ -209,7 +220,7 @@ def generate(
         base = BaseParams(**{**as_dict(base), "device": device})
     summary = build_outputs(corpus, audio_features, models_dir, out or Path("data/outputs"), report, sheet, base, p,
                             told_sheet=told_sheet, prosody_store=prosody)
-    typer.echo(json.dumps({k: summary[k] for k in ("rows", "skipped_rows", "clips", "ms_per_frame")}))
+    typer.echo(json.dumps({k: summary[k] for k in ("rows", "skipped_rows", "clips", "precision")}))
 
 
 if __name__ == "__main__":

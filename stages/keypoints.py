@@ -27,6 +27,7 @@ from pipeline.errors import InputError
 from pipeline.fomm_io import detect_keypoints, load_fomm
 from pipeline.fomm_report import build_fomm_report, write_report
 from pipeline.parallel import dask_client, ordered_map
+from pipeline.precision import announce_precision, resolve_precision
 from pipeline.store import ArraySpec, RaggedStoreWriter, atomic_output, blosc_zstd, open_store, read_index
 from pipeline.train import pick_device
 from stages.common import ParamsOption, one_line_errors, stage_app
@@ -74,8 +75,8 @@ def clip_sources(corpus_dir: Path, extra: tuple[str, ...]) -> list[tuple[Path, l
     return sources
 
 
-def group_tasks(sources: list, model_path: Path, p: KeypointsParams, single_thread: bool, device: str
-                ) -> list[tuple]:
+def group_tasks(sources: list, model_path: Path, p: KeypointsParams, single_thread: bool, device: str,
+                bf16: bool = False) -> list[tuple]:
     """Consecutive clips of one store grouped until a group holds `task_frames` frames (clip order kept)."""
     tasks = []
     for store, _, starts, stops in sources:
@@ -84,10 +85,10 @@ def group_tasks(sources: list, model_path: Path, p: KeypointsParams, single_thre
             group.append((start, stop))
             frames += stop - start
             if frames >= p.task_frames:
-                tasks.append((str(model_path), str(store), group, p.batch_size, p.bf16, single_thread, device))
+                tasks.append((str(model_path), str(store), group, p.batch_size, bf16, single_thread, device))
                 group, frames = [], 0
         if group:
-            tasks.append((str(model_path), str(store), group, p.batch_size, p.bf16, single_thread, device))
+            tasks.append((str(model_path), str(store), group, p.batch_size, bf16, single_thread, device))
     return tasks
 
 
@@ -117,7 +118,9 @@ def build_keypoints(corpus_dir: Path, model_path: Path, out: Path, base: BasePar
     clip_ids = [c for _, ids, _, _ in sources for c in ids]
     lengths = [int(e - s) for _, _, starts, stops in sources for s, e in zip(starts, stops)]
     num_kp = model.config.num_kp
-    attrs = {"schema": SCHEMA, "stage": "keypoints",
+    precision = resolve_precision(base.precision, pick_device(base.device))
+    announce_precision(precision, "keypoints")
+    attrs = {"schema": SCHEMA, "stage": "keypoints", "precision": precision.resolved,
              "params": {"base": as_dict(base), "keypoints": as_dict(p)},
              "model": {"path": str(model_path), "step": model.step, "config": model.config.to_dict()},
              "sources": [{"store": str(store), "clips": len(ids)} for store, ids, _, _ in sources],
@@ -130,7 +133,8 @@ def build_keypoints(corpus_dir: Path, model_path: Path, out: Path, base: BasePar
              "jacobian": ArraySpec((num_kp, 2, 2), "float32", ("keypoint", "row", "col"))},
             attrs=attrs, chunk_frames=p.chunk_frames, shard_frames=p.shard_frames)
         with dask_client(base.workers, base.scheduler_address) as client:
-            tasks = group_tasks(sources, model_path, p, single_thread=client is not None, device=base.device)
+            tasks = group_tasks(sources, model_path, p, single_thread=client is not None, device=base.device,
+                                bf16=precision.bf16)
             clip = 0
             for results in ordered_map(keypoints_task, tasks, client=client, window=2 * max(base.workers, 1),
                                        description="keypoints: clip groups"):

@@ -28,6 +28,7 @@ from pipeline.lipsync_data import check_aligned, read_manifest
 from pipeline.evaluator import load_evaluator
 from pipeline.mouth_landmarks import LandmarkRegressor
 from pipeline.parallel import dask_client, ordered_map
+from pipeline.precision import announce_precision, resolve_precision
 from pipeline.pseudo import RedubTask, plan_redubs, quadruples, redub_clip
 from pipeline.redub import EXTENSIONS, PASTE_MODES
 from pipeline.store import ArraySpec, RaggedStoreWriter, atomic_output, open_store
@@ -68,13 +69,15 @@ def build_pseudo_pairs(corpus_dir: Path, audio_store: Path, wav2lip: Path, evalu
     if regressor is None:  # e.g. MEAD: no counterfactual renders, no ground-truth landmarks, so nothing to measure against
         log("pseudo_pairs: no counterfactual clips with landmarks in the corpus; mouth errors left empty")
     state = regressor.state() if regressor is not None else None
+    precision = resolve_precision(base.precision, "cpu")  # redub_clip runs Wav2Lip on the CPU
+    announce_precision(precision, "pseudo_pairs", log)
     tasks = [RedubTask(r.pseudo_clip_id, str(corpus_dir), str(audio_store), str(wav2lip),
                        (r.source_start, r.source_stop), (r.audio_start, r.audio_stop),
                        None if r.counterfactual_start < 0 or state is None
                        else (r.counterfactual_start, r.counterfactual_stop),
-                       p.frame_extension, p.paste, p.batch_size, state, p.bf16) for r in plan.itertuples()]
+                       p.frame_extension, p.paste, p.batch_size, state, precision.bf16) for r in plan.itertuples()]
     size = int(open_store(Path(corpus_dir) / "frames.zarr")["frames"].shape[1])
-    attrs = {"schema": SCHEMA, "stage": "pseudo_pairs", "fps": base.fps, "size": size,
+    attrs = {"schema": SCHEMA, "stage": "pseudo_pairs", "fps": base.fps, "size": size, "precision": precision.resolved,
              "params": {"base": as_dict(base), "pseudo_pairs": as_dict(p)},
              "audio": "clips.parquet wav_path, relative to the corpus folder",
              "source_frame": "index into the source clip x^{i,a} of the frame each pseudo frame re-dubs"}

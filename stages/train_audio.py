@@ -26,6 +26,7 @@ from pipeline.config import BaseParams, TrainAudioParams, load_section
 from pipeline.errors import InputError
 from pipeline.lipsync_data import read_manifest, real_clips
 from pipeline.models.audio import ARCH
+from pipeline.timings import read_timings, write_timings
 from pipeline.train import plot_loss_curves, save_training_state, torch_threads
 from stages.common import ParamsOption, one_line_errors, stage_app
 
@@ -67,10 +68,11 @@ def run_train_audio(corpus_dir: Path, audio_store: Path, model_out: Path, report
                                                                        base, p, log=log)
         heldout, confusion = evaluate_audio(model, train_bank, test_bank, seed=base.seed,
                                             eval_quads_count=p.eval_quads, probe_alphas=p.probe_alphas)
-    metrics = {**heldout, **train_metrics, "dtw_seconds": round(dtw_seconds, 1),
+    metrics = {**heldout, **train_metrics,
                "dtw_mean_path_cost": round(float(sum(train_bank.dtw_costs) / max(len(train_bank.dtw_costs), 1)), 3)}
     save_training_state(model_out, modules={ARCH: model}, config=checkpoint_config(model.config, base), step=step,
                         metrics=metrics, optimizers=optimizers)  # optimizer state kept so `resume` can continue
+    write_timings(model_out, {**read_timings(model_out), "dtw_seconds": round(dtw_seconds, 1)})
     plot_loss_curves(losses_csv, losses_png, title="train_audio losses (reconstructions in MFCC units)")
     plot_confusion(confusion, model.emotions, confusion_png,
                    f"held-out emotion from e_e: acc {metrics['emotion_acc_from_ee']:.3f} "

@@ -197,11 +197,11 @@ def test_finetune_render_with_the_gan_logs_its_terms_and_says_which_discriminato
     corpus, audio = tiny_audio
     _tiny_fomm_with_discriminator(tmp_path / "fomm.pt")
     write_tiny_emmn(tmp_path / "emmn.pt", num_kp=tiny_section("train_fomm").num_kp)
-    p = dataclasses.replace(tiny_section("finetune_render"), train_generator=True, gan_weight=0.1, bf16=True)
+    p = dataclasses.replace(tiny_section("finetune_render"), train_generator=True, gan_weight=0.1)
     metrics = run_finetune_render(corpus, audio, tmp_path / "emmn.pt", tmp_path / "fomm.pt", tmp_path / "out.pt",
                                   tmp_path / "losses.csv", tmp_path / "losses.png", tmp_path / "report.json",
-                                  tiny_section("base"), p)
-    assert metrics["discriminator"] == "fomm.pt" and metrics["gan_weight"] == 0.1 and metrics["bf16"] is True
+                                  tiny_section("base", precision="bf16"), p)
+    assert metrics["discriminator"] == "fomm.pt" and metrics["gan_weight"] == 0.1 and metrics["precision"] == "bf16"
     rows = read_loss_csv(tmp_path / "losses.csv")
     assert [r["step"] for r in rows] == [1, 2, 3]
     for row in rows:

@@ -345,3 +345,25 @@ def test_generate_checks_the_audio_it_resamples(tmp_path):
     with pytest.raises(InputError, match="too short"):
         check_audio(samples[: int(0.19 * SR)], SR, path, 0.2, -55.0)
     assert resolve_emotion(" SAD", ["neutral", "sad"]) == "sad" and resolve_emotion(None, ["sad"]) is None
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_the_renderer_runs_in_the_precision_auto_resolves_to(params_file, tiny_models, inputs, tmp_path, monkeypatch,
+                                                             native):
+    """On a CPU without native bf16 (AVX2) `auto` renders in fp32 (bf16 there is ~86x slower); with it, in bf16.
+    The summary says which."""
+    import pipeline.generate
+    import pipeline.precision
+
+    monkeypatch.setattr(pipeline.precision, "cpu_has_native_bf16", lambda: native)
+    asked = []
+
+    def spy(*args, **kwargs):
+        asked.append(args[-1] if len(args) == 7 else kwargs.get("bf16", False))
+        return render_frames(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline.generate, "render_frames", spy)
+    result = _generate(params_file, tiny_models, inputs["photo"], inputs["speech"], tmp_path / "out.mp4")
+    assert result.exit_code == 0, result.output
+    assert asked and set(asked) == {native}
+    assert f'"precision": "{"bf16" if native else "fp32"}"' in result.output

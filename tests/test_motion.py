@@ -265,7 +265,7 @@ def test_train_motion_writes_checkpoint_and_loss_curves(trained):
     assert summary["train_params"]["use_filter"] is True
     rows = read_loss_csv(out / "losses.csv")
     assert [r["step"] for r in rows] == [2, 4, 6]
-    assert set(rows[0]) == {"step", "seconds", "total", "rec", "self", "e_con", "m_con"}
+    assert set(rows[0]) == {"step", "total", "rec", "self", "e_con", "m_con"}
     assert all(math.isfinite(r["total"]) and r["total"] > 0 for r in rows)
     assert (out / "losses.png").stat().st_size > 1000
 

@@ -92,16 +92,18 @@ def test_step_rngs_depend_only_on_seed_and_step():
 def test_loss_log_truncates_on_resume_and_plots(tmp_path):
     log = LossLog(tmp_path / "losses.csv")
     for step in range(1, 6):
-        log.log(step, step * 0.5, {"total": 10.0 / step, "equivariance": 0.0})
+        log.log(step, {"total": 10.0 / step, "equivariance": 0.0})
+    log.flush()
     resumed = LossLog(tmp_path / "losses.csv", resume_step=3)
     assert [r["step"] for r in resumed.rows] == [1, 2, 3]
-    resumed.log(4, 2.0, {"total": 1.5, "equivariance": 0.0})
+    resumed.log(4, {"total": 1.5, "equivariance": 0.0})
+    resumed.flush()
     rows = read_loss_csv(tmp_path / "losses.csv")
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert rows[-1]["total"] == 1.5 and rows[1]["total"] == 5.0
     assert resumed.recent_means(2) == {"total": pytest.approx((10 / 3 + 1.5) / 2), "equivariance": 0.0}
     with pytest.raises(ValueError, match="loss columns changed"):
-        resumed.log(5, 2.5, {"total": 1.0})
+        resumed.log(5, {"total": 1.0})
     plot_loss_curves(tmp_path / "losses.csv", tmp_path / "losses.png")
     import cv2
 
@@ -118,11 +120,30 @@ def test_loss_log_truncates_on_resume_and_plots(tmp_path):
 
 def test_loss_log_takes_a_term_that_joins_mid_run(tmp_path):
     log = LossLog(tmp_path / "l.csv")
-    log.log(1, 0.5, {"total": 2.0})
-    log.log(2, 1.0, {"total": 1.5, "generator_gan": 0.3})  # the GAN joined at step 2 (train_fomm's gan_start)
+    log.log(1, {"total": 2.0})
+    log.log(2, {"total": 1.5, "generator_gan": 0.3})  # the GAN joined at step 2 (train_fomm's gan_start)
+    log.flush()
     rows = read_loss_csv(tmp_path / "l.csv")
     assert [(r["step"], r["total"], r["generator_gan"]) for r in rows] == [(1, 2.0, 0.0), (2, 1.5, 0.3)]
-    assert LossLog(tmp_path / "l.csv", resume_step=2).columns == ["step", "seconds", "total", "generator_gan"]
+    assert LossLog(tmp_path / "l.csv", resume_step=2).columns == ["step", "total", "generator_gan"]
+
+
+def test_loss_log_has_no_clock_and_the_file_only_changes_whole(tmp_path):
+    """Same losses, same bytes (no wall-clock column); rows reach the file only through an atomic flush, so a
+    killed run leaves the last flushed (checkpointed) log, never a torn line, and no temp file."""
+    path = tmp_path / "l.csv"
+    path.write_text("step,seconds,total\n1,0.5,2.0\n2,9.1,1.5\n")  # a log of an earlier version
+    log = LossLog(path, resume_step=2)
+    assert log.columns == ["step", "total"] and path.read_text() == "step,total\n1,2.0\n2,1.5\n"
+    log.log(3, {"total": 1.25})
+    assert path.read_text() == "step,total\n1,2.0\n2,1.5\n"  # not flushed yet: the file is the checkpoint's
+    log.flush()
+    assert path.read_text().endswith("3,1.25\n") and sorted(p.name for p in tmp_path.iterdir()) == ["l.csv"]
+    again = LossLog(tmp_path / "again.csv")
+    for step, total in ((1, 2.0), (2, 1.5), (3, 1.25)):
+        again.log(step, {"total": total})
+    again.flush()
+    assert (tmp_path / "again.csv").read_bytes() == path.read_bytes()
 
 
 def test_run_loop_budget_checkpoints_and_nan(tmp_path):
@@ -353,7 +374,7 @@ def test_training_steps_lower_the_loss_on_a_fixed_batch(tiny_corpus):
 
 
 @pytest.mark.parametrize("changes, vgg, columns", [
-    ({"bf16": True}, False, {"total", "reconstruction", "equivariance_value", "equivariance_jacobian"}),
+    ({"trainer_bf16": True}, False, {"total", "reconstruction", "equivariance_value", "equivariance_jacobian"}),
     ({"gan_weight": 1.0}, True, {"total", "reconstruction", "equivariance_value", "equivariance_jacobian",
                                  "generator_gan", "feature_matching", "discriminator"}),
     ({"landmark_anchors": 1.0, "landmark_flow": 1.0, "num_kp": 10}, False,
@@ -362,8 +383,11 @@ def test_training_steps_lower_the_loss_on_a_fixed_batch(tiny_corpus):
      {"total", "reconstruction", "equivariance_value", "equivariance_jacobian"}),
 ])
 def test_optional_paths_train_one_step(changes, vgg, columns):
+    changes = dict(changes)
+    bf16 = changes.pop("trainer_bf16", False)
     p = tiny_train_params(**changes)
-    trainer = FommTrainer(fomm_config(p), p, torch.device("cpu"), seed=0, vgg=Vgg19Features() if vgg else None)
+    trainer = FommTrainer(fomm_config(p), p, torch.device("cpu"), seed=0, vgg=Vgg19Features() if vgg else None,
+                          bf16=bf16)
     images = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     landmarks = torch.rand(2, 2, 68, 2) * 2 - 1 if changes.get("landmark_anchors") else None
     losses = trainer.train_step(images[:2], images[2:], step_rngs(0, 0)[1], landmarks=landmarks)
