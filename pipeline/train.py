@@ -32,6 +32,7 @@ from torch import nn
 
 from pipeline.checkpoints import load_file, save_checkpoint
 from pipeline.errors import CheckpointError, InputError
+from pipeline.store import write_png
 
 # ------------------------------------------------------------------------------------ device, seeds
 
@@ -198,10 +199,7 @@ def plot_loss_curves(csv_path: str | Path, png_path: str | Path, title: str = "l
 
 
 def _write_png(path: str | Path, rgb: np.ndarray) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-        raise InputError(path, "could not write PNG")
+    write_png(path, rgb)  # temp name + rename (pipeline.store)
 
 
 # ----------------------------------------------------------------------------------------- checkpoints

@@ -41,7 +41,7 @@ from pipeline.generate_set import (
 )
 from pipeline.parallel import dask_client, ordered_map
 from pipeline.prosody import DEFAULT_STORE as DEFAULT_PROSODY_STORE
-from pipeline.store import ArraySpec, RaggedStoreWriter, atomic_output, open_store, read_index
+from pipeline.store import ArraySpec, RaggedStoreWriter, atomic_output, open_store, read_index, write_json
 from stages.common import ParamsOption, one_line_errors, stage_app
 
 SCHEMA = "emmn.outputs/v1"
@@ -122,8 +122,7 @@ def build_outputs(corpus_dir: Path, audio_store: Path, models_dir: Path, out_dir
         "seconds": round(time.monotonic() - t0, 1), "filter": p.filter, "sheet": sheet_info,
         "told_sheet": told_info,
     }
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(report, summary)
     log(f"generate: {len(rows)} rows x {len(clips)} clips ({frames} frames each) -> {out_dir} "
         f"in {summary['seconds']}s; ms/frame {summary['ms_per_frame']}")
     return summary
