@@ -15,7 +15,6 @@ a PNG strip of it.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from pipeline.fomm_io import FommModel, detect_keypoints, frames_to_tensor, keyp
 from pipeline.fomm_train import init_fomm
 from pipeline.media import write_mp4
 from pipeline.probes import centre_per_group, grouped_probe_r2
-from pipeline.store import open_store, read_index
+from pipeline.store import open_store, read_index, write_json, write_png
 
 MOUTH = slice(48, 68)  # dlib 68-point layout: outer + inner lips
 
@@ -274,8 +273,7 @@ def write_pictures(first: dict[str, Any] | None, corpus_dir: Path, model_size: i
     write_mp4(video_path, frames, fps, audio=wav if wav is not None and wav.is_file() else None)
     picks = np.unique(np.linspace(0, len(frames) - 1, 4).round().astype(int))
     strip = np.concatenate([frames[i] for i in picks], axis=0)
-    strip_png.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(strip_png), cv2.cvtColor(strip, cv2.COLOR_RGB2BGR))
+    write_png(strip_png, strip)
 
 
 # --------------------------------------------------------------------------------------------- report
@@ -319,5 +317,4 @@ def build_fomm_report(model: FommModel, corpus_dir: str | Path, kp_store: str | 
 
 def write_report(report: dict[str, Any], path: str | Path) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(path, report)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import tempfile
 from pathlib import Path
 
 import cv2
@@ -11,6 +10,7 @@ import numpy as np
 import soundfile as sf
 
 from pipeline.errors import InputError
+from pipeline.store import atomic_output
 
 
 def ffmpeg_exe() -> str:
@@ -54,8 +54,8 @@ def resample_frame_indices(n_frames: int, src_fps: float, dst_fps: float) -> np.
 
 def write_wav(path: str | Path, samples: np.ndarray, sample_rate: int) -> None:
     """16-bit PCM wav (what MEAD-style tools and syncnet_python's scipy reader expect)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(path), np.clip(samples, -1.0, 1.0), sample_rate, subtype="PCM_16")
+    with atomic_output(path) as tmp:  # the temp keeps the .wav suffix soundfile reads the format from
+        sf.write(str(tmp), np.clip(samples, -1.0, 1.0), sample_rate, subtype="PCM_16")
 
 
 def write_mp4(path: str | Path, frames_rgb: np.ndarray, fps: float, audio: str | Path | None = None,
@@ -77,16 +77,11 @@ def write_mp4(path: str | Path, frames_rgb: np.ndarray, fps: float, audio: str |
     cmd += (["-vf", ",".join(vf)] if vf else []) + ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", str(crf)]
     if audio is not None:
         cmd += ["-c:a", "aac", "-b:a", "128k", "-shortest"]
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".mp4", delete=False) as tmp:
-        tmp_path = Path(tmp.name)
-    try:
-        proc = subprocess.run(cmd + [str(tmp_path)], input=frames_rgb.tobytes(), capture_output=True)
+    with atomic_output(path) as tmp:  # subprocess.run kills ffmpeg if SIGTERM/SIGINT interrupts the wait
+        proc = subprocess.run(cmd + [str(tmp)], input=frames_rgb.tobytes(), capture_output=True)
         if proc.returncode != 0:
             err = proc.stderr.decode(errors="replace").strip().splitlines()
             raise InputError(path, f"ffmpeg failed ({err[-1] if err else 'no message'})")
-        tmp_path.replace(path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
 
 
 def has_audio_stream(path: str | Path) -> bool:

@@ -29,6 +29,7 @@ from pipeline.models.motion import MotionNet, encode_frames, load_motion
 from pipeline.motion_data import KeypointBank
 from pipeline.motion_report import build_motion_report
 from pipeline.motion_train import loss_weights, training_quadruples
+from pipeline.store import write_json
 
 # (name, label, params changed from the full model); the full model has every switch on
 TABLE2_ROWS: tuple[tuple[str, str, dict[str, bool]], ...] = (
@@ -142,7 +143,7 @@ def train_row(plan: RowPlan, kp_store: Path, bank: KeypointBank, pseudo_dir: Pat
     clips = pd.read_parquet(Path(pseudo_dir) / "clips.parquet")
     report = build_motion_report(net, bank, f_e, f_m, corpus_dir, pairs, None, clips, report_params,
                                  (pairs, description))
-    (out_dir / "motion.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json(out_dir / "motion.json", report)
     return net, report
 
 

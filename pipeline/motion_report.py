@@ -34,7 +34,6 @@ penalty picked by leave-one-actor-out cross-validation on the training actors; f
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -48,7 +47,7 @@ from pipeline.models.motion import MotionNet, decode_frames, encode_frames
 from pipeline.motion_data import KeypointBank, QuadrupleFrames, kept_mask
 from pipeline.probes import fit_ridge, grouped_probe_r2
 from pipeline.pseudo import relative_time_indices
-from pipeline.store import open_store
+from pipeline.store import open_store, write_json
 
 NEUTRAL = "neutral"
 
@@ -378,8 +377,7 @@ def jsonable(value: Any) -> Any:
 
 def write_report(report: dict[str, Any], path: str | Path) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(path, report)
 
 
 __all__ = ["Reconstructor", "build_motion_report", "classifier_accuracy", "evaluation_quadruples",

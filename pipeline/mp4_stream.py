@@ -2,8 +2,8 @@
 
 `pipeline.media.write_mp4` takes the whole video as one array; a long generated video would not fit in
 memory that way. Here ffmpeg reads raw RGB frames from a pipe into a temp file beside the target, which
-is renamed into place only when ffmpeg succeeded; on any error (or an exception in the caller's block)
-ffmpeg is stopped and the temp file removed, so no partial mp4 is ever left.
+is renamed into place only when ffmpeg succeeded; on any error (or an exception in the caller's block,
+SIGTERM and SIGINT included) ffmpeg is stopped and the temp file removed, so no partial mp4 is ever left.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import numpy as np
 
 from pipeline.errors import InputError
 from pipeline.media import ffmpeg_exe
+from pipeline.store import exit_on_signals, remove_stale_temps, temp_sibling
 
 
 class Mp4StreamWriter:
@@ -51,9 +52,9 @@ class Mp4StreamWriter:
 
     def __enter__(self) -> Mp4StreamWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=self.path.parent, prefix=f".{self.path.stem}.", suffix=".mp4",
-                                         delete=False) as tmp:
-            self._tmp = Path(tmp.name)
+        exit_on_signals()  # SIGTERM -> SystemExit, so __exit__ below stops ffmpeg and removes the temp
+        remove_stale_temps(self.path)  # a SIGKILLed run's temp (its ffmpeg may even have finished it)
+        self._tmp = temp_sibling(self.path)
         self._stderr = tempfile.TemporaryFile()
         self._proc = subprocess.Popen(self._command(self._tmp), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                       stderr=self._stderr)

@@ -12,8 +12,13 @@ order and flushes complete shards (parallel writers into one shard lose data).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import shutil
+import signal
+import threading
+import time
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -22,6 +27,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
 
@@ -37,20 +44,71 @@ def blosc_zstd(dtype: np.dtype) -> BloscCodec:
     return BloscCodec(cname="zstd", clevel=5, shuffle=shuffle)
 
 
+def temp_sibling(path: str | Path) -> Path:
+    """`.<stem>.tmp-<pid><suffix>` beside `path`: hidden, keeps the suffix (ffmpeg, OpenCV and pandas pick
+    the format by it) and names the writing process, so a later run can tell a dead writer's leftovers."""
+    path = Path(path)
+    return path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    try:  # a killed child its parent has not reaped yet is dead too
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def remove_stale_temps(path: str | Path) -> list[Path]:
+    """Remove the temp siblings of `path` (see temp_sibling) whose writer is dead: SIGKILL, OOM kill or a
+    power cut leave them, and nothing else ever would. A live writer's temp is left alone."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    pattern = re.compile(rf"\.{re.escape(path.stem)}\.tmp-(\d+){re.escape(path.suffix)}")
+    pids = {sib: int(m.group(1)) for sib in path.parent.iterdir() if (m := pattern.fullmatch(sib.name))}
+    stale = [sib for sib, pid in pids.items() if pid != os.getpid() and not _pid_alive(pid)]
+    for sib in stale:
+        _remove(sib)
+    return stale
+
+
+def _exit_on_signal(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def exit_on_signals() -> None:
+    """SIGTERM raises SystemExit (as SIGINT raises KeyboardInterrupt), so `finally`/`except` blocks run:
+    temps are removed, ffmpeg and Dask workers stopped, instead of the process dying mid-write.
+    Only in the main thread, and only where SIGTERM still has its default (deadly) action."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _exit_on_signal)
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | Path) -> Iterator[Path]:
-    """Yield a temp path beside `path`; rename it into place only if the block succeeds."""
+    """Yield a temp path beside `path`; rename it into place only if the block succeeds.
+
+    Dead writers' temps of `path` are removed first; on an exception, SIGTERM or SIGINT the temp is removed.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    exit_on_signals()
+    remove_stale_temps(path)
+    tmp = temp_sibling(path)
     _remove(tmp)
     try:
         yield tmp
+        _remove(path)
+        os.replace(tmp, path)
     except BaseException:
-        _remove(tmp)
+        _discard(tmp)
         raise
-    _remove(path)
-    os.replace(tmp, path)
 
 
 def _remove(path: Path) -> None:
@@ -58,6 +116,53 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+def _discard(tmp: Path) -> None:
+    """Remove an abandoned temp. Zarr's I/O thread may still be finishing a write into it when a signal
+    interrupts the main thread, so retry until it stays gone (about a second at most)."""
+    for _ in range(20):
+        try:
+            _remove(tmp)
+        except OSError:  # "directory not empty": a file landed during rmtree
+            pass
+        time.sleep(0.05)
+        if not (tmp.exists() or tmp.is_symlink()):
+            return
+    _remove(tmp)
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Every small output file goes through here: written to a temp name, renamed when complete."""
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def write_png(path: str | Path, rgb: np.ndarray) -> None:
+    """An RGB uint8 image as PNG (OpenCV's encoder, through write_bytes)."""
+    import cv2
+
+    ok, png = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OSError(f"could not encode {path} as PNG")
+    write_bytes(path, png.tobytes())
+
+
+def write_parquet(frame: pd.DataFrame, path: str | Path) -> None:
+    """A table (its index dropped) as Parquet, atomically, without pandas' schema metadata: that names
+    the pandas and pyarrow versions and version-dependent dtype names, so the same table would give
+    other bytes under other library versions. Plain columns read back the same without it."""
+    table = pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None)
+    with atomic_output(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 @dataclass(frozen=True)
@@ -152,7 +257,7 @@ def write_index(path: str | Path, clip_ids: list[str], starts: np.ndarray, stops
     ids[:] = np.asarray(clip_ids, dtype=object).astype(str) if clip_ids else np.asarray([], dtype=str)
     root.create_array("clip_start", data=np.asarray(starts, dtype=np.int64), overwrite=True)
     root.create_array("clip_stop", data=np.asarray(stops, dtype=np.int64), overwrite=True)
-    pd.DataFrame({"clip_id": clip_ids, "start": starts, "stop": stops}).to_parquet(Path(path) / INDEX_FILE, index=False)
+    write_parquet(pd.DataFrame({"clip_id": clip_ids, "start": starts, "stop": stops}), Path(path) / INDEX_FILE)
 
 
 def open_store(path: str | Path) -> zarr.Group:

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from pipeline.store import atomic_output
+from pipeline.store import write_text
 
 SUFFIX = ".timings.json"
 
@@ -41,8 +41,7 @@ def write_timings(output: str | Path, values: Mapping[str, Any]) -> Path:
 
     record = {**values, "machine": {"cpu": cpu_capability(), "torch_threads": torch.get_num_threads()}}
     path = timings_path(output)
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    write_text(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
     return path
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import math
 import os
 import random
@@ -32,7 +33,7 @@ from torch import nn
 
 from pipeline.checkpoints import load_file, save_checkpoint
 from pipeline.errors import CheckpointError, InputError
-from pipeline.store import atomic_output
+from pipeline.store import write_png, write_text
 
 # ------------------------------------------------------------------------------------ device, seeds
 
@@ -108,11 +109,12 @@ class LossLog:
         self.flush()
 
     def flush(self) -> None:
-        with atomic_output(self.path) as tmp, tmp.open("w", newline="") as f:
-            if self.columns:
-                writer = csv.DictWriter(f, fieldnames=self.columns)
-                writer.writeheader()
-                writer.writerows(self.rows)
+        text = io.StringIO(newline="")
+        if self.columns:
+            writer = csv.DictWriter(text, fieldnames=self.columns)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        write_text(self.path, text.getvalue())
 
     def log(self, step: int, losses: Mapping[str, float]) -> None:
         row = {"step": int(step), **{k: float(v) for k, v in losses.items()}}
@@ -199,10 +201,7 @@ def plot_loss_curves(csv_path: str | Path, png_path: str | Path, title: str = "l
 
 
 def _write_png(path: str | Path, rgb: np.ndarray) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-        raise InputError(path, "could not write PNG")
+    write_png(path, rgb)  # temp name + rename (pipeline.store)
 
 
 # ----------------------------------------------------------------------------------------- checkpoints

@@ -14,6 +14,7 @@ import typer
 
 from pipeline.errors import InputError
 from pipeline.malloc import keep_freed_memory
+from pipeline.store import exit_on_signals
 
 ParamsOption = Annotated[Path, typer.Option("--params", help="params.yaml to read (sections base + this stage)")]
 
@@ -45,4 +46,5 @@ def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def stage_app() -> typer.Typer:
     keep_freed_memory()  # every stage process (and its Dask workers): fewer page faults in torch loops
+    exit_on_signals()  # SIGTERM unwinds like Ctrl-C: temps removed, ffmpeg and Dask workers stopped
     return typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False)

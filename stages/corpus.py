@@ -16,7 +16,7 @@ import typer
 from pipeline.config import BaseParams, CorpusParams, load_section
 from pipeline.corpus.sheet import corpus_contact_sheet
 from pipeline.errors import InputError
-from pipeline.store import atomic_output, dir_size
+from pipeline.store import atomic_output, dir_size, write_json
 from pipeline.timings import write_timings
 from stages.common import ParamsOption, one_line_errors, seed_everything, stage_app
 
@@ -67,8 +67,7 @@ def corpus(
     summary = build_corpus(out, base, p)
     write_timings(out, {"seconds": round(time.monotonic() - t0, 1)})  # not in the report: DVC tracks it
     corpus_contact_sheet(out, sheet)
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(report, summary)
     typer.echo(json.dumps(summary))
 
 

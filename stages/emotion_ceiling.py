@@ -24,6 +24,7 @@ from pipeline.parallel import progress_bar
 from pipeline.prosody import DEFAULT_STORE as DEFAULT_PROSODY_STORE
 from pipeline.train import _write_png as write_png  # the pipeline's one PNG writer (RGB in)
 from pipeline.train import torch_threads
+from pipeline.store import write_json
 from stages.common import ParamsOption, one_line_errors, stage_app
 
 app = stage_app()
@@ -44,8 +45,7 @@ def run_emotion_ceiling(corpus_dir: Path, audio_store: Path, prosody_store: Path
                    read_temperature=emmn_row.emmn.config.read_temperature)
     if picture is not None:
         write_png(sheet, picture)
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(json.dumps(metrics, indent=2) + "\n")
+    write_json(report, metrics)
     return metrics
 
 

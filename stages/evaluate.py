@@ -36,7 +36,7 @@ from pipeline.metrics_report import (
     write_confusion_sheet,
 )
 from pipeline.parallel import dask_client, ordered_map
-from pipeline.store import atomic_output
+from pipeline.store import atomic_output, write_json, write_text
 from stages.common import ParamsOption, one_line_errors, stage_app
 
 app = stage_app()
@@ -63,13 +63,12 @@ def run_evaluate(outputs: Path, corpus_dir: Path, evaluator_path: Path, scorer: 
                 for r in rows for clips in [per_clip[per_clip.row == r]]}
     write_confusion_sheet(matrices, evaluator.emotions, confusion_png)
     table_md.parent.mkdir(parents=True, exist_ok=True)
-    table_md.write_text(table1_markdown(rows, title="Table 1 (held-out actors of the corpus)",
+    write_text(table_md, table1_markdown(rows, title="Table 1 (held-out actors of the corpus)",
                                         notes=judge_notes(evaluator.metrics, loaded.arch, scorer, per_clip, missing,
                                                           by_dlib)))
     with atomic_output(clips_csv) as tmp:
         per_clip.to_csv(tmp, index=False, float_format="%.6g")
-    metrics_json.parent.mkdir(parents=True, exist_ok=True)
-    metrics_json.write_text(json.dumps(rows, indent=2) + "\n")
+    write_json(metrics_json, rows)
     log(f"evaluate: {len(per_clip)} clips in {len(rows)} rows -> {metrics_json}")
     return rows
 

@@ -21,6 +21,7 @@ from pipeline.config import BaseParams, FinetuneRenderParams, load_section
 from pipeline.prosody import DEFAULT_STORE as DEFAULT_PROSODY_STORE
 from pipeline.render_finetune import finetune_render as finetune
 from pipeline.train import plot_loss_curves
+from pipeline.store import write_json
 from stages.common import ParamsOption, one_line_errors, stage_app
 
 app = stage_app()
@@ -34,8 +35,7 @@ def run_finetune_render(corpus_dir: Path, audio_store: Path, emmn: Path, fomm: P
     metrics = finetune(corpus_dir, audio_store, emmn, fomm, model_out, losses_csv, base, p,
                        prosody_store=prosody_store, keypoints_store=keypoints_store)
     plot_loss_curves(losses_csv, losses_png, title=f"finetune_render: Eq. 15 on {metrics['loss']}")
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(json.dumps(metrics, indent=2) + "\n")
+    write_json(report, metrics)
     return metrics
 
 

@@ -42,7 +42,7 @@ from pipeline.generate_set import (
 from pipeline.parallel import dask_client, ordered_map
 from pipeline.precision import announce_precision, resolve_precision
 from pipeline.prosody import DEFAULT_STORE as DEFAULT_PROSODY_STORE
-from pipeline.store import ArraySpec, RaggedStoreWriter, atomic_output, open_store, read_index
+from pipeline.store import ArraySpec, RaggedStoreWriter, atomic_output, open_store, read_index, write_json
 from pipeline.timings import write_timings
 from pipeline.train import pick_device
 from stages.common import ParamsOption, one_line_errors, stage_app
@@ -127,8 +127,7 @@ def build_outputs(corpus_dir: Path, audio_store: Path, models_dir: Path, out_dir
     }
     timings = {"seconds": round(time.monotonic() - t0, 1),
                "ms_per_frame": {row: round(1000 * s / max(frames, 1), 2) for row, s in seconds.items()}}
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(report, summary)
     write_timings(report, timings)
     log(f"generate: {len(rows)} rows x {len(clips)} clips ({frames} frames each) -> {out_dir} "
         f"in {timings['seconds']}s; ms/frame {timings['ms_per_frame']}")

@@ -25,7 +25,7 @@ from pipeline.histogram_plot import draw_histograms
 from pipeline.lipsync_data import read_manifest
 from pipeline.lipsync_io import load_syncnet_any
 from pipeline.parallel import dask_client, ordered_map
-from pipeline.store import atomic_output, read_index
+from pipeline.store import atomic_output, read_index, write_json
 from pipeline.sync_filter import ScoreTask, keep_mask, pseudo_report, score_pseudo_clip
 from stages.common import ParamsOption, one_line_errors, stage_app
 
@@ -65,8 +65,7 @@ def run_sync_filter(pseudo_dir: Path, corpus_dir: Path, weights: Path, report: P
                     title=f"sync_filter: {int(scores.kept.sum())}/{len(scores)} kept, scorer {loaded.arch}")
     summary = pseudo_report(clips, scores, pairs if pairs is not None else pd.DataFrame(columns=["y_ib", "y_ja"]),
                             p.threshold, p.max_offset, scorer_name)
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(report, summary)
     log(f"sync_filter: kept {summary['kept_clips']}/{summary['pseudo_clips']}; mouth error all "
         f"{summary['mouth_err_all']} px, kept {summary['mouth_err_kept']} px")
     return summary

@@ -30,7 +30,7 @@ from pipeline.lipsync_data import read_manifest
 from pipeline.motion_ablation import FOMM_ROW, ROW_LABELS, RowPlan, check_rows, plan_rows
 from pipeline.motion_data import KeypointBank, read_pairs
 from pipeline.parallel import dask_client, ordered_map
-from pipeline.store import atomic_output, open_store
+from pipeline.store import atomic_output, open_store, write_json, write_text
 from pipeline.table2 import (
     RowTask,
     cached_renderer,
@@ -109,9 +109,8 @@ def run_table2(kp_store: Path, pseudo_dir: Path, corpus_dir: Path, renderer: Pat
                                  "quadruples": plan.quadruples, **results.get(plan.name, {}).get("train", {})}
                      for plan in plans}}, indent=2) + "\n")
     table_md.parent.mkdir(parents=True, exist_ok=True)
-    table_md.write_text(table_markdown(rows, plans, per_clip, reports, setup))
-    report_json.parent.mkdir(parents=True, exist_ok=True)
-    report_json.write_text(json.dumps(rows, indent=2) + "\n")
+    write_text(table_md, table_markdown(rows, plans, per_clip, reports, setup))
+    write_json(report_json, rows)
     log(f"table2: {len(rows)} rows -> {table_md}, {report_json}")
     return rows
 

@@ -28,6 +28,7 @@ from pipeline.lipsync_data import read_manifest, real_clips
 from pipeline.models.audio import ARCH
 from pipeline.timings import read_timings, write_timings
 from pipeline.train import plot_loss_curves, save_training_state, torch_threads
+from pipeline.store import write_json
 from stages.common import ParamsOption, one_line_errors, stage_app
 
 app = stage_app()
@@ -77,8 +78,7 @@ def run_train_audio(corpus_dir: Path, audio_store: Path, model_out: Path, report
     plot_confusion(confusion, model.emotions, confusion_png,
                    f"held-out emotion from e_e: acc {metrics['emotion_acc_from_ee']:.3f} "
                    f"(chance {metrics['chance']:.3f})")
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(json.dumps(metrics, indent=2) + "\n")
+    write_json(report, metrics)
     log(f"train_audio: held-out emotion accuracy from e_e {metrics['emotion_acc_from_ee']:.3f} (probe "
         f"{metrics['emotion_acc_from_ee_probe']:.3f}), from e_c {metrics['emotion_acc_from_ec']:.3f}, chance "
         f"{metrics['chance']:.3f}; cross-reconstruction {metrics['cross_rec_err']:.2f} (copy "

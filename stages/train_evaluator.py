@@ -21,6 +21,7 @@ import typer
 from pipeline.config import BaseParams, TrainEvaluatorParams, load_section
 from pipeline.evaluator_train import train_evaluator_models
 from pipeline.train import plot_loss_curves
+from pipeline.store import write_json
 from stages.common import ParamsOption, one_line_errors, stage_app
 
 app = stage_app()
@@ -31,8 +32,7 @@ def run_train_evaluator(corpus_dir: Path, model_out: Path, report: Path, losses_
     """Train and measure both judges; write the checkpoint, the report, the loss curves and the confusion PNG."""
     metrics = train_evaluator_models(corpus_dir, model_out, losses_csv, confusion_png, base, p)
     plot_loss_curves(losses_csv, losses_png, title="train_evaluator losses")
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(json.dumps(metrics, indent=2) + "\n")
+    write_json(report, metrics)
     return metrics
 
 

@@ -18,6 +18,7 @@ import typer
 from pipeline.config import BaseParams, TrainSyncnetParams, load_section
 from pipeline.syncnet_train import train_syncnet_model
 from pipeline.train import plot_loss_curves
+from pipeline.store import write_json
 from stages.common import ParamsOption, one_line_errors, stage_app
 
 app = stage_app()
@@ -28,8 +29,7 @@ def run_train_syncnet(corpus_dir: Path, audio_store: Path, model_out: Path, repo
     """Train (or import) and evaluate a SyncNet_color; write the report and the loss curves."""
     metrics = train_syncnet_model(corpus_dir, audio_store, model_out, losses_csv, base, p, stage=stage)
     plot_loss_curves(losses_csv, losses_png, title=f"{stage} losses")
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(json.dumps(metrics, indent=2) + "\n")
+    write_json(report, metrics)
     return metrics
 
 

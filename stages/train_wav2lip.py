@@ -19,6 +19,7 @@ import typer
 from pipeline.config import BaseParams, TrainWav2lipParams, load_section
 from pipeline.train import plot_loss_curves
 from pipeline.wav2lip_train import train_wav2lip_model
+from pipeline.store import write_json
 from stages.common import ParamsOption, one_line_errors, stage_app
 
 app = stage_app()
@@ -29,8 +30,7 @@ def run_train_wav2lip(corpus_dir: Path, audio_store: Path, expert: Path, model_o
     """Train (or import) and evaluate the generator; write the report and the loss curves."""
     metrics = train_wav2lip_model(corpus_dir, audio_store, expert, model_out, losses_csv, base, p)
     plot_loss_curves(losses_csv, losses_png, title="train_wav2lip losses")
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(json.dumps(metrics, indent=2) + "\n")
+    write_json(report, metrics)
     return metrics
 
 

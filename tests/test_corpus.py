@@ -159,3 +159,54 @@ def test_render_params_and_landmarks_are_finite_and_in_frame(tiny_corpus):
     assert np.isfinite(root["render_params"][:]).all()
     assert root["frames"].dtype == np.uint8 and root["frames"].shape[1:] == (size, size, 3)
     assert root["reference_frames"].shape[0] == len(root["reference_actor"][:])
+
+
+# --------------------------------------------------------------- same seed, same bytes, on another machine
+
+BUILD = ("import sys; from pathlib import Path; from stages.corpus import build_corpus; "
+         "from tests.conftest import tiny_section; "
+         "build_corpus(Path(sys.argv[1]), tiny_section('base'), tiny_section('corpus'))")
+
+
+def _build_elsewhere(out, **env):
+    """The tiny corpus built in a fresh process whose libraries take other CPU paths (env)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    subprocess.run([sys.executable, "-c", BUILD, str(out)], check=True, cwd=ROOT, capture_output=True,
+                   env={**os.environ, "PYTHONPATH": str(ROOT), **env})
+
+
+def _file_digests(corpus_dir):
+    return {str(p.relative_to(corpus_dir)): hashlib.md5(p.read_bytes()).hexdigest()
+            for p in sorted(corpus_dir.rglob("*")) if p.is_file()}
+
+
+def test_corpus_bytes_do_not_depend_on_cpu_dispatch_or_threads(tiny_corpus, tmp_path):
+    """What differs between x86 machines with AVX2 or newer: IPP's code path (AVX-512 vs AVX2), OpenBLAS's
+    kernel, NumPy's SIMD dispatch, thread counts. None of it may change a byte."""
+    other = tmp_path / "other"
+    _build_elsewhere(other, OPENCV_IPP="sse42", OPENBLAS_CORETYPE="Prescott", NPY_DISABLE_CPU_FEATURES="X86_V3",
+                     OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", OPENCV_FOR_THREADS_NUM="1")
+    assert _file_digests(other) == _file_digests(tiny_corpus)
+
+
+def test_corpus_on_a_cpu_without_avx2_differs_by_one_level_at_most(tiny_corpus, tmp_path):
+    """OpenCV's own AVX2 code fuses multiply-adds (FMA) in GaussianBlur/resize; a CPU without AVX2/FMA
+    rounds some pixels the other way (README: 'Same seed, same bytes')."""
+    other = tmp_path / "other"
+    _build_elsewhere(other, OPENCV_CPU_DISABLE="AVX2,FMA3,AVX,FP16", OPENCV_LOG_LEVEL="ERROR")
+    a = zarr.open_group(tiny_corpus / "frames.zarr", mode="r")
+    b = zarr.open_group(other / "frames.zarr", mode="r")
+    for name in ("frames", "reference_frames"):
+        diff = np.abs(a[name][:].astype(np.int16) - b[name][:].astype(np.int16))
+        assert diff.max() <= 1 and (diff > 0).mean() < 1e-4, name  # tiny profile: 333 of 26.8M values
+    for name in ("landmarks", "landmarks_frontal", "render_params", "reference_landmarks"):
+        np.testing.assert_array_equal(a[name][:], b[name][:])
+    digests, theirs = _file_digests(tiny_corpus), _file_digests(other)
+    same = {k for k in digests if not k.startswith(("frames.zarr/frames/", "frames.zarr/reference_frames/",
+                                                    "reference/"))}
+    assert {k: theirs[k] for k in same} == {k: digests[k] for k in same}

@@ -34,7 +34,7 @@ from pipeline.corpus.visemes import viseme_tracks
 from pipeline.media import write_wav
 from pipeline.parallel import dask_client, ordered_map
 from pipeline.corpus.references import write_reference_frames
-from pipeline.store import ArraySpec, RaggedStoreWriter
+from pipeline.store import ArraySpec, RaggedStoreWriter, write_parquet
 
 SCHEMA = "emmn.corpus/v1"
 
@@ -125,11 +125,12 @@ def generate_builtin(out_dir: str | Path, base: BaseParams, p: CorpusParams) -> 
         "wav_path": f"wav/{audio_clip_id(c)}.wav",
         "frames_store": "frames.zarr",
     } for c, ctrl, s, e in zip(clips, controls, writer.starts, writer.stops)])
-    manifest.to_parquet(out_dir / "manifest.parquet", index=False)
-    pd.DataFrame(phoneme_rows).to_parquet(out_dir / "phonemes.parquet", index=False)
-    pd.DataFrame([{**{k: v for k, v in dataclasses.asdict(a).items() if k not in ("expressiveness", "sentence_ids")},
+    write_parquet(manifest, out_dir / "manifest.parquet")
+    write_parquet(pd.DataFrame(phoneme_rows), out_dir / "phonemes.parquet")
+    actor_rows = [{**{k: v for k, v in dataclasses.asdict(a).items() if k not in ("expressiveness", "sentence_ids")},
                    "sentence_ids": list(a.sentence_ids), "expressiveness": json.dumps(dict(a.expressiveness))}
-                  for a in actors]).to_parquet(out_dir / "actors.parquet", index=False)
+                  for a in actors]
+    write_parquet(pd.DataFrame(actor_rows), out_dir / "actors.parquet")
     return manifest
 
 

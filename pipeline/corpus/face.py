@@ -25,6 +25,7 @@ from pipeline.corpus.face_model import (
     NEUTRAL,
     PX_PER_UNIT,
     Identity,
+    ResolvedControls,
     chin_y,
     face_points,
     head_height,
@@ -91,7 +92,7 @@ class HeadTexture:
         now = np.concatenate([lm3[DRIVER_LANDMARKS], aux3[DRIVER_AUX]])
         delta = np.zeros_like(self.driver_rest)
         delta[: len(now)] = now - self.driver_rest[: len(now)]
-        d = self.disp_weights @ delta.astype(np.float32)
+        d = fr.fixed_order_matmul(self.disp_weights, delta.astype(np.float32))
         return d.reshape(*self.disp_shape, 3)
 
     def detail(self, c: Mapping[str, float], u: np.ndarray, v: np.ndarray, face_box: tuple[slice, slice]
@@ -106,7 +107,7 @@ class HeadTexture:
             return None
         blend = self.expression[active[0][0]] * np.float32(active[0][1])
         for k, x in active[1:]:
-            cv2.scaleAdd(self.expression[k], x, blend, dst=blend)
+            blend += self.expression[k] * np.float32(x)  # not cv2.scaleAdd: its SIMD build fuses (FMA) or not by CPU
         ox, oy = self.expression_origin
         h, w_ = blend.shape[:2]
         # clamp into the map (its rim is zero): in-range coordinates keep remap on its fast path
@@ -543,8 +544,11 @@ def render_frame(identity: Identity, controls: Mapping[str, float] | None = None
     """
     if not isinstance(size, (int, np.integer)) or not 32 <= size <= 2048:
         raise ValueError(f"size must be an integer in 32..2048, got {size!r}")
-    size = int(size)
-    c = resolve_controls(controls)
+    with fr.portable_opencv():
+        return _render_frame(identity, resolve_controls(controls), int(size))
+
+
+def _render_frame(identity: Identity, c: ResolvedControls, size: int) -> Rendered:
     tex = head_texture(identity, size)
     lm3, aux3 = face_points(identity, c)
     lm = project(lm3, c, size)

@@ -13,8 +13,9 @@ A frame is drawn in four passes:
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
@@ -33,6 +34,33 @@ from pipeline.corpus.face_model import (
 
 if TYPE_CHECKING:  # the texture lives with the public API in face.py, which imports this module
     from pipeline.corpus.face import HeadTexture
+
+
+@contextlib.contextmanager
+def portable_opencv() -> Iterator[None]:
+    """OpenCV without IPP and on one thread, so a frame has the same bytes on every x86 CPU with AVX2.
+
+    IPP picks its AVX2 or AVX-512 code by CPU and the two round differently (up to 4 levels in a few
+    hundred pixels of the tiny corpus); its on/off switch is per thread, hence one thread.
+    """
+    threads, ipp = cv2.getNumThreads(), cv2.ipp.useIPP()
+    cv2.setNumThreads(1)
+    cv2.ipp.setUseIPP(False)
+    try:
+        yield
+    finally:
+        cv2.ipp.setUseIPP(ipp)
+        cv2.setNumThreads(threads)
+
+
+def fixed_order_matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """x (N, K) @ w (K, M), summed term by term in K order: a BLAS product's rounding depends on the
+    kernel OpenBLAS picks for the CPU (Haswell, SkylakeX, ...), a plain multiply-then-add does not."""
+    out = x[:, 0:1] * w[0]
+    for k in range(1, w.shape[0]):
+        out += x[:, k:k + 1] * w[k]
+    return out
+
 
 # channels of the canonical attribute maps (see face.HeadTexture.attr)
 A_ALPHA, A_SLOPE_X, A_SLOPE_Y, A_AO, A_SHADOW, A_HAIR, A_GLOSS = 3, 4, 5, 6, 7, 8, 12
@@ -340,7 +368,7 @@ class _NewtonStep:
         g = cv2.remap(self.tex.geo, u, v, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
         d = cv2.remap(self.disp, u * self.dk + self.do[0], v * self.dk + self.do[1], cv2.INTER_LINEAR,
                       borderMode=cv2.BORDER_CONSTANT)
-        lin = g.reshape(-1, 3) @ self.w_geo + d.reshape(-1, 9) @ self.w_disp
+        lin = fixed_order_matmul(g.reshape(-1, 3), self.w_geo) + fixed_order_matmul(d.reshape(-1, 9), self.w_disp)
         a00, a01, a10, a11 = self.a
         uf, vf = u.reshape(-1), v.reshape(-1)
         r0 = lin[:, 0] + (a00 * uf + a01 * vf + (self.cst[0] - qx.reshape(-1)))

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import zarr
 
-from pipeline.store import blosc_zstd
+from pipeline.store import blosc_zstd, write_png
 
 
 def write_reference_frames(out_dir: Path, actor_ids: list[str], images: np.ndarray,
                            landmarks: np.ndarray | None = None) -> None:
     (out_dir / "reference").mkdir(exist_ok=True)
     for actor, image in zip(actor_ids, images):
-        cv2.imwrite(str(out_dir / "reference" / f"{actor}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        write_png(out_dir / "reference" / f"{actor}.png", image)
     root = zarr.open_group(out_dir / "frames.zarr", mode="a")
     root.create_array("reference_frames", data=images, compressors=blosc_zstd(images.dtype),
                       dimension_names=("actor", "y", "x", "rgb"))

@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 import zarr
 
+from pipeline.store import write_png
+
 MOUTH_POINTS = slice(48, 68)
 
 
@@ -87,7 +89,5 @@ def corpus_contact_sheet(corpus_dir: str | Path, out_png: str | Path, max_actors
     cv2.putText(caption, f"mouth over time: {clip.clip_id} \"{clip.text}\"", (3, 12), cv2.FONT_HERSHEY_SIMPLEX,
                 0.35, (0, 0, 0), 1, cv2.LINE_AA)
     sheet = np.concatenate([sheet, caption, strip], axis=0)
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(out_png), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+    write_png(out_png, sheet)
     return sheet
