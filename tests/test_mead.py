@@ -125,3 +125,16 @@ def test_audio_without_samples_exits_2(mead_tree, tmp_path):
     assert result.exit_code == 2, result.output
     assert "001.m4a" in result.output
     assert not out.exists()
+
+
+def test_mead_without_a_root_names_the_params_file_given(tmp_path):
+    import yaml
+
+    params = tiny_params_dict()
+    params["corpus"].update({"source": "mead", "mead_root": None})
+    path = tmp_path / "other.yaml"
+    path.write_text(yaml.safe_dump(params))
+    result = CliRunner().invoke(app, ["corpus", "--params", str(path), "--out", str(tmp_path / "corpus"),
+                                      "--sheet", str(tmp_path / "s.png"), "--report", str(tmp_path / "c.json")])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == f"error: {path}: corpus.source is 'mead' but corpus.mead_root is not set"
