@@ -125,7 +125,7 @@ def probe_clip(task: tuple) -> dict:
             raise InputError(clip.audio, "audio has no samples (or only silence)")
     except InputError as exc:
         return {"reason": str(exc)}
-    box = (int(round(x0 / shrink)), int(round(y0 / shrink)), int(round(side / shrink)))
+    box = (round(x0 / shrink), round(y0 / shrink), round(side / shrink))
     return {"frames": len(resample_frame_indices(count, info.fps, fps)), "source_frames": count, "box": box}
 
 
