@@ -64,6 +64,7 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     if path.stat().st_size == 0:
         raise InputError(path, "audio file is empty (0 bytes)")
     if path.suffix.lower() in _SOUNDFILE_SUFFIXES:
+        check_wav_complete(path)
         samples, native_rate = _read_with_soundfile(path)
     else:
         samples, native_rate = _decode_with_ffmpeg(path, sample_rate), sample_rate
@@ -76,6 +77,35 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
 
         samples = librosa.resample(samples, orig_sr=native_rate, target_sr=sample_rate)
     return np.ascontiguousarray(samples, dtype=np.float32)
+
+
+def check_wav_complete(path: Path) -> None:
+    """Refuse a WAV cut off after its header: libsndfile silently reads what is there, so a file whose
+    data chunk claims 3.5 s but holds 1 s would make a 1-s video without a word. Other formats pass."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return
+        rate = block = 0
+        while True:
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return
+            kind, length = chunk[:4], int.from_bytes(chunk[4:], "little")
+            if kind == b"fmt ":
+                fmt = f.read(length)
+                rate, block = int.from_bytes(fmt[4:8], "little"), int.from_bytes(fmt[12:14], "little")
+                f.seek(length % 2, 1)
+            elif kind == b"data":
+                held = size - f.tell()
+                # streaming writers leave the size 0 or 0xFFFFFFFF ("until the end"): nothing to compare
+                if length in (0, 0xFFFFFFFF) or not rate or not block or length <= held:
+                    return
+                raise InputError(path, f"truncated WAV: its header says {length / block / rate:.2f} s of audio, "
+                                       f"the file holds {held // block / rate:.2f} s")
+            else:
+                f.seek(length + length % 2, 1)
 
 
 def _read_with_soundfile(path: Path) -> tuple[np.ndarray, int]:
@@ -101,6 +131,9 @@ def _decode_with_ffmpeg(path: Path, sample_rate: int) -> np.ndarray:
     if result.returncode != 0:
         lines = result.stderr.decode(errors="replace").strip().splitlines()
         raise InputError(path, f"ffmpeg cannot decode its audio ({lines[-1] if lines else 'no message'})")
+    if result.stderr.strip():  # decoded, but with errors: a cut-off or damaged stream ("partial file")
+        first = result.stderr.decode(errors="replace").strip().splitlines()[0].split("] ")[-1]
+        raise InputError(path, f"audio stream is truncated or damaged (ffmpeg: {first})")
     # An odd trailing byte can only come from a cut-off stream; drop it.
     raw = result.stdout[: len(result.stdout) // 2 * 2]
     return np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0

@@ -65,6 +65,21 @@ def load_speech(path: str | Path, sample_rate: int, min_seconds: float, silence_
     return samples
 
 
+def check_output_path(out: str | Path) -> Path:
+    """The mp4 to write: an .mp4 name that is not an existing folder, under a folder (not a file)."""
+    out = Path(out)
+    if out.is_dir():
+        raise InputError(out, "is an existing folder; --out must name an .mp4 file")
+    if out.suffix.lower() != ".mp4":
+        raise InputError(out, "output must be an .mp4 file")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(parent, "is a file, so the output cannot be written under it")
+            break
+    return out
+
+
 def resolve_emotion(name: str | None, emotions: list[str]) -> str | None:
     """The model's spelling of an --emotion name (case-insensitive), or InputError listing the valid ones."""
     if name is None:
@@ -214,9 +229,7 @@ def generate_video(image: str | Path, audio: str | Path, out: str | Path, animat
     passed its checks (a refused input stays a one-line error). Returns a summary (frames, size, box, emotion,
     renderer).
     """
-    out = Path(out)
-    if out.suffix.lower() != ".mp4":
-        raise InputError(out, "output must be an .mp4 file")
+    out = check_output_path(out)
     if intensity is not None and emotion is None:
         raise InputError(None, "--intensity scales an --emotion override; give --emotion too (without it the "
                                "emotion comes from the audio)")

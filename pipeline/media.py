@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -42,6 +45,76 @@ def read_video(path: str | Path) -> tuple[np.ndarray, float]:
     if not fps > 0:
         raise InputError(path, "video has no frame rate")
     return np.stack(frames), fps
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a video's container header says (the frame count may be off by one, or a lie if the file was cut)."""
+
+    width: int
+    height: int
+    fps: float
+    frames: int
+
+
+def video_info(path: str | Path) -> VideoInfo:
+    """The header's size, frame rate and frame count; InputError when the file cannot be opened as a video."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "video file not found")
+    cap = cv2.VideoCapture(str(path))
+    try:
+        if not cap.isOpened():
+            raise InputError(path, "unreadable video (OpenCV cannot open it)")
+        info = VideoInfo(int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+                         float(cap.get(cv2.CAP_PROP_FPS) or 0.0), int(cap.get(cv2.CAP_PROP_FRAME_COUNT)))
+    finally:
+        cap.release()
+    if info.width <= 0 or info.height <= 0 or info.frames <= 0:
+        raise InputError(path, "unreadable video (no frame size or frame count in its header)")
+    if not info.fps > 0:
+        raise InputError(path, "video has no frame rate")
+    return info
+
+
+def iter_video_frames(path: str | Path, info: VideoInfo) -> Iterator[np.ndarray]:
+    """RGB uint8 frames (H, W, 3) one at a time from an ffmpeg pipe: memory does not grow with the clip.
+
+    Every frame the file holds comes out once (no frame-rate conversion). A stream that ffmpeg decodes with
+    errors (cut off, damaged) or that ends well before its header's frame count raises InputError after the
+    last good frame, so a caller that consumes all frames has checked the file.
+    """
+    path = Path(path)
+    frame_bytes = info.width * info.height * 3
+    cmd = [ffmpeg_exe(), "-nostdin", "-v", "error", "-noautorotate", "-i", str(path), "-map", "0:v:0",
+           "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
+    with tempfile.TemporaryFile() as errors:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors,
+                                bufsize=frame_bytes)
+        count = 0
+        try:
+            while True:
+                data = proc.stdout.read(frame_bytes)
+                if len(data) < frame_bytes:
+                    break
+                count += 1
+                yield np.frombuffer(data, np.uint8).reshape(info.height, info.width, 3)
+            code = proc.wait()
+        finally:
+            if proc.poll() is None:  # the caller stopped early
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+        errors.seek(0)
+        lines = errors.read().decode(errors="replace").strip().splitlines()
+    if code != 0 or lines or len(data):
+        detail = lines[0].split("] ")[-1] if lines else f"exit code {code}" if code else "a partial last frame"
+        raise InputError(path, f"video stream is truncated or damaged after {count} frames (ffmpeg: {detail})")
+    if count == 0:
+        raise InputError(path, "unreadable video (no frames could be decoded)")
+    if count < info.frames - 2:  # headers are often off by one; a cut file loses many
+        raise InputError(path, f"truncated video: {count} of the {info.frames} frames its header lists could be "
+                               "decoded")
 
 
 def resample_frame_indices(n_frames: int, src_fps: float, dst_fps: float) -> np.ndarray:

@@ -23,8 +23,9 @@ from stages.common import ParamsOption, one_line_errors, seed_everything, stage_
 app = stage_app()
 
 
-def build_corpus(out_dir: Path, base: BaseParams, p: CorpusParams) -> dict:
-    """Write the corpus to out_dir atomically (nothing is left behind on failure); return a summary."""
+def build_corpus(out_dir: Path, base: BaseParams, p: CorpusParams, params_path: Path = Path("params.yaml")) -> dict:
+    """Write the corpus to out_dir atomically (nothing is left behind on failure); return a summary.
+    `params_path`: the file `p` came from, named by errors about its settings."""
     seed_everything(base.seed)
     with atomic_output(out_dir) as tmp:
         if p.source == "builtin":
@@ -35,10 +36,10 @@ def build_corpus(out_dir: Path, base: BaseParams, p: CorpusParams) -> dict:
             from pipeline.corpus.mead import ingest_mead
 
             if not p.mead_root:
-                raise InputError("params.yaml", "corpus.source is 'mead' but corpus.mead_root is not set")
+                raise InputError(params_path, "corpus.source is 'mead' but corpus.mead_root is not set")
             manifest = ingest_mead(tmp, base, p)
         else:
-            raise InputError("params.yaml", f"corpus.source must be 'builtin' or 'mead', not '{p.source}'")
+            raise InputError(params_path, f"corpus.source must be 'builtin' or 'mead', not '{p.source}'")
     real = manifest[manifest.kind == "real"]
     return {
         "source": p.source,
@@ -64,7 +65,7 @@ def corpus(
     """Build the corpus (built-in synthetic or MEAD ingest): frames Zarr, wavs, landmarks, manifest."""
     base, p = load_section("base", params), load_section("corpus", params)
     t0 = time.monotonic()
-    summary = build_corpus(out, base, p)
+    summary = build_corpus(out, base, p, params)
     write_timings(out, {"seconds": round(time.monotonic() - t0, 1)})  # not in the report: DVC tracks it
     corpus_contact_sheet(out, sheet)
     write_json(report, summary)

@@ -143,9 +143,12 @@ def generate_from_photo(image: Path, audio: Path, out: Path, models_dir: Path, b
     """`emmn generate --image --audio --out`: one mp4, with a progress bar (plain lines off a terminal)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from pipeline.generate import EMMN_FILE, PASTE_FRAMES, generate_video, load_animator, renderer_path
+    from pipeline.generate import (
+        EMMN_FILE, PASTE_FRAMES, check_output_path, generate_video, load_animator, renderer_path,
+    )
 
-    if not Path(image).is_file():  # the cheap checks first, before any model is loaded
+    check_output_path(out)  # the cheap checks first, before any model is loaded or frame rendered
+    if not Path(image).is_file():
         raise InputError(image, "image file not found")
     if not Path(audio).is_file():
         raise InputError(audio, "audio file not found")

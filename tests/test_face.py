@@ -228,3 +228,102 @@ def test_chin_landmark_sits_on_the_rendered_chin(actors):
         offsets.append(np.argmax(step) - 3 + 0.5 + y - r.landmarks[8, 1])
     print(f"chin edge minus landmark 8: {np.round(offsets, 2)} px")
     assert len(offsets) >= 4 and np.abs(offsets).max() <= 1.6
+
+
+# ------------------------------------------------------------------------------------------ face detection
+# (pipeline.face_detect: multi-scale Haar candidates, each checked for eyes; photos and MEAD clips use it)
+
+
+def _canvas_with_face(face_rgb: np.ndarray, canvas: tuple[int, int], face_side: int, at: tuple[int, int],
+                      background: np.ndarray | None = None) -> np.ndarray:
+    """A large picture (grey-blue gradient, or `background` resized) with the face pasted at `at`."""
+    width, height = canvas
+    if background is None:
+        yy, xx = np.mgrid[0:height, 0:width]
+        image = np.stack([70 + 40 * xx / width, 90 + 30 * yy / height, 110 + 0 * xx], -1).astype(np.uint8)
+    else:
+        image = cv2.resize(background, (width, height), interpolation=cv2.INTER_CUBIC)
+    x, y = at
+    image[y:y + face_side, x:x + face_side] = cv2.resize(face_rgb, (face_side, face_side),
+                                                         interpolation=cv2.INTER_AREA)
+    return image
+
+
+@pytest.fixture(scope="module")
+def big_face() -> np.ndarray:
+    return render_frame(sample_identity(np.random.default_rng(0)), {}, 512).image
+
+
+def _box_centre_inside(box, x0: int, y0: int, side: int) -> bool:
+    """A crop box (x0, y0, side) centred on the pasted face square's middle half."""
+    cx, cy = box[0] + box[2] / 2, box[1] + box[2] / 2
+    return x0 + side / 4 < cx < x0 + 3 * side / 4 and y0 + side / 4 < cy < y0 + 3 * side / 4
+
+
+def test_a_small_face_on_a_large_canvas_is_found(big_face):
+    """The test photo's face (~100 px) centred on a 1024x1024 canvas: ~10% of the side, under the old 15% floor."""
+    from pipeline.photo import face_box
+
+    image = _canvas_with_face(big_face, (1024, 1024), 140, (442, 442))
+    box = face_box(image, "canvas.png", 1.4, 0.12)
+    print(f"face box on the 1024 canvas: {box}")
+    assert _box_centre_inside(box, 437, 437, 150) and 100 < box[2] < 260
+
+
+def test_a_4000x3000_jpeg_with_a_348px_face_is_found_quickly(big_face, tmp_path):
+    import time
+
+    from pipeline.face_detect import detect_faces
+    from pipeline.photo import face_box, load_photo
+
+    image = _canvas_with_face(big_face, (4000, 3000), 500, (2600, 900))  # the face itself spans ~350 px
+    path = tmp_path / "big.jpg"
+    cv2.imwrite(str(path), image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
+    photo = load_photo(path, 1280)  # what `emmn generate` does
+    box = face_box(photo, path, 1.4, 0.12)
+    scale = 1280 / 4000
+    assert _box_centre_inside(box, 2600 * scale, 900 * scale, 500 * scale)
+    t0 = time.perf_counter()
+    boxes = detect_faces(image)  # at full size: shrunk for the scan, boxes in full-size pixels
+    seconds = time.perf_counter() - t0
+    print(f"detect_faces on 4000x3000: {seconds:.2f} s, best box {boxes[:1].tolist()}")
+    assert len(boxes) and _box_centre_inside((boxes[0][0], boxes[0][1], boxes[0][2]), 2600, 900, 500)
+    assert 250 < boxes[0][2] < 500
+
+
+def test_a_real_photo_without_a_face_is_refused():
+    """sklearn's flower photo: the old relaxed pass took a petal for an 85-px face and went on to animate it."""
+    from sklearn.datasets import load_sample_image
+
+    from pipeline.errors import InputError
+    from pipeline.photo import face_box
+
+    flower = load_sample_image("flower.jpg")
+    with pytest.raises(InputError, match="no face found"):
+        face_box(flower, "flower.jpg", 1.4, 0.12)
+
+
+def test_the_face_wins_over_face_like_texture(big_face):
+    """Flower texture around a small face: the crop goes to the face, the candidate that passes the eye check."""
+    from sklearn.datasets import load_sample_image
+
+    from pipeline.photo import face_box
+
+    image = _canvas_with_face(big_face, (1280, 854), 120, (100, 600), background=load_sample_image("flower.jpg"))
+    box = face_box(image, "flower_face.png", 1.4, 0.12)
+    assert _box_centre_inside(box, 100, 600, 120)
+
+
+def test_eye_check_passes_rendered_faces_and_refuses_blank_boxes(big_face):
+    from pipeline.face_detect import detect_faces, eye_halves
+
+    found = 0
+    for seed in range(4):
+        face = render_frame(sample_identity(np.random.default_rng(seed)), {"jaw_open": 0.3}, 256).image
+        for side in (64, 124, 250):  # the face is ~70% of the square: 45 px and up
+            boxes = detect_faces(_canvas_with_face(face, (640, 480), side, (200, 100)))
+            found += len(boxes) > 0 and _box_centre_inside((*boxes[0][:2], boxes[0][2]), 200, 100, side)
+    print(f"rendered faces found and checked: {found} of 12")
+    assert found >= 10
+    gray = np.full((200, 200), 128, np.uint8)
+    assert eye_halves(gray, (20, 20, 150, 150)) == 0

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+from sklearn.datasets import load_sample_image
 from typer.testing import CliRunner
 
 from pipeline.audio_stream import mel_windows, mfcc_window_blocks, mfcc_windows, signal_mel, video_frame_count
@@ -173,14 +174,17 @@ def inputs(tiny_corpus, tmp_path_factory):
     folder = tmp_path_factory.mktemp("inputs")
     face = zarr.open_group(tiny_corpus / "frames.zarr", mode="r")["reference_frames"][0]
     files = {"photo": write_png(folder / "photo.png", photo_with_face(face)),
-             "no_face": write_png(folder / "wall.png", photo_with_face(np.full_like(face, 128)))}
+             "no_face": write_png(folder / "wall.png", photo_with_face(np.full_like(face, 128))),
+             "not_a_face": write_png(folder / "flower.png", load_sample_image("flower.jpg"))}
     speech = speech_like(1.3, SR)
     write_wav(folder / "speech.wav", speech, SR)
+    write_wav(folder / "long.wav", speech_like(3.52, SR), SR)  # cut after 1.04 s of data: the header still says 3.52
+    (folder / "truncated.wav").write_bytes((folder / "long.wav").read_bytes()[:44 + int(1.04 * SR) * 2])
     stereo = np.stack([speech_like(1.3, 44100, 1), speech_like(1.3, 44100, 2)], axis=1)
     soundfile.write(folder / "stereo44k.wav", stereo, 44100)  # 2 channels, 44.1 kHz
     write_wav(folder / "silent.wav", np.zeros(SR), SR)
     write_wav(folder / "short.wav", speech[: int(0.15 * SR)], SR)
-    files.update({name: folder / f"{name}.wav" for name in ("speech", "stereo44k", "silent", "short")})
+    files.update({name: folder / f"{name}.wav" for name in ("speech", "stereo44k", "silent", "short", "truncated")})
     return files
 
 
@@ -235,7 +239,9 @@ def test_emotion_override_steers_the_keypoints_and_names_are_case_insensitive(pa
 
 @pytest.mark.parametrize("case, expected", [
     ("no_face", "no face found"),
+    ("not_a_face", "no face found"),  # a real photo of a flower: the old relaxed pass animated a petal
     ("silent", "audio is silent"),
+    ("truncated", "truncated WAV: its header says 3.52 s of audio, the file holds 1.04 s"),
     ("short", "audio too short"),
     ("emotion", "unknown --emotion 'joyful'; valid: neutral, happy, sad, surprised"),
     ("intensity", "intensity must be in [0, 2]"),
@@ -243,9 +249,9 @@ def test_emotion_override_steers_the_keypoints_and_names_are_case_insensitive(pa
 ])
 def test_bad_input_is_one_line_exit_2_and_no_mp4(params_file, tiny_models, inputs, tmp_path, case, expected):
     image, audio, extra = inputs["photo"], inputs["speech"], []
-    if case == "no_face":
-        image = inputs["no_face"]
-    elif case in ("silent", "short"):
+    if case in ("no_face", "not_a_face"):
+        image = inputs[case]
+    elif case in ("silent", "short", "truncated"):
         audio = inputs[case]
     elif case == "emotion":
         extra = ["--emotion", "joyful"]
@@ -259,11 +265,46 @@ def test_bad_input_is_one_line_exit_2_and_no_mp4(params_file, tiny_models, input
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.output
-    if case in ("no_face", "unreadable"):
+    if case in ("no_face", "not_a_face", "unreadable"):
         assert str(image) in lines[0]
-    if case in ("silent", "short"):
+    if case in ("silent", "short", "truncated"):
         assert str(audio) in lines[0]
     assert not out_dir.exists() or not any(out_dir.iterdir())
+
+
+def test_out_naming_a_folder_is_refused_before_any_work(params_file, tiny_models, inputs, tmp_path):
+    folder = tmp_path / "existing.mp4"
+    folder.mkdir()
+    result = _generate(params_file, tiny_models, inputs["photo"], inputs["speech"], folder)
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines == [f"error: {folder}: is an existing folder; --out must name an .mp4 file"], result.output
+    assert not any(folder.iterdir())
+    # before the models are read: with no models at all, the folder is still what is named
+    result = _generate(params_file, tmp_path / "no_models", inputs["photo"], inputs["speech"], folder)
+    assert result.exit_code == 2 and "is an existing folder" in result.output, result.output
+
+
+def test_cut_off_audio_files_are_refused(tmp_path):
+    """A WAV whose data ends before its header says, and an m4a cut in half (its frames end mid-stream)."""
+    import subprocess
+
+    from pipeline.audio import load_audio
+    from pipeline.media import ffmpeg_exe
+
+    write_wav(tmp_path / "long.wav", speech_like(2.0, SR), SR)
+    full = (tmp_path / "long.wav").read_bytes()
+    (tmp_path / "cut.wav").write_bytes(full[: len(full) // 2])
+    with pytest.raises(InputError, match=r"truncated WAV: its header says 2.00 s of audio, the file holds 1.00 s"):
+        load_audio(tmp_path / "cut.wav")
+    assert len(load_audio(tmp_path / "long.wav")) == 2 * SR  # a whole file passes
+    subprocess.run([ffmpeg_exe(), "-y", "-v", "error", "-i", str(tmp_path / "long.wav"), "-c:a", "aac", "-movflags",
+                    "+faststart", str(tmp_path / "speech.m4a")], check=True)
+    data = (tmp_path / "speech.m4a").read_bytes()
+    (tmp_path / "cut.m4a").write_bytes(data[: len(data) // 2])
+    assert abs(len(load_audio(tmp_path / "speech.m4a")) - 2 * SR) < 0.05 * SR
+    with pytest.raises(InputError, match="audio stream is truncated or damaged"):
+        load_audio(tmp_path / "cut.m4a")
 
 
 def test_voice_recordings_set_the_baseline_the_emotion_is_heard_against(params_file, tiny_models, inputs, tmp_path):

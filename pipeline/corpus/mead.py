@@ -3,13 +3,21 @@
 MEAD layout: `<actor>/video/front/<emotion>/level_<k>/<nnn>.mp4` and
 `<actor>/audio/<emotion>/level_<k>/<nnn>.m4a`. Each clip gets one stable square face crop, is
 resized to the profile size and resampled to 25 fps; audio becomes 16 kHz mono cut to the video.
-Clips that lack their video or audio (MEAD has gaps) are listed in `missing.parquet` and skipped;
-a clip that exists but cannot be read is an error.
+Only `corpus.emotions` at `corpus.levels` are taken (neutral has level 1 only, as in the built-in corpus).
+Clips that lack their video or audio (MEAD has gaps), and clips that cannot be used (a video that cannot
+be read or is cut off, no face, audio without samples) are listed in `missing.parquet` with the reason and
+skipped; only a tree with no usable clip at all is an error.
+
+Each clip is decoded twice, frame by frame from an ffmpeg pipe, never whole: a first pass checks the file
+(every frame decodes, as many as the header says), keeps a few evenly spaced frames (shrunk to the
+detector's size) to place the crop box and counts the frames; the second crops and resizes each frame as it
+arrives. Memory does not grow with clip length or resolution (a 1080p MEAD clip is 6 MB a frame).
 """
 
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,14 +29,16 @@ from pipeline.audio import load_audio
 from pipeline.config import BaseParams, CorpusParams, as_dict
 from pipeline.corpus.plan import clip_name
 from pipeline.errors import InputError
-from pipeline.face_detect import crop_resize, stable_crop_box
-from pipeline.media import read_video, resample_frame_indices, write_wav
+from pipeline.face_detect import DETECT_MAX_SIDE, crop_resize, stable_crop_box
+from pipeline.media import iter_video_frames, resample_frame_indices, video_info, write_wav
 from pipeline.parallel import dask_client, ordered_map
 from pipeline.corpus.references import write_reference_frames
-from pipeline.store import ArraySpec, RaggedStoreWriter
+from pipeline.store import ArraySpec, RaggedStoreWriter, write_parquet
 
 SCHEMA = "emmn.corpus/v1"
 LEVEL_DIR = re.compile(r"^level_(\d+)$")
+MISSING_COLUMNS = ["actor", "emotion", "level", "clip", "missing", "reason"]
+BOX_SAMPLES = 8  # frames per clip the crop box is placed on
 
 
 @dataclass(frozen=True)
@@ -57,15 +67,19 @@ def scan_mead(root: str | Path, p: CorpusParams) -> tuple[list[MeadClip], pd.Dat
     for actor in actors:
         front = root / actor / "video" / "front"
         if not front.is_dir():
-            missing.append({"actor": actor, "emotion": "", "level": 0, "clip": 0, "missing": "front video view"})
+            missing.append({"actor": actor, "emotion": "", "level": 0, "clip": 0, "missing": "front video view",
+                            "reason": f"{front}: no front view"})
             continue
         for emotion in p.emotions:
+            wanted = {1} if emotion == "neutral" else set(p.levels)  # as the built-in corpus (corpus.plan)
             levels = set()
             for base in (front / emotion, root / actor / "audio" / emotion):
                 if base.is_dir():
                     levels |= {int(m.group(1)) for d in base.iterdir() if (m := LEVEL_DIR.match(d.name))}
+            levels &= wanted
             if not levels:
-                missing.append({"actor": actor, "emotion": emotion, "level": 0, "clip": 0, "missing": "emotion"})
+                missing.append({"actor": actor, "emotion": emotion, "level": 0, "clip": 0, "missing": "emotion",
+                                "reason": f"{root / actor}: no {emotion} clips at levels {sorted(wanted)}"})
             for level in sorted(levels):
                 vdir = front / emotion / f"level_{level}"
                 adir = root / actor / "audio" / emotion / f"level_{level}"
@@ -76,63 +90,102 @@ def scan_mead(root: str | Path, p: CorpusParams) -> tuple[list[MeadClip], pd.Dat
                     numbers = numbers[: p.mead_max_clips_per_emotion]
                 for n in numbers:
                     if n not in videos or n not in audios:
+                        there, lacking = (audios[n], "video") if n not in videos else (videos[n], "audio")
                         missing.append({"actor": actor, "emotion": emotion, "level": level, "clip": n,
-                                        "missing": "video" if n not in videos else "audio"})
+                                        "missing": lacking, "reason": f"{there}: no matching {lacking} file"})
                         continue
                     split = "test" if actor in set(p.mead_test_actors) else "train"
                     clips.append(MeadClip(clip_name(actor, emotion, level, n), actor, emotion, level, n,
                                           videos[n], audios[n], split))
     if not clips:
         raise InputError(root, "no MEAD clip with both video and audio found")
-    return clips, pd.DataFrame(missing, columns=["actor", "emotion", "level", "clip", "missing"])
+    return clips, pd.DataFrame(missing, columns=MISSING_COLUMNS)
 
 
-def planned_frames(clip: MeadClip, fps: float) -> int:
-    """Frame count after resampling, from the container header (the writer needs lengths up front)."""
-    cap = cv2.VideoCapture(str(clip.video))
-    n, src_fps = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), float(cap.get(cv2.CAP_PROP_FPS) or 0)
-    cap.release()
-    if n <= 0 or src_fps <= 0:
-        raise InputError(clip.video, "unreadable video (no frame count or frame rate)")
-    return len(resample_frame_indices(n, src_fps, fps))
+def probe_clip(task: tuple) -> dict:
+    """Worker, first pass: check one clip's files and place its crop box.
+
+    Returns {"frames": output frame count at `fps`, "box": (x0, y0, side)}, or {"reason": one line} when
+    the clip cannot be used (the ingest skips it).
+    """
+    clip, fps, sample_rate = task
+    try:
+        info = video_info(clip.video)
+        shrink = min(1.0, DETECT_MAX_SIDE / max(info.width, info.height))
+        wanted = set(np.linspace(0, info.frames - 1, min(BOX_SAMPLES, info.frames)).astype(int).tolist())
+        kept, count = [], 0
+        for i, frame in enumerate(iter_video_frames(clip.video, info)):  # checks the whole stream
+            if i in wanted:  # the detector scans at most DETECT_MAX_SIDE px anyway
+                kept.append(cv2.resize(frame, None, fx=shrink, fy=shrink, interpolation=cv2.INTER_AREA)
+                            if shrink < 1 else frame.copy())
+            count = i + 1
+        x0, y0, side = stable_crop_box(kept, source=clip.video, samples=len(kept))
+        audio = load_audio(clip.audio, sample_rate)
+        if not np.any(audio):
+            raise InputError(clip.audio, "audio has no samples (or only silence)")
+    except InputError as exc:
+        return {"reason": str(exc)}
+    box = (round(x0 / shrink), round(y0 / shrink), round(side / shrink))
+    return {"frames": len(resample_frame_indices(count, info.fps, fps)), "source_frames": count, "box": box}
 
 
 def ingest_clip(task: tuple) -> dict[str, np.ndarray]:
-    """Worker: crop, resize and resample one clip's frames; its audio to 16 kHz mono of matching length."""
-    clip, n_frames, size, fps, sample_rate, wav_out = task
-    frames, src_fps = read_video(clip.video)
-    box = stable_crop_box(frames, source=clip.video)
-    idx = resample_frame_indices(len(frames), src_fps, fps)
-    idx = np.pad(idx, (0, max(0, n_frames - len(idx))), mode="edge")[:n_frames]  # header count may be off by one
-    out = np.stack([crop_resize(frames[i], box, size) for i in idx])
+    """Worker, second pass: crop, resize and resample one clip's frames as they are decoded; its audio to
+    16 kHz mono of matching length."""
+    clip, probe, size, fps, sample_rate, wav_out = task
+    n_frames, box = probe["frames"], tuple(probe["box"])
+    info = video_info(clip.video)
+    idx = resample_frame_indices(probe["source_frames"], info.fps, fps)
+    out = np.empty((n_frames, size, size, 3), np.uint8)
+    j = 0
+    for i, frame in enumerate(iter_video_frames(clip.video, info)):
+        if j < n_frames and idx[j] == i:
+            crop = crop_resize(frame, box, size)
+            while j < n_frames and idx[j] == i:  # 30 -> 25 fps never repeats a frame; other rates may
+                out[j] = crop
+                j += 1
+    if j < n_frames:
+        raise InputError(clip.video, f"changed since it was checked: {j} of {n_frames} frames decoded")
     audio = load_audio(clip.audio, sample_rate)
-    if not np.any(audio):
-        raise InputError(clip.audio, "audio has no samples (or only silence)")
     need = int(round(n_frames * sample_rate / fps))
     write_wav(wav_out, np.pad(audio, (0, max(0, need - len(audio))))[:need], sample_rate)
     nan = np.full((n_frames, 68, 2), np.nan, dtype=np.float32)
     return {"frames": out, "landmarks": nan, "landmarks_frontal": nan, "crop_box": np.asarray(box)}
 
 
-def ingest_mead(out_dir: str | Path, base: BaseParams, p: CorpusParams) -> pd.DataFrame:
+def ingest_mead(out_dir: str | Path, base: BaseParams, p: CorpusParams,
+                log=lambda line: print(line, file=sys.stderr)) -> pd.DataFrame:
     out_dir = Path(out_dir)
     (out_dir / "wav").mkdir(parents=True, exist_ok=True)
-    clips, missing = scan_mead(p.mead_root, p)
-    lengths = [planned_frames(c, base.fps) for c in clips]
-    attrs = {"schema": SCHEMA, "stage": "corpus", "params": {"base": as_dict(base), "corpus": as_dict(p)},
-             "fps": base.fps, "size": p.size, "render_params": [], "source": "mead"}
-    writer = RaggedStoreWriter(
-        out_dir / "frames.zarr", [c.clip_id for c in clips], lengths,
-        {"frames": ArraySpec((p.size, p.size, 3), "uint8", ("y", "x", "rgb")),
-         "landmarks": ArraySpec((68, 2), "float32", ("point", "xy")),
-         "landmarks_frontal": ArraySpec((68, 2), "float32", ("point", "xy"))},
-        attrs=attrs, chunk_frames=p.chunk_frames, shard_frames=p.shard_frames)
-    tasks = [(c, n, p.size, base.fps, base.sample_rate, out_dir / "wav" / f"{c.clip_id}.wav")
-             for c, n in zip(clips, lengths)]
-    boxes = []
-    references: dict[str, np.ndarray] = {}  # first frame of the actor's first neutral clip, else first clip
-    has_neutral: set[str] = set()
+    found, missing = scan_mead(p.mead_root, p)
     with dask_client(base.workers, base.scheduler_address) as client:
+        probes = list(ordered_map(probe_clip, [(c, base.fps, base.sample_rate) for c in found], client=client,
+                                  description="corpus: checking MEAD clips"))
+        unusable = [{"actor": c.actor, "emotion": c.emotion, "level": c.level, "clip": c.number,
+                     "missing": "unusable", "reason": r["reason"]} for c, r in zip(found, probes) if "reason" in r]
+        for row in unusable:
+            log(f"corpus: skipped {row['reason']}")
+        if len(unusable) == len(found):
+            raise InputError(p.mead_root, f"no usable MEAD clip: all {len(found)} skipped "
+                                          f"(first: {unusable[0]['reason']})")
+        if unusable:
+            missing = pd.concat([missing, pd.DataFrame(unusable, columns=MISSING_COLUMNS)], ignore_index=True)
+        clips = [c for c, r in zip(found, probes) if "reason" not in r]
+        probes = [r for r in probes if "reason" not in r]
+        lengths = [r["frames"] for r in probes]
+        attrs = {"schema": SCHEMA, "stage": "corpus", "params": {"base": as_dict(base), "corpus": as_dict(p)},
+                 "fps": base.fps, "size": p.size, "render_params": [], "source": "mead"}
+        writer = RaggedStoreWriter(
+            out_dir / "frames.zarr", [c.clip_id for c in clips], lengths,
+            {"frames": ArraySpec((p.size, p.size, 3), "uint8", ("y", "x", "rgb")),
+             "landmarks": ArraySpec((68, 2), "float32", ("point", "xy")),
+             "landmarks_frontal": ArraySpec((68, 2), "float32", ("point", "xy"))},
+            attrs=attrs, chunk_frames=p.chunk_frames, shard_frames=p.shard_frames)
+        tasks = [(c, r, p.size, base.fps, base.sample_rate, out_dir / "wav" / f"{c.clip_id}.wav")
+                 for c, r in zip(clips, probes)]
+        boxes = []
+        references: dict[str, np.ndarray] = {}  # first frame of the actor's first neutral clip, else first clip
+        has_neutral: set[str] = set()
         for i, result in enumerate(ordered_map(ingest_clip, tasks, client=client, description="corpus: MEAD clips")):
             writer.write_clip(i, result)
             boxes.append(result["crop_box"])
@@ -152,11 +205,9 @@ def ingest_mead(out_dir: str | Path, base: BaseParams, p: CorpusParams) -> pd.Da
         "frames_store": "frames.zarr", "source_video": str(c.video), "crop_x": int(b[0]), "crop_y": int(b[1]),
         "crop_side": int(b[2]),
     } for c, n, s, e, b in zip(clips, lengths, writer.starts, writer.stops, boxes)])
-    manifest.to_parquet(out_dir / "manifest.parquet", index=False)
-    missing.to_parquet(out_dir / "missing.parquet", index=False)
-    pd.DataFrame(columns=["clip_id", "start_s", "end_s", "phoneme"]).to_parquet(out_dir / "phonemes.parquet",
-                                                                                 index=False)
-    pd.DataFrame({"actor_id": actor_ids, "split": [
-        "test" if a in set(p.mead_test_actors) else "train" for a in actor_ids]}).to_parquet(
-        out_dir / "actors.parquet", index=False)
+    write_parquet(manifest, out_dir / "manifest.parquet")
+    write_parquet(missing, out_dir / "missing.parquet")
+    write_parquet(pd.DataFrame(columns=["clip_id", "start_s", "end_s", "phoneme"]), out_dir / "phonemes.parquet")
+    write_parquet(pd.DataFrame({"actor_id": actor_ids, "split": [
+        "test" if a in set(p.mead_test_actors) else "train" for a in actor_ids]}), out_dir / "actors.parquet")
     return manifest
