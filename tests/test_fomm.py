@@ -291,18 +291,21 @@ def test_tiny_model_matches_official_outputs():
         out = generator(source, kp_driving=kp_norm, kp_source=kps["kp_source"])
         disc = discriminator(ImagePyramid(config.discriminator.scales)(out["prediction"]), kp=kp_norm)
 
-    diffs = {}
+    diffs, scale_of = {}, {}
     for name, kp in {**kps, "kp_norm": kp_norm}.items():
         diffs[f"{name}_value"] = max_diff(kp["value"], golden[f"{name}_value"])
         diffs[f"{name}_jacobian"] = max_diff(kp["jacobian"], golden[f"{name}_jacobian"])
     for key in ("mask", "sparse_deformed", "occlusion_map", "deformed", "prediction"):
         diffs[key] = max_diff(out[key], golden[key])
     for scale in ("1", "0.5"):
-        diffs[f"prediction_map_{scale}"] = max_diff(disc[f"prediction_map_{scale}"], golden[f"prediction_map_{scale}"])
+        key = f"prediction_map_{scale}"
+        diffs[key] = max_diff(disc[key], golden[key])
+        scale_of[key] = float(np.abs(golden[key]).max())  # discriminator logits reach ~38: rounding scales with them
     # Keypoints are bit-exact on every CPU seen; the generator and discriminator outputs pass through ~20 more
-    # float32 convolutions whose summation order depends on the CPU's kernels (4e-5 on an AMD EPYC, <1e-5 before).
+    # float32 convolutions whose summation order depends on the CPU's kernels (4e-5 on an AMD EPYC, <1e-5 before;
+    # on an AVX2-only EPYC the discriminator's largest logit, 37.9, is off by 5e-4: 1.3e-5 of its size).
     assert max(v for k, v in diffs.items() if k.startswith("kp_")) <= 1e-5, diffs
-    assert max(diffs.values()) <= 1e-4, diffs
+    assert all(v <= 1e-4 * max(1.0, scale_of.get(k, 1.0)) for k, v in diffs.items()), diffs
     # The case is not degenerate: keypoints spread, motion is not the identity, output not saturated.
     assert float(kps["kp_source"]["value"].std()) > 0.1
     assert float((out["deformed"] - source).abs().mean()) > 0.01
