@@ -337,8 +337,8 @@ def run_loop(step_fn: Callable[[int], Mapping[str, float]], *, start_step: int, 
             else:
                 progress.update(step, losses, budget.elapsed, log_line=False)
             if checkpoint_fn is not None and checkpoint_every and step % checkpoint_every == 0 and not last:
+                log.flush()  # first: a resume truncates a log that ran ahead of its checkpoint, never the reverse
                 checkpoint_fn(step)
-                log.flush()
     log.flush()
     return step
 
