@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 
-from pipeline.config import load_section
-from pipeline.fomm_train import FommTrainer, fomm_config
+from pipeline.core.config import load_section
+from pipeline.fomm.train import FommTrainer, fomm_config
 from pipeline.models.fomm import KPDetector, OcclusionAwareGenerator
-from pipeline.precision import cpu_capability, resolve_precision
-from pipeline.train import autocast
+from pipeline.core.precision import cpu_capability, resolve_precision
+from pipeline.training.loop import autocast
 
 
 def timed_seconds(fn, iters: int, slow: float) -> float:

@@ -14,12 +14,12 @@ import numpy as np
 import pandas as pd
 import typer
 
-from pipeline.audio import evp_mfcc_windows, load_audio, wav2lip_mel
-from pipeline.audio_stream import mel_windows
-from pipeline.config import AudioFeaturesParams, BaseParams, as_dict, load_section
-from pipeline.errors import InputError
-from pipeline.parallel import ordered_map
-from pipeline.store import ArraySpec, RaggedStoreWriter, atomic_output
+from pipeline.audio.frontends import evp_mfcc_windows, load_audio, wav2lip_mel
+from pipeline.audio.stream import mel_windows
+from pipeline.core.config import AudioFeaturesParams, BaseParams, as_dict, load_section
+from pipeline.core.errors import InputError
+from pipeline.core.parallel import ordered_map
+from pipeline.core.store import ArraySpec, RaggedStoreWriter, atomic_output
 from stages.common import ParamsOption, one_line_errors, stage_app
 
 SCHEMA = "emmn.audio/v1"

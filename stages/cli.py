@@ -62,8 +62,8 @@ def env(params: Annotated[Path, typer.Option(help="params.yaml whose base.precis
                                                   "(built-in defaults when missing)")] = Path("params.yaml")) -> None:
     """This machine as the pipeline sees it (torch, device, CPU capability, resolved precision, threads, ffmpeg,
     espeak-ng, DVC): paste it into bug reports."""
-    from pipeline.config import BaseParams, load_section
-    from pipeline.environment import describe_environment, format_environment
+    from pipeline.core.config import BaseParams, load_section
+    from pipeline.core.environment import describe_environment, format_environment
 
     base = load_section("base", params) if params.is_file() else BaseParams()
     typer.echo(format_environment(describe_environment(base.precision, base.device)))
@@ -73,7 +73,7 @@ def env(params: Annotated[Path, typer.Option(help="params.yaml whose base.precis
 @one_line_errors
 def inspect(path: Annotated[Path, typer.Argument(help="a Zarr store written by a stage")]) -> None:
     """Summary of a Zarr store via Dask: arrays, shapes, chunks/shards, compression, clip lengths, NaNs."""
-    from pipeline.inspect_store import format_summary, summarize_store
+    from pipeline.core.inspect_store import format_summary, summarize_store
 
     typer.echo(format_summary(summarize_store(path)))
 

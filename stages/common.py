@@ -12,9 +12,9 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from pipeline.errors import InputError
-from pipeline.malloc import keep_freed_memory
-from pipeline.store import exit_on_signals
+from pipeline.core.errors import InputError
+from pipeline.core.malloc import keep_freed_memory
+from pipeline.core.store import exit_on_signals
 
 ParamsOption = Annotated[Path, typer.Option("--params", help="params.yaml to read (sections base + this stage)")]
 

@@ -21,14 +21,14 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from pipeline.config import BaseParams, DecomposeParams, as_dict, load_section
-from pipeline.errors import InputError
-from pipeline.lipsync_data import read_manifest
+from pipeline.core.config import BaseParams, DecomposeParams, as_dict, load_section
+from pipeline.core.errors import InputError
+from pipeline.lipsync.data import read_manifest
 from pipeline.models.motion import MotionNet, encode_frames, load_motion
-from pipeline.motion_data import KeypointBank
-from pipeline.parallel import dask_client, ordered_map
-from pipeline.store import ArraySpec, RaggedStoreWriter, atomic_output, open_store
-from pipeline.train import pick_device
+from pipeline.motion.data import KeypointBank
+from pipeline.core.parallel import dask_client, ordered_map
+from pipeline.core.store import ArraySpec, RaggedStoreWriter, atomic_output, open_store
+from pipeline.training.loop import pick_device
 from stages.common import ParamsOption, one_line_errors, stage_app
 
 SCHEMA = "emmn.motion/v1"

@@ -17,14 +17,14 @@ from typing import Annotated
 
 import typer
 
-from pipeline.config import EmotionCeilingParams, load_section
-from pipeline.emotion_ceiling import EmmnRow, emotion_ceilings
-from pipeline.evaluator import load_evaluator
-from pipeline.parallel import progress_bar
-from pipeline.prosody import DEFAULT_STORE as DEFAULT_PROSODY_STORE
-from pipeline.train import _write_png as write_png  # the pipeline's one PNG writer (RGB in)
-from pipeline.train import torch_threads
-from pipeline.store import write_json
+from pipeline.core.config import EmotionCeilingParams, load_section
+from pipeline.evaluation.emotion_ceiling import EmmnRow, emotion_ceilings
+from pipeline.judges.evaluator import load_evaluator
+from pipeline.core.parallel import progress_bar
+from pipeline.audio.prosody import DEFAULT_STORE as DEFAULT_PROSODY_STORE
+from pipeline.training.loop import _write_png as write_png  # the pipeline's one PNG writer (RGB in)
+from pipeline.training.loop import torch_threads
+from pipeline.core.store import write_json
 from stages.common import ParamsOption, one_line_errors, stage_app
 
 app = stage_app()

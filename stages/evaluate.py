@@ -2,7 +2,7 @@
 
     python -m stages.evaluate                    # what dvc repro runs
     emmn evaluate --params params.yaml
-Reads data/outputs/frames.zarr (clip ids `<row>/<corpus clip id>`, see pipeline/evaluate.py), the corpus
+Reads data/outputs/frames.zarr (clip ids `<row>/<corpus clip id>`, see pipeline/evaluation/evaluate.py), the corpus
 (ground-truth frames, exact landmarks, wavs), the judges data/models/evaluator.pt (train_evaluator) and
 the sync scorer data/models/sync_scorer.pt (or `evaluate.sync_weights`, e.g. the official
 syncnet_v2.model). Writes data/reports/metrics.json (one object per row: psnr, ssim, m_lmd, f_lmd,
@@ -21,13 +21,13 @@ import numpy as np
 import pandas as pd
 import typer
 
-from pipeline.config import BaseParams, EvaluateParams, load_section
-from pipeline.errors import InputError
-from pipeline.evaluate import plan_tasks, score_output_clip
-from pipeline.evaluator import load_evaluator
-from pipeline.landmark_detect import DlibLandmarks, landmark_detector
-from pipeline.lipsync_io import load_syncnet_any
-from pipeline.metrics_report import (
+from pipeline.core.config import BaseParams, EvaluateParams, load_section
+from pipeline.core.errors import InputError
+from pipeline.evaluation.evaluate import plan_tasks, score_output_clip
+from pipeline.judges.evaluator import load_evaluator
+from pipeline.evaluation.landmark_detect import DlibLandmarks, landmark_detector
+from pipeline.lipsync.io import load_syncnet_any
+from pipeline.evaluation.metrics_report import (
     ROW_LABELS,
     ROWS,
     aggregate_rows,
@@ -35,8 +35,8 @@ from pipeline.metrics_report import (
     table1_markdown,
     write_confusion_sheet,
 )
-from pipeline.parallel import dask_client, ordered_map
-from pipeline.store import atomic_output, write_json, write_text
+from pipeline.core.parallel import dask_client, ordered_map
+from pipeline.core.store import atomic_output, write_json, write_text
 from stages.common import ParamsOption, one_line_errors, stage_app
 
 app = stage_app()

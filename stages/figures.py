@@ -6,7 +6,7 @@ Reads data/outputs/frames.zarr (clip ids `<row>/<corpus clip id>`) and the corpu
 frames, landmarks, wavs). Writes data/reports/fig6_sheet.png (rows Baseline / MMN / EMMN / GT x the emotions,
 one held-out actor and sentence; Fig. 6 of the paper) and data/reports/side_by_side.mp4 (reference | GT |
 Wav2Lip-only | EMMN, one clip per emotion with its audio). Rows the outputs lack are skipped and named.
-See pipeline/figures.py.
+See pipeline/evaluation/figures.py.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import Annotated
 
 import typer
 
-from pipeline.config import BaseParams, FiguresParams, load_section
-from pipeline.errors import InputError
-from pipeline.figures import fig6_sheet, side_by_side
+from pipeline.core.config import BaseParams, FiguresParams, load_section
+from pipeline.core.errors import InputError
+from pipeline.evaluation.figures import fig6_sheet, side_by_side
 from stages.common import ParamsOption, one_line_errors, stage_app
 
 app = stage_app()

@@ -7,13 +7,13 @@ length, rate, channel count), pasted back into the full photo, and written as H.
 input audio. The emotion comes from the audio unless --emotion overrides it (--intensity scales it:
 0 neutral, 1 the strongest training level, up to 2 extrapolates); --voice (repeatable) gives other recordings
 of the same speaker, so the emotion is heard against that voice's own pitch and loudness rather than the
-training voices' average (pipeline/prosody.py). Models come from --models-dir:
+training voices' average (pipeline/audio/prosody.py). Models come from --models-dir:
 emmn.pt and emmn_render.pt (fomm.pt when no stage-2 renderer exists).
 
 Stage mode writes data/outputs/frames.zarr (`frames` (F,H,W,3) uint8, clip ids `<row>/<corpus clip>`,
 each as long as the corpus clip), data/outputs/<row>/<clip>.mp4, data/reports/generate.json and
 data/reports/emotions_sheet.png and emotions_sheet_told.png (one neutral speech clip, each emotion told with
---emotion); see pipeline/generate_set.py for the rows.
+--emotion); see pipeline/render/generate_set.py for the rows.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from typing import Annotated
 import pandas as pd
 import typer
 
-from pipeline.config import BaseParams, GenerateParams, as_dict, load_section, with_field
-from pipeline.errors import InputError
-from pipeline.generate_set import (
+from pipeline.core.config import BaseParams, GenerateParams, as_dict, load_section, with_field
+from pipeline.core.errors import InputError
+from pipeline.render.generate_set import (
     ClipTask,
     emotions_sheet,
     generate_clip,
@@ -39,12 +39,12 @@ from pipeline.generate_set import (
     plan_rows,
     told_emotions_sheet,
 )
-from pipeline.parallel import dask_client, ordered_map
-from pipeline.precision import announce_precision, resolve_precision
-from pipeline.prosody import DEFAULT_STORE as DEFAULT_PROSODY_STORE
-from pipeline.store import ArraySpec, RaggedStoreWriter, atomic_output, open_store, read_index, write_json
-from pipeline.timings import write_timings
-from pipeline.train import pick_device
+from pipeline.core.parallel import dask_client, ordered_map
+from pipeline.core.precision import announce_precision, resolve_precision
+from pipeline.audio.prosody import DEFAULT_STORE as DEFAULT_PROSODY_STORE
+from pipeline.core.store import ArraySpec, RaggedStoreWriter, atomic_output, open_store, read_index, write_json
+from pipeline.core.timings import write_timings
+from pipeline.training.loop import pick_device
 from stages.common import ParamsOption, one_line_errors, stage_app
 
 SCHEMA = "emmn.outputs/v1"
@@ -64,7 +64,7 @@ def build_outputs(corpus_dir: Path, audio_store: Path, models_dir: Path, out_dir
                   base: BaseParams, p: GenerateParams, log=print, told_sheet: Path | None = None,
                   prosody_store: Path = DEFAULT_PROSODY_STORE) -> dict:
     """Every (row, held-out clip) into out_dir (frames.zarr + mp4s, atomically), the sheet and the report; with
-    `told_sheet`, also the `--emotion` sheet (pipeline.generate_set.told_emotions_sheet)."""
+    `told_sheet`, also the `--emotion` sheet (pipeline.render.generate_set.told_emotions_sheet)."""
     manifest_path = corpus_dir / "manifest.parquet"
     if not manifest_path.is_file():
         raise InputError(manifest_path, "corpus manifest not found (run the corpus stage first)")
@@ -115,7 +115,7 @@ def build_outputs(corpus_dir: Path, audio_store: Path, models_dir: Path, out_dir
                                     columns=p.sheet_frames)
     told_info = None
     if told_sheet is not None:
-        from pipeline.generate import load_animator
+        from pipeline.render.generate import load_animator
 
         animator = load_animator(models["emmn"], renderer, pick_device(base.device))
         told_info = told_emotions_sheet(animator, corpus_dir, clips, told_sheet, base, p, actor=p.sheet_actor)
@@ -143,7 +143,7 @@ def generate_from_photo(image: Path, audio: Path, out: Path, models_dir: Path, b
     """`emmn generate --image --audio --out`: one mp4, with a progress bar (plain lines off a terminal)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from pipeline.generate import (
+    from pipeline.render.generate import (
         EMMN_FILE, PASTE_FRAMES, check_output_path, generate_video, load_animator, renderer_path,
     )
 

@@ -22,14 +22,14 @@ import numpy as np
 import typer
 import zarr
 
-from pipeline.config import BaseParams, KeypointsParams, as_dict, load_section
-from pipeline.errors import InputError
-from pipeline.fomm_io import detect_keypoints, load_fomm
-from pipeline.fomm_report import build_fomm_report, write_report
-from pipeline.parallel import dask_client, ordered_map
-from pipeline.precision import announce_precision, resolve_precision
-from pipeline.store import ArraySpec, RaggedStoreWriter, atomic_output, blosc_zstd, open_store, read_index
-from pipeline.train import pick_device
+from pipeline.core.config import BaseParams, KeypointsParams, as_dict, load_section
+from pipeline.core.errors import InputError
+from pipeline.fomm.io import detect_keypoints, load_fomm
+from pipeline.fomm.report import build_fomm_report, write_report
+from pipeline.core.parallel import dask_client, ordered_map
+from pipeline.core.precision import announce_precision, resolve_precision
+from pipeline.core.store import ArraySpec, RaggedStoreWriter, atomic_output, blosc_zstd, open_store, read_index
+from pipeline.training.loop import pick_device
 from stages.common import ParamsOption, one_line_errors, stage_app
 
 SCHEMA = "emmn.keypoints/v1"

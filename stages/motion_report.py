@@ -6,7 +6,7 @@ Reads data/models/motion.pt, data/features/keypoints.zarr, data/features/motion.
 decompose wrote: the probes measure the features later stages consume), the corpus (manifest,
 per-frame render controls) and data/pseudo/ (pairs, sync, clips). A stage of its own so that
 decompose's outputs depend on nothing but the model and the keypoints. What each number means:
-pipeline/motion_report.py.
+pipeline/motion/report.py.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ import numpy as np
 import pandas as pd
 import typer
 
-from pipeline.config import MotionReportParams, load_section
-from pipeline.errors import InputError
+from pipeline.core.config import MotionReportParams, load_section
+from pipeline.core.errors import InputError
 from pipeline.models.motion import load_motion
-from pipeline.motion_data import KeypointBank, read_pairs
-from pipeline.motion_report import build_motion_report, write_report
-from pipeline.store import open_store, read_index
+from pipeline.motion.data import KeypointBank, read_pairs
+from pipeline.motion.report import build_motion_report, write_report
+from pipeline.core.store import open_store, read_index
 from stages.common import ParamsOption, one_line_errors, stage_app
 
 app = stage_app()

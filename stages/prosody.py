@@ -1,4 +1,4 @@
-"""`prosody` stage: pitch and loudness per video frame, and each speaker's voice baseline (pipeline.prosody).
+"""`prosody` stage: pitch and loudness per video frame, and each speaker's voice baseline (pipeline.audio.prosody).
 
     python -m stages.prosody
 Writes data/features/prosody.zarr: `prosody` (F, 4, 3) = four sub-steps per video frame of (f0 semitones or 0
@@ -18,12 +18,12 @@ import numpy as np
 import pandas as pd
 import typer
 
-from pipeline.audio import load_audio
-from pipeline.config import BaseParams, ProsodyParams, as_dict, load_section
-from pipeline.errors import InputError
-from pipeline.parallel import ordered_map
-from pipeline.prosody import CHANNELS, PROSODY_ARRAY, STEPS_PER_FRAME, VOICES_ATTR, frame_prosody, voice_baseline
-from pipeline.store import ArraySpec, RaggedStoreWriter, atomic_output
+from pipeline.audio.frontends import load_audio
+from pipeline.core.config import BaseParams, ProsodyParams, as_dict, load_section
+from pipeline.core.errors import InputError
+from pipeline.core.parallel import ordered_map
+from pipeline.audio.prosody import CHANNELS, PROSODY_ARRAY, STEPS_PER_FRAME, VOICES_ATTR, frame_prosody, voice_baseline
+from pipeline.core.store import ArraySpec, RaggedStoreWriter, atomic_output
 from stages.common import ParamsOption, one_line_errors, stage_app
 
 SCHEMA = "emmn.prosody/v1"

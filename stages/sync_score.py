@@ -1,6 +1,6 @@
 """`emmn sync-score VIDEO [--audio WAV] [--weights FILE]`: LSE-C, LSE-D and AV offset of any video.
 
-syncnet_python's numbers (pipeline.av_sync): offset search over +-15 frames, confidence (LSE-C) =
+syncnet_python's numbers (pipeline.lipsync.av_sync): offset search over +-15 frames, confidence (LSE-C) =
 median - min of the mean distances, min distance = LSE-D. The scorer is the pipeline's sync scorer
 (data/models/sync_scorer.pt, a SyncNet_color trained on the corpus) unless `--weights` names another
 file; the official `syncnet_v2.model` gives the standard, comparable numbers. Frames are resampled to 25 fps; with `--crop auto` a face is detected
@@ -17,11 +17,11 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from pipeline.audio import load_audio
-from pipeline.errors import InputError
-from pipeline.lipsync_io import load_syncnet_any
-from pipeline.media import has_audio_stream, read_video, resample_frame_indices
-from pipeline.sync_scorers import SCORER_FPS, make_scorer, score_clip
+from pipeline.audio.frontends import load_audio
+from pipeline.core.errors import InputError
+from pipeline.lipsync.io import load_syncnet_any
+from pipeline.core.media import has_audio_stream, read_video, resample_frame_indices
+from pipeline.lipsync.sync_scorers import SCORER_FPS, make_scorer, score_clip
 from stages.common import one_line_errors, stage_app
 
 CROP_SIZE = 224
@@ -35,7 +35,7 @@ def face_frames(frames: np.ndarray, mode: str, source: Path) -> tuple[np.ndarray
         return frames, "none"
     if mode != "auto":
         raise InputError(None, f"--crop must be auto or none, not '{mode}'")
-    from pipeline.face_detect import crop_resize, stable_crop_box
+    from pipeline.corpus.face_detect import crop_resize, stable_crop_box
 
     try:
         box = stable_crop_box(frames, source=source)

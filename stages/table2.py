@@ -2,11 +2,11 @@
 
     python -m stages.table2                      # what dvc repro runs
     emmn table2 --params params.yaml
-Trains full, w/o L_rec, w/o L_self, w/o L_e/m-con and w/o filter (pipeline/motion_ablation.py: one
+Trains full, w/o L_rec, w/o L_self, w/o L_e/m-con and w/o filter (pipeline/motion/ablation.py: one
 train_motion switch off each, `table2.steps` steps, every other hyperparameter from train_motion), then
 renders each row's self-reconstructions of held-out frames through the renderer (data/models/emmn_render.pt,
 else data/models/fomm.pt) next to the target's own E_k keypoints rendered (the renderer's ceiling), and
-scores them against the real frames (pipeline/table2.py says exactly how). Writes data/reports/table2.json
+scores them against the real frames (pipeline/evaluation/table2.py says exactly how). Writes data/reports/table2.json
 (one object per row: psnr, ssim, m_lmd, f_lmd, kp_error, kp_error_px, steps, clips, frames),
 data/reports/table2.md, and data/ablations/motion/ (per row: motion.pt, losses.csv/png, motion.json;
 clips.csv with every clip's scores; sheet.png).
@@ -22,16 +22,16 @@ import numpy as np
 import pandas as pd
 import typer
 
-from pipeline.config import BaseParams, MotionReportParams, Table2Params, TrainMotionParams, load_section
-from pipeline.errors import InputError
-from pipeline.evaluator import load_evaluator
-from pipeline.landmark_detect import DlibLandmarks, landmark_detector
-from pipeline.lipsync_data import read_manifest
-from pipeline.motion_ablation import FOMM_ROW, ROW_LABELS, RowPlan, check_rows, plan_rows
-from pipeline.motion_data import KeypointBank, read_pairs
-from pipeline.parallel import dask_client, ordered_map
-from pipeline.store import atomic_output, open_store, write_json, write_text
-from pipeline.table2 import (
+from pipeline.core.config import BaseParams, MotionReportParams, Table2Params, TrainMotionParams, load_section
+from pipeline.core.errors import InputError
+from pipeline.judges.evaluator import load_evaluator
+from pipeline.evaluation.landmark_detect import DlibLandmarks, landmark_detector
+from pipeline.lipsync.data import read_manifest
+from pipeline.motion.ablation import FOMM_ROW, ROW_LABELS, RowPlan, check_rows, plan_rows
+from pipeline.motion.data import KeypointBank, read_pairs
+from pipeline.core.parallel import dask_client, ordered_map
+from pipeline.core.store import atomic_output, open_store, write_json, write_text
+from pipeline.evaluation.table2 import (
     RowTask,
     cached_renderer,
     check_same_keypoint_detector,
@@ -40,7 +40,7 @@ from pipeline.table2 import (
     select_clips,
     sheet_indices,
 )
-from pipeline.table2_report import row_table, table_markdown, write_sheet
+from pipeline.evaluation.table2_report import row_table, table_markdown, write_sheet
 from stages.common import ParamsOption, one_line_errors, stage_app
 
 app = stage_app()

@@ -19,16 +19,16 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from pipeline.audio_data import AudioBank
-from pipeline.audio_eval import evaluate_audio, plot_confusion
-from pipeline.audio_train import checkpoint_config, import_pretrained, train_audio_model
-from pipeline.config import BaseParams, TrainAudioParams, load_section
-from pipeline.errors import InputError
-from pipeline.lipsync_data import read_manifest, real_clips
+from pipeline.audio.data import AudioBank
+from pipeline.audio.report import evaluate_audio, plot_confusion
+from pipeline.audio.train import checkpoint_config, import_pretrained, train_audio_model
+from pipeline.core.config import BaseParams, TrainAudioParams, load_section
+from pipeline.core.errors import InputError
+from pipeline.lipsync.data import read_manifest, real_clips
 from pipeline.models.audio import ARCH
-from pipeline.timings import read_timings, write_timings
-from pipeline.train import plot_loss_curves, save_training_state, torch_threads
-from pipeline.store import write_json
+from pipeline.core.timings import read_timings, write_timings
+from pipeline.training.loop import plot_loss_curves, save_training_state, torch_threads
+from pipeline.core.store import write_json
 from stages.common import ParamsOption, one_line_errors, stage_app
 
 app = stage_app()

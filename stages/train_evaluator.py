@@ -3,7 +3,7 @@
     python -m stages.train_evaluator             # what dvc repro runs
     emmn train-evaluator --params params.yaml
 Trains, on the real clips of the TRAIN actors only, an emotion classifier (single frames) and a
-68-point landmark regressor (pipeline/evaluator_train.py), then measures both on the held-out actors'
+68-point landmark regressor (pipeline/judges/train.py), then measures both on the held-out actors'
 real clips: the classifier's clip accuracy there is the ceiling of the emotion-accuracy column, the
 regressor's error against the exact landmarks the floor of the LMD columns. Writes
 data/models/evaluator.pt, data/reports/evaluator.json, the loss log data/reports/evaluator_losses.csv
@@ -18,10 +18,10 @@ from typing import Annotated
 
 import typer
 
-from pipeline.config import BaseParams, TrainEvaluatorParams, load_section
-from pipeline.evaluator_train import train_evaluator_models
-from pipeline.train import plot_loss_curves
-from pipeline.store import write_json
+from pipeline.core.config import BaseParams, TrainEvaluatorParams, load_section
+from pipeline.judges.train import train_evaluator_models
+from pipeline.training.loop import plot_loss_curves
+from pipeline.core.store import write_json
 from stages.common import ParamsOption, one_line_errors, stage_app
 
 app = stage_app()

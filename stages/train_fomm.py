@@ -15,9 +15,9 @@ from typing import Annotated
 
 import typer
 
-from pipeline.config import BaseParams, TrainFommParams, load_section
-from pipeline.fomm_train import train_fomm_model
-from pipeline.train import plot_loss_curves
+from pipeline.core.config import BaseParams, TrainFommParams, load_section
+from pipeline.fomm.train import train_fomm_model
+from pipeline.training.loop import plot_loss_curves
 from stages.common import ParamsOption, one_line_errors, stage_app
 
 app = stage_app()

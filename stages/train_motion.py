@@ -18,10 +18,10 @@ from typing import Annotated
 
 import typer
 
-from pipeline.config import BaseParams, TrainMotionParams, load_section
-from pipeline.motion_data import read_pairs, read_sync
-from pipeline.motion_train import train_motion_model
-from pipeline.train import plot_loss_curves
+from pipeline.core.config import BaseParams, TrainMotionParams, load_section
+from pipeline.motion.data import read_pairs, read_sync
+from pipeline.motion.train import train_motion_model
+from pipeline.training.loop import plot_loss_curves
 from stages.common import ParamsOption, one_line_errors, stage_app
 
 app = stage_app()

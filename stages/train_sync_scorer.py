@@ -17,7 +17,7 @@ from typing import Annotated
 
 import typer
 
-from pipeline.config import load_section
+from pipeline.core.config import load_section
 from stages.common import ParamsOption, one_line_errors, stage_app
 from stages.train_syncnet import run_train_syncnet
 

@@ -16,10 +16,10 @@ from typing import Annotated
 
 import typer
 
-from pipeline.config import BaseParams, TrainWav2lipParams, load_section
-from pipeline.train import plot_loss_curves
-from pipeline.wav2lip_train import train_wav2lip_model
-from pipeline.store import write_json
+from pipeline.core.config import BaseParams, TrainWav2lipParams, load_section
+from pipeline.training.loop import plot_loss_curves
+from pipeline.lipsync.wav2lip_train import train_wav2lip_model
+from pipeline.core.store import write_json
 from stages.common import ParamsOption, one_line_errors, stage_app
 
 app = stage_app()

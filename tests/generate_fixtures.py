@@ -17,8 +17,8 @@ EMOTIONS = ("neutral", "happy", "sad", "surprised")  # the tiny profile's corpus
 
 def write_tiny_fomm(path: Path, seed: int = 0) -> None:
     """A fomm.pt at the tiny profile's FOMM size, freshly initialised (what train_fomm's format holds)."""
-    from pipeline.fomm_train import fomm_config, init_fomm
-    from pipeline.train import save_training_state
+    from pipeline.fomm.train import fomm_config, init_fomm
+    from pipeline.training.loop import save_training_state
 
     config = fomm_config(tiny_section("train_fomm"))
     kp_detector, generator = init_fomm(config, seed)
@@ -96,9 +96,9 @@ def write_png(path: Path, rgb: np.ndarray) -> Path:
 
 def write_tiny_wav2lip(path: Path, seed: int = 0) -> None:
     """A wav2lip.pt of a freshly initialised 1/16-width generator (train_wav2lip's format)."""
-    from pipeline.lipsync_io import lipsync_config
+    from pipeline.lipsync.io import lipsync_config
     from pipeline.models.wav2lip import Wav2Lip, Wav2LipConfig
-    from pipeline.train import save_training_state
+    from pipeline.training.loop import save_training_state
 
     torch.manual_seed(seed)
     generator = Wav2Lip(Wav2LipConfig.scaled(0.0625))

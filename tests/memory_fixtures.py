@@ -17,10 +17,10 @@ import pandas as pd
 import torch
 import zarr
 
-from pipeline.checkpoints import save_checkpoint
+from pipeline.core.checkpoints import save_checkpoint
 from pipeline.models.audio import AudioConfig, AudioEncoders
 from pipeline.models.motion import MotionConfig, MotionNet, encode_frames
-from pipeline.store import ArraySpec, RaggedStoreWriter
+from pipeline.core.store import ArraySpec, RaggedStoreWriter
 
 NUM_KP = 5
 EMOTIONS = ("neutral", "happy", "sad")

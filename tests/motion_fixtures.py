@@ -1,7 +1,7 @@
 """Inputs of the Motion Reconstruction stages on the tiny corpus, built once per test session.
 
 Pseudo clips here are the corpus's counterfactual renders (a perfect Wav2Lip: y^{i,b} = the exact
-target), laid out by pipeline.pseudo's own planning (plan_redubs, quadruples) as pseudo_pairs writes
+target), laid out by pipeline.lipsync.pseudo's own planning (plan_redubs, quadruples) as pseudo_pairs writes
 them; sync.parquet keeps a fixed half of them. That keeps the fixture to seconds (no SyncNet/Wav2Lip
 training) and makes "pseudo label vs counterfactual" exactly zero, a number the report must reproduce.
 """
@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.config import BaseParams
-from pipeline.pseudo import plan_redubs, quadruples
-from pipeline.store import ArraySpec, RaggedStoreWriter, open_store
-from pipeline.train import torch_threads
+from pipeline.core.config import BaseParams
+from pipeline.lipsync.pseudo import plan_redubs, quadruples
+from pipeline.core.store import ArraySpec, RaggedStoreWriter, open_store
+from pipeline.training.loop import torch_threads
 from tests.conftest import tiny_section
 
 BASE = BaseParams(seed=5, workers=0, device="cpu")

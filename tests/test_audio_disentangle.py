@@ -16,16 +16,16 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.audio_data import AudioBank, sample_batch, sample_quad
-from pipeline.audio_eval import confusion_matrix, probe_accuracy, ridge_classifier_accuracy
-from pipeline.audio_losses import (
+from pipeline.audio.data import AudioBank, sample_batch, sample_quad
+from pipeline.audio.report import confusion_matrix, probe_accuracy, ridge_classifier_accuracy
+from pipeline.audio.losses import (
     content_consistency_loss,
     cross_reconstruction_loss,
     emotion_classification_loss,
     self_reconstruction_loss,
 )
-from pipeline.dtw import align_clips, dtw, l1_cost, warp_index
-from pipeline.errors import CheckpointError, InputError
+from pipeline.audio.dtw import align_clips, dtw, l1_cost, warp_index
+from pipeline.core.errors import CheckpointError, InputError
 from pipeline.models.audio import (
     AudioConfig,
     AudioEncoders,
@@ -286,7 +286,7 @@ def test_ridge_classifier_probe_separates_and_does_not_invent():
 
 @pytest.fixture(scope="module")
 def tiny_bank(tiny_audio):  # noqa: F811
-    from pipeline.lipsync_data import read_manifest, real_clips
+    from pipeline.lipsync.data import read_manifest, real_clips
 
     corpus, store = tiny_audio
     return AudioBank.load(store, real_clips(read_manifest(corpus), "train", 2))
@@ -329,7 +329,7 @@ def test_batches_hold_aligned_segments_and_labels_in_quad_order(tiny_bank):
     # replay the draws: b's frames are a's segment mapped through the DTW warp
     rng = np.random.default_rng(2)
     quads = [sample_quad(bank, rng, 0.5) for _ in range(3)]
-    from pipeline.audio_data import segment
+    from pipeline.audio.data import segment
 
     frames_a = segment(bank, quads[0].a, 8, rng)
     np.testing.assert_array_equal(batch.seg_a[0].numpy(), bank.clip(quads[0].a)[frames_a])
@@ -340,7 +340,7 @@ def test_batches_hold_aligned_segments_and_labels_in_quad_order(tiny_bank):
 
 
 def test_batchnorm_recalibration_uses_exact_batch_statistics(tiny_bank):
-    from pipeline.audio_train import audio_config, mfcc_statistics, recalibrate_batchnorm
+    from pipeline.audio.train import audio_config, mfcc_statistics, recalibrate_batchnorm
 
     bank = tiny_bank
     emotions = tuple(sorted({str(e) for e in bank.emotions}))
@@ -354,7 +354,7 @@ def test_batchnorm_recalibration_uses_exact_batch_statistics(tiny_bank):
     first_bn = model.con_encoder.audio_eocder[0][1]
     assert first_bn.momentum == 0.1 and int(first_bn.num_batches_tracked) == 1
     # the one batch drawn: its segments a, b, c, d feed E_c; the first BN's running mean is their channel mean
-    from pipeline.train import step_rngs
+    from pipeline.training.loop import step_rngs
 
     rng, _ = step_rngs(base.seed + 1, 0)
     batch = sample_batch(bank, bank.labels(emotions), rng, p.batch_quads, p.segment_frames, p.emotion_frames,
@@ -387,7 +387,7 @@ def trained_audio(tiny_audio, tiny_prosody, tmp_path_factory):  # noqa: F811
 def test_stage_writes_checkpoint_report_and_pictures(trained_audio):
     import cv2
 
-    from pipeline.train import read_loss_csv
+    from pipeline.training.loop import read_loss_csv
 
     corpus, store, paths, metrics = trained_audio
     report = json.loads(paths["report"].read_text())
@@ -411,8 +411,8 @@ def test_stage_writes_checkpoint_report_and_pictures(trained_audio):
 
 
 def test_stage_metrics_are_reproducible_from_the_checkpoint(trained_audio, tiny_prosody):  # noqa: F811
-    from pipeline.audio_eval import evaluate_audio
-    from pipeline.lipsync_data import read_manifest, real_clips
+    from pipeline.audio.report import evaluate_audio
+    from pipeline.lipsync.data import read_manifest, real_clips
 
     corpus, store, paths, metrics = trained_audio
     manifest = read_manifest(corpus)
@@ -429,7 +429,7 @@ def test_stage_metrics_are_reproducible_from_the_checkpoint(trained_audio, tiny_
 def test_stage_resumes_where_it_stopped(trained_audio, tiny_prosody, tmp_path):  # noqa: F811
     import shutil
 
-    from pipeline.train import read_loss_csv
+    from pipeline.training.loop import read_loss_csv
     from stages.train_audio import run_train_audio
 
     corpus, store, paths, _ = trained_audio
@@ -447,8 +447,8 @@ def test_stage_resumes_where_it_stopped(trained_audio, tiny_prosody, tmp_path): 
 
 @pytest.mark.parametrize("emotion_input", ["mfcc", "mel"])
 def test_losses_fall_when_fitting_one_batch(tiny_audio, tiny_prosody, emotion_input):  # noqa: F811
-    from pipeline.audio_train import audio_config, disentanglement_losses, mfcc_statistics
-    from pipeline.lipsync_data import read_manifest, real_clips
+    from pipeline.audio.train import audio_config, disentanglement_losses, mfcc_statistics
+    from pipeline.lipsync.data import read_manifest, real_clips
 
     corpus, store = tiny_audio
     bank = AudioBank.load(store, real_clips(read_manifest(corpus), "train", 2), with_mel=emotion_input == "mel",

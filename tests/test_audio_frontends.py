@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from pipeline.audio import (
+from pipeline.audio.frontends import (
     evp_mfcc_windows,
     load_audio,
     mel_window_start,
@@ -18,7 +18,7 @@ from pipeline.audio import (
     wav2lip_mel,
     wav2lip_mel_windows,
 )
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 
 # copied from shared/checkpoint-specs/golden: what the official code computes for test_signal.wav
 GOLDEN = Path(__file__).parent / "golden" / "frontends"

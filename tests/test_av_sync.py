@@ -10,10 +10,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from pipeline.av_sync import av_offset, offset_distances, sync_window_count
-from pipeline.errors import InputError
-from pipeline.sync_filter import keep_mask, pseudo_report
-from pipeline.sync_scorers import SyncScorer, expert_mel_windows, mfcc_windows, score_clip
+from pipeline.lipsync.av_sync import av_offset, offset_distances, sync_window_count
+from pipeline.core.errors import InputError
+from pipeline.lipsync.sync_filter import keep_mask, pseudo_report
+from pipeline.lipsync.sync_scorers import SyncScorer, expert_mel_windows, mfcc_windows, score_clip
 from stages.cli import app
 from tests.lipsync_fixtures import tiny_audio  # noqa: F401  (fixture)
 
@@ -94,8 +94,8 @@ def test_window_count_follows_syncnet_python():
 
 
 def test_expert_mel_windows_equal_audio_store_rows(tiny_audio):
-    from pipeline.audio import load_audio
-    from pipeline.store import read_clip
+    from pipeline.audio.frontends import load_audio
+    from pipeline.core.store import read_clip
 
     corpus, store = tiny_audio
     manifest = pd.read_parquet(corpus / "manifest.parquet")
@@ -130,9 +130,9 @@ def test_filter_rule_and_report_numbers():
 
 @pytest.fixture(scope="module")
 def scorer_checkpoint(tmp_path_factory):
-    from pipeline.lipsync_io import lipsync_config
+    from pipeline.lipsync.io import lipsync_config
     from pipeline.models.syncnet_color import SyncNetColor, SyncNetColorConfig
-    from pipeline.train import save_training_state
+    from pipeline.training.loop import save_training_state
 
     torch.manual_seed(0)
     model = SyncNetColor(SyncNetColorConfig.scaled(0.125))
@@ -144,8 +144,8 @@ def scorer_checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def clip_files(tiny_corpus, tmp_path_factory):
-    from pipeline.media import write_mp4, write_wav
-    from pipeline.store import read_clip
+    from pipeline.core.media import write_mp4, write_wav
+    from pipeline.core.store import read_clip
 
     out = tmp_path_factory.mktemp("media")
     manifest = pd.read_parquet(tiny_corpus / "manifest.parquet")
@@ -181,7 +181,7 @@ def test_sync_score_bad_inputs_exit_2(clip_files, scorer_checkpoint, tmp_path):
 
 
 def test_official_syncnet_v2_file_scores_an_mp4(clip_files, tmp_path):
-    from pipeline.lipsync_io import load_syncnet_any
+    from pipeline.lipsync.io import load_syncnet_any
     from pipeline.models.syncnet_v2 import SyncNetV2
 
     torch.manual_seed(0)
@@ -198,8 +198,8 @@ def test_official_syncnet_v2_file_scores_an_mp4(clip_files, tmp_path):
 
 
 def test_a_generator_file_is_not_a_scorer(tmp_path):
-    from pipeline.errors import CheckpointError
-    from pipeline.lipsync_io import load_syncnet_any
+    from pipeline.core.errors import CheckpointError
+    from pipeline.lipsync.io import load_syncnet_any
 
     path = tmp_path / "wav2lip.pth"
     torch.save({"state_dict": {"module.face_decoder_blocks.0.0.conv_block.0.weight": torch.zeros(1)}}, path)

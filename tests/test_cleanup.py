@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.store import atomic_output
+from pipeline.core.store import atomic_output
 from tests.conftest import ROOT, tiny_params_dict
 
 CHILD_ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -21,7 +21,7 @@ CHILD_ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 # writes into atomic_output's temp, says so, then waits to be killed
 WRITER = """
 import sys, time
-from pipeline.store import atomic_output
+from pipeline.core.store import atomic_output
 with atomic_output(sys.argv[1]) as tmp:
     tmp.mkdir()
     (tmp / "part").write_text("half written")
@@ -33,7 +33,7 @@ with atomic_output(sys.argv[1]) as tmp:
 MP4_WRITER = """
 import sys, time
 import numpy as np
-from pipeline.mp4_stream import Mp4StreamWriter
+from pipeline.core.mp4_stream import Mp4StreamWriter
 with Mp4StreamWriter(sys.argv[1], 32, 32, 25.0) as w:
     w.write(np.zeros((30, 32, 32, 3), np.uint8))
     w._proc.stdin.flush()
@@ -116,7 +116,7 @@ def test_sigterm_on_mp4_stream_stops_ffmpeg_and_leaves_no_temp(tmp_path):
 
 
 def test_sigkill_on_mp4_stream_then_rerun(tmp_path):
-    from pipeline.mp4_stream import Mp4StreamWriter
+    from pipeline.core.mp4_stream import Mp4StreamWriter
 
     target = tmp_path / "o.mp4"
     proc, _ = _start(MP4_WRITER, target)

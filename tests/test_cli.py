@@ -26,7 +26,7 @@ def test_stage_modules_run_as_python_m():
 
 
 def test_inspect_summarizes_a_store(tiny_corpus):
-    from pipeline.inspect_store import summarize_store
+    from pipeline.core.inspect_store import summarize_store
 
     s = summarize_store(tiny_corpus / "frames.zarr")
     names = {a["name"]: a for a in s["arrays"]}

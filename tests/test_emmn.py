@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.checkpoints import load_file
-from pipeline.errors import CheckpointError, InputError
-from pipeline.memory_train import Batch, stage1_terms
+from pipeline.core.checkpoints import load_file
+from pipeline.core.errors import CheckpointError, InputError
+from pipeline.memory.train import Batch, stage1_terms
 from pipeline.models.emmn import (
     EmmnConfig,
     EmmnNet,
@@ -17,7 +17,7 @@ from pipeline.models.emmn import (
     load_emmn,
     save_emmn,
 )
-from pipeline.train import torch_threads
+from pipeline.training.loop import torch_threads
 from tests.memory_fixtures import NUM_KP, save_audio, save_motion, tiny_audio, tiny_motion
 
 

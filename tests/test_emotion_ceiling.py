@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.emotion_ceiling import border_points, delaunay_triangles, landmark_warps, piecewise_affine_warp
+from pipeline.evaluation.emotion_ceiling import border_points, delaunay_triangles, landmark_warps, piecewise_affine_warp
 from tests.lipsync_fixtures import tiny_audio  # noqa: F401
 
 
@@ -41,7 +41,7 @@ def test_the_emmn_row_renders_a_clip_as_the_product_does(tiny_audio, tmp_path): 
     import pandas as pd
     import torch
 
-    from pipeline.emotion_ceiling import EmmnRow
+    from pipeline.evaluation.emotion_ceiling import EmmnRow
     from tests.conftest import tiny_section
     from tests.generate_fixtures import write_tiny_emmn, write_tiny_fomm
 
@@ -64,7 +64,7 @@ def test_the_emmn_row_renders_a_clip_as_the_product_does(tiny_audio, tmp_path): 
 
 
 def test_per_emotion_accuracy_is_each_emotion_s_share_of_right_clips():
-    from pipeline.emotion_ceiling import per_emotion_accuracy
+    from pipeline.evaluation.emotion_ceiling import per_emotion_accuracy
 
     hits = {"real": [True, False, True, True], "fomm_keypoints": [False, False, True, False]}
     emotions = ["happy", "happy", "sad", "sad"]
@@ -76,8 +76,8 @@ def test_the_sheet_defaults_to_the_first_held_out_actor_and_sentence_and_refuses
     import pandas as pd
     import pytest
 
-    from pipeline.errors import InputError
-    from pipeline.generate_set import sheet_clips
+    from pipeline.core.errors import InputError
+    from pipeline.render.generate_set import sheet_clips
 
     def sheet_clip(actor, sentence):
         chosen = sheet_clips(clips, actor, sentence, section="emotion_ceiling")
@@ -100,8 +100,8 @@ def test_a_corpus_without_landmarks_leaves_the_warp_row_out_and_names_it(tiny_au
     import torch
     import zarr
 
-    from pipeline.emotion_ceiling import emotion_ceilings
-    from pipeline.evaluator import EmotionNet, Evaluator
+    from pipeline.evaluation.emotion_ceiling import emotion_ceilings
+    from pipeline.judges.evaluator import EmotionNet, Evaluator
     from tests.generate_fixtures import write_tiny_fomm
 
     corpus, _ = tiny_audio

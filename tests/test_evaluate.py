@@ -13,8 +13,8 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from pipeline.metrics_report import METRICS
-from pipeline.store import ArraySpec, RaggedStoreWriter, open_store
+from pipeline.evaluation.metrics_report import METRICS
+from pipeline.core.store import ArraySpec, RaggedStoreWriter, open_store
 from stages.cli import app
 from tests.conftest import tiny_params_dict
 from tests.test_evaluator import trained  # noqa: F401  (fixture: the tiny judges, every held-out frame scored)
@@ -49,9 +49,9 @@ def fake_outputs(corpus, path, rows=("ground_truth", "static")) -> list[str]:
 @pytest.fixture(scope="module")
 def scorer(tmp_path_factory):
     """A seeded, untrained SyncNet_color checkpoint: sync numbers are computed, not meaningful."""
-    from pipeline.lipsync_io import lipsync_config
+    from pipeline.lipsync.io import lipsync_config
     from pipeline.models.syncnet_color import SyncNetColor, SyncNetColorConfig
-    from pipeline.train import save_training_state
+    from pipeline.training.loop import save_training_state
 
     torch.manual_seed(0)
     model = SyncNetColor(SyncNetColorConfig.scaled(0.125))
@@ -113,8 +113,8 @@ def test_table_clips_and_confusion_sheet(evaluated, tiny_corpus):
 
 
 def test_bad_outputs_are_one_line_errors(tiny_corpus, trained, scorer, tmp_path):  # noqa: F811
-    from pipeline.errors import InputError
-    from pipeline.evaluate import plan_tasks
+    from pipeline.core.errors import InputError
+    from pipeline.evaluation.evaluate import plan_tasks
 
     missing = runner.invoke(app, ["evaluate", "--outputs", str(tmp_path / "none.zarr"), "--corpus", str(tiny_corpus)])
     assert missing.exit_code == 2 and "run generate first" in missing.output

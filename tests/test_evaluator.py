@@ -15,11 +15,11 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from pipeline.errors import CheckpointError, InputError
-from pipeline.evaluator import load_evaluator
-from pipeline.landmark_detect import DlibLandmarks, landmark_detector
-from pipeline.metrics import f_lmd, m_lmd
-from pipeline.store import open_store
+from pipeline.core.errors import CheckpointError, InputError
+from pipeline.judges.evaluator import load_evaluator
+from pipeline.evaluation.landmark_detect import DlibLandmarks, landmark_detector
+from pipeline.evaluation.metrics import f_lmd, m_lmd
+from pipeline.core.store import open_store
 from stages.cli import app
 from tests.conftest import tiny_params_dict, tiny_section
 
@@ -102,7 +102,7 @@ def test_training_is_seeded(trained, tiny_corpus, tmp_path):
 def test_both_judges_learn_the_training_frames(tiny_corpus, tmp_path):
     """A few hundred steps: the regressor beats the mean shape and the classifier beats chance on the
     frames it trained on (the plumbing of targets, shifts and labels is right)."""
-    from pipeline.evaluator_train import class_order, load_frame_set, train_evaluator_models
+    from pipeline.judges.train import class_order, load_frame_set, train_evaluator_models
 
     p = tiny_section("train_evaluator", steps=300, frame_stride=1, width=8, shift=1, log_every=100)
     train_evaluator_models(tiny_corpus, tmp_path / "e.pt", tmp_path / "l.csv", tmp_path / "c.png",
@@ -136,8 +136,8 @@ def test_bad_params_and_wrong_checkpoints_are_one_line_errors(tiny_corpus, tmp_p
 
 def test_landmark_judge_survives_the_state_round_trip_pseudo_pairs_uses():
     """pseudo_pairs hands its Dask workers `LandmarkRegressor.state()` of the evaluator's 68-point judge."""
-    from pipeline.evaluator import face_landmark_net
-    from pipeline.mouth_landmarks import LandmarkRegressor, face_input
+    from pipeline.judges.evaluator import face_landmark_net
+    from pipeline.judges.mouth_landmarks import LandmarkRegressor, face_input
 
     torch.manual_seed(0)
     net = face_landmark_net(4, 32).eval()

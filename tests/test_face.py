@@ -231,7 +231,7 @@ def test_chin_landmark_sits_on_the_rendered_chin(actors):
 
 
 # ------------------------------------------------------------------------------------------ face detection
-# (pipeline.face_detect: multi-scale Haar candidates, each checked for eyes; photos and MEAD clips use it)
+# (pipeline.corpus.face_detect: multi-scale Haar candidates, each checked for eyes; photos and MEAD clips use it)
 
 
 def _canvas_with_face(face_rgb: np.ndarray, canvas: tuple[int, int], face_side: int, at: tuple[int, int],
@@ -262,7 +262,7 @@ def _box_centre_inside(box, x0: int, y0: int, side: int) -> bool:
 
 def test_a_small_face_on_a_large_canvas_is_found(big_face):
     """The test photo's face (~100 px) centred on a 1024x1024 canvas: ~10% of the side, under the old 15% floor."""
-    from pipeline.photo import face_box
+    from pipeline.render.photo import face_box
 
     image = _canvas_with_face(big_face, (1024, 1024), 140, (442, 442))
     box = face_box(image, "canvas.png", 1.4, 0.12)
@@ -273,8 +273,8 @@ def test_a_small_face_on_a_large_canvas_is_found(big_face):
 def test_a_4000x3000_jpeg_with_a_348px_face_is_found_quickly(big_face, tmp_path):
     import time
 
-    from pipeline.face_detect import detect_faces
-    from pipeline.photo import face_box, load_photo
+    from pipeline.corpus.face_detect import detect_faces
+    from pipeline.render.photo import face_box, load_photo
 
     image = _canvas_with_face(big_face, (4000, 3000), 500, (2600, 900))  # the face itself spans ~350 px
     path = tmp_path / "big.jpg"
@@ -295,8 +295,8 @@ def test_a_real_photo_without_a_face_is_refused():
     """sklearn's flower photo: the old relaxed pass took a petal for an 85-px face and went on to animate it."""
     from sklearn.datasets import load_sample_image
 
-    from pipeline.errors import InputError
-    from pipeline.photo import face_box
+    from pipeline.core.errors import InputError
+    from pipeline.render.photo import face_box
 
     flower = load_sample_image("flower.jpg")
     with pytest.raises(InputError, match="no face found"):
@@ -307,7 +307,7 @@ def test_the_face_wins_over_face_like_texture(big_face):
     """Flower texture around a small face: the crop goes to the face, the candidate that passes the eye check."""
     from sklearn.datasets import load_sample_image
 
-    from pipeline.photo import face_box
+    from pipeline.render.photo import face_box
 
     image = _canvas_with_face(big_face, (1280, 854), 120, (100, 600), background=load_sample_image("flower.jpg"))
     box = face_box(image, "flower_face.png", 1.4, 0.12)
@@ -315,7 +315,7 @@ def test_the_face_wins_over_face_like_texture(big_face):
 
 
 def test_eye_check_passes_rendered_faces_and_refuses_blank_boxes(big_face):
-    from pipeline.face_detect import detect_faces, eye_halves
+    from pipeline.corpus.face_detect import detect_faces, eye_halves
 
     found = 0
     for seed in range(4):

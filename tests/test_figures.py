@@ -9,10 +9,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from pipeline.config import with_field
-from pipeline.errors import InputError
-from pipeline.figures import CAPTION_LINE, HEADER, mouth_opening, select_clips
-from pipeline.store import ArraySpec, RaggedStoreWriter, open_store
+from pipeline.core.config import with_field
+from pipeline.core.errors import InputError
+from pipeline.evaluation.figures import CAPTION_LINE, HEADER, mouth_opening, select_clips
+from pipeline.core.store import ArraySpec, RaggedStoreWriter, open_store
 from tests.conftest import tiny_params_dict, tiny_section
 
 ROWS = ("ground_truth", "baseline", "emmn")  # no mmn, no wav2lip_only: both must be skipped and named
@@ -80,7 +80,7 @@ def test_select_clips_prefers_the_level_then_the_highest():
 
 
 def test_sheet_cells_are_the_chosen_frames_and_missing_rows_are_named(outputs, tmp_path):
-    from pipeline.figures import fig6_sheet
+    from pipeline.evaluation.figures import fig6_sheet
 
     corpus_dir, store, heldout = outputs
     p = tiny_section("figures")
@@ -113,7 +113,7 @@ def test_sheet_cells_are_the_chosen_frames_and_missing_rows_are_named(outputs, t
 
 
 def test_sheet_fraction_moment_picks_the_relative_time(outputs, tmp_path):
-    from pipeline.figures import fig6_sheet
+    from pipeline.evaluation.figures import fig6_sheet
 
     corpus_dir, store, heldout = outputs
     for fraction, expected in ((0.0, lambda n: 0), (1.0, lambda n: n - 1), (0.5, lambda n: round(0.5 * (n - 1)))):
@@ -124,9 +124,9 @@ def test_sheet_fraction_moment_picks_the_relative_time(outputs, tmp_path):
 
 
 def test_side_by_side_mp4_has_audio_labelled_columns_and_every_clip(outputs, tmp_path):
-    from pipeline.audio import load_audio
-    from pipeline.figures import side_by_side
-    from pipeline.media import has_audio_stream, read_video
+    from pipeline.audio.frontends import load_audio
+    from pipeline.evaluation.figures import side_by_side
+    from pipeline.core.media import has_audio_stream, read_video
 
     corpus_dir, store, heldout = outputs
     base, p = tiny_section("base"), tiny_section("figures")
@@ -151,8 +151,8 @@ def test_side_by_side_mp4_has_audio_labelled_columns_and_every_clip(outputs, tmp
 
 
 def test_one_clip_video_and_unknown_rows(outputs, tmp_path):
-    from pipeline.figures import side_by_side
-    from pipeline.media import read_video
+    from pipeline.evaluation.figures import side_by_side
+    from pipeline.core.media import read_video
 
     corpus_dir, store, heldout = outputs
     base = tiny_section("base")

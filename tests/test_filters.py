@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.filters import OneEuroFilter, one_euro, smoothing_factor
+from pipeline.render.filters import OneEuroFilter, one_euro, smoothing_factor
 
 FPS = 25.0
 

@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 
-from pipeline.fomm_io import load_fomm
+from pipeline.fomm.io import load_fomm
 from pipeline.models.vgg19 import Vgg19Features
-from pipeline.render_finetune import RenderLoss, stage2_loss
-from pipeline.train import read_loss_csv
+from pipeline.render.finetune import RenderLoss, stage2_loss
+from pipeline.training.loop import read_loss_csv
 from tests.conftest import tiny_section
 from tests.generate_fixtures import write_tiny_emmn, write_tiny_fomm
 from tests.lipsync_fixtures import tiny_audio  # noqa: F401
@@ -85,7 +85,7 @@ def test_finetune_render_stage_on_the_tiny_corpus(tiny_audio, tmp_path):
 
 
 def test_sharpness_is_the_mean_absolute_laplacian():
-    from pipeline.render_finetune import sharpness
+    from pipeline.render.finetune import sharpness
 
     image = torch.zeros(1, 1, 3, 3)
     image[0, 0, 1, 1] = 1.0  # one bright pixel: Laplacian 4 at the only interior pixel
@@ -100,9 +100,9 @@ def test_frames_can_be_driven_by_their_own_detected_keypoints(tiny_audio, tmp_pa
     import numpy as np
     import pandas as pd
 
-    from pipeline.errors import InputError
-    from pipeline.render_finetune import FrameSampler, PredictedClips, References, detected_keypoints
-    from pipeline.store import ArraySpec, RaggedStoreWriter
+    from pipeline.core.errors import InputError
+    from pipeline.render.finetune import FrameSampler, PredictedClips, References, detected_keypoints
+    from pipeline.core.store import ArraySpec, RaggedStoreWriter
 
     corpus, _ = tiny_audio
     manifest = pd.read_parquet(corpus / "manifest.parquet")
@@ -140,9 +140,9 @@ def test_frames_can_be_driven_by_their_own_detected_keypoints(tiny_audio, tmp_pa
 
 def _tiny_fomm_with_discriminator(path, seed: int = 0):
     """write_tiny_fomm's file plus a discriminator under train_state, as train_fomm's GAN leaves one."""
-    from pipeline.fomm_train import fomm_config, init_fomm
+    from pipeline.fomm.train import fomm_config, init_fomm
     from pipeline.models.fomm import MultiScaleDiscriminator
-    from pipeline.train import save_training_state
+    from pipeline.training.loop import save_training_state
 
     config = fomm_config(tiny_section("train_fomm"))
     kp_detector, generator = init_fomm(config, seed)
@@ -154,11 +154,11 @@ def _tiny_fomm_with_discriminator(path, seed: int = 0):
 
 
 def test_the_adversary_starts_from_fomm_pt_s_discriminator_or_fresh(tmp_path):
-    from pipeline.config import FinetuneRenderParams
-    from pipeline.errors import CheckpointError
-    from pipeline.fomm_train import fomm_config
-    from pipeline.render_finetune import stage2_adversary
-    from pipeline.train import load_training_state
+    from pipeline.core.config import FinetuneRenderParams
+    from pipeline.core.errors import CheckpointError
+    from pipeline.fomm.train import fomm_config
+    from pipeline.render.finetune import stage2_adversary
+    from pipeline.training.loop import load_training_state
 
     cpu = torch.device("cpu")
     p = FinetuneRenderParams(gan_weight=0.1, feature_matching_weight=1.0)

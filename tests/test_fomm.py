@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.errors import CheckpointError, InputError
+from pipeline.core.errors import CheckpointError, InputError
 from pipeline.models.fomm import (
     DenseMotionConfig,
     DiscriminatorConfig,

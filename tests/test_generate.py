@@ -11,13 +11,13 @@ import torch
 from sklearn.datasets import load_sample_image
 from typer.testing import CliRunner
 
-from pipeline.audio_stream import mel_windows, mfcc_window_blocks, mfcc_windows, signal_mel, video_frame_count
-from pipeline.errors import InputError
-from pipeline.filters import OneEuroFilter
-from pipeline.media import has_audio_stream, read_video, write_wav
-from pipeline.mp4_stream import Mp4StreamWriter
-from pipeline.photo import FacePaster, feather_mask
-from pipeline.render import FilterSettings, KeypointSmoother, render_frames, to_uint8_frames
+from pipeline.audio.stream import mel_windows, mfcc_window_blocks, mfcc_windows, signal_mel, video_frame_count
+from pipeline.core.errors import InputError
+from pipeline.render.filters import OneEuroFilter
+from pipeline.core.media import has_audio_stream, read_video, write_wav
+from pipeline.core.mp4_stream import Mp4StreamWriter
+from pipeline.render.photo import FacePaster, feather_mask
+from pipeline.render.frames import FilterSettings, KeypointSmoother, render_frames, to_uint8_frames
 from stages.audio_features import frame_mfcc_windows
 from stages.cli import app
 from tests.conftest import tiny_params_dict, tiny_section
@@ -46,8 +46,8 @@ def test_wav_features_match_the_audio_store(tiny_audio):
     """The generate path reads a wav and computes exactly the MFCC rows the models were trained on."""
     import pandas as pd
 
-    from pipeline.audio import load_audio
-    from pipeline.store import read_clip
+    from pipeline.audio.frontends import load_audio
+    from pipeline.core.store import read_clip
 
     corpus, store = tiny_audio
     clip = pd.read_parquet(corpus / "manifest.parquet").query("kind == 'real'").iloc[0]
@@ -80,7 +80,7 @@ def test_relative_transfer_from_the_reference_is_the_absolute_prediction():
 
 
 def test_cached_source_features_render_exactly_what_the_generator_does():
-    from pipeline.fomm_train import fomm_config, init_fomm
+    from pipeline.fomm.train import fomm_config, init_fomm
 
     kp_detector, generator = init_fomm(fomm_config(tiny_section("train_fomm")), 0)
     generator.eval()
@@ -220,8 +220,8 @@ def test_generate_on_a_photo_writes_an_mp4_with_sound(params_file, tiny_models, 
 
 def test_emotion_override_steers_the_keypoints_and_names_are_case_insensitive(params_file, tiny_models, inputs,
                                                                                tmp_path):
-    from pipeline.fomm_io import frames_to_tensor
-    from pipeline.generate import load_animator, predict_keypoints, reference_keypoints, renderer_path
+    from pipeline.fomm.io import frames_to_tensor
+    from pipeline.render.generate import load_animator, predict_keypoints, reference_keypoints, renderer_path
 
     animator = load_animator(tiny_models / "emmn.pt", renderer_path(tiny_models), torch.device("cpu"))
     crop = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
@@ -289,8 +289,8 @@ def test_cut_off_audio_files_are_refused(tmp_path):
     """A WAV whose data ends before its header says, and an m4a cut in half (its frames end mid-stream)."""
     import subprocess
 
-    from pipeline.audio import load_audio
-    from pipeline.media import ffmpeg_exe
+    from pipeline.audio.frontends import load_audio
+    from pipeline.core.media import ffmpeg_exe
 
     write_wav(tmp_path / "long.wav", speech_like(2.0, SR), SR)
     full = (tmp_path / "long.wav").read_bytes()
@@ -310,9 +310,9 @@ def test_cut_off_audio_files_are_refused(tmp_path):
 def test_voice_recordings_set_the_baseline_the_emotion_is_heard_against(params_file, tiny_models, inputs, tmp_path):
     import shutil
 
-    from pipeline.fomm_io import frames_to_tensor
-    from pipeline.generate import load_animator, predict_keypoints, reference_keypoints
-    from pipeline.prosody import frame_prosody, measure_voice
+    from pipeline.fomm.io import frames_to_tensor
+    from pipeline.render.generate import load_animator, predict_keypoints, reference_keypoints
+    from pipeline.audio.prosody import frame_prosody, measure_voice
     from tests.generate_fixtures import write_tiny_emmn
 
     models = tmp_path / "models"
@@ -350,8 +350,8 @@ def test_voice_recordings_set_the_baseline_the_emotion_is_heard_against(params_f
 def test_block_by_block_generation_equals_one_pass(tiny_models, inputs):
     """Blocks with the decoder's context on both sides and the filter's state carried over give the video a
     single block gives (with a fixed emotion; from the audio, e_e is pooled per block by design)."""
-    from pipeline.generate import animate_clip, filter_settings, load_animator, renderer_path
-    from pipeline.photo import crop_face, face_box, load_photo
+    from pipeline.render.generate import animate_clip, filter_settings, load_animator, renderer_path
+    from pipeline.render.photo import crop_face, face_box, load_photo
 
     animator = load_animator(tiny_models / "emmn.pt", renderer_path(tiny_models), torch.device("cpu"))
     p = tiny_section("generate")
@@ -365,8 +365,8 @@ def test_block_by_block_generation_equals_one_pass(tiny_models, inputs):
 
 
 def test_models_of_different_runs_are_refused(tiny_models, tmp_path):
-    from pipeline.errors import CheckpointError
-    from pipeline.generate import load_animator
+    from pipeline.core.errors import CheckpointError
+    from pipeline.render.generate import load_animator
     from tests.generate_fixtures import write_tiny_emmn
 
     write_tiny_emmn(tmp_path / "emmn.pt", num_kp=7)
@@ -375,7 +375,7 @@ def test_models_of_different_runs_are_refused(tiny_models, tmp_path):
 
 
 def test_generate_checks_the_audio_it_resamples(tmp_path):
-    from pipeline.generate import check_audio, load_speech, resolve_emotion
+    from pipeline.render.generate import check_audio, load_speech, resolve_emotion
 
     path = tmp_path / "s.wav"
     soundfile.write(path, np.stack([speech_like(0.5, 22050), speech_like(0.5, 22050, 3)], axis=1), 22050)
@@ -393,17 +393,17 @@ def test_the_renderer_runs_in_the_precision_auto_resolves_to(params_file, tiny_m
                                                              native):
     """On a CPU without native bf16 (AVX2) `auto` renders in fp32 (bf16 there is ~86x slower); with it, in bf16.
     The summary says which."""
-    import pipeline.generate
-    import pipeline.precision
+    import pipeline.render.generate
+    import pipeline.core.precision
 
-    monkeypatch.setattr(pipeline.precision, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(pipeline.core.precision, "cpu_has_native_bf16", lambda: native)
     asked = []
 
     def spy(*args, **kwargs):
         asked.append(args[-1] if len(args) == 7 else kwargs.get("bf16", False))
         return render_frames(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline.generate, "render_frames", spy)
+    monkeypatch.setattr(pipeline.render.generate, "render_frames", spy)
     result = _generate(params_file, tiny_models, inputs["photo"], inputs["speech"], tmp_path / "out.mp4")
     assert result.exit_code == 0, result.output
     assert asked and set(asked) == {native}

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.config import with_field
-from pipeline.media import has_audio_stream, read_video
-from pipeline.store import open_store, read_clip, read_index
-from pipeline.timings import read_timings
+from pipeline.core.config import with_field
+from pipeline.core.media import has_audio_stream, read_video
+from pipeline.core.store import open_store, read_clip, read_index
+from pipeline.core.timings import read_timings
 from tests.conftest import tiny_section
 from tests.generate_fixtures import write_tiny_emmn, write_tiny_fomm, write_tiny_wav2lip
 from tests.lipsync_fixtures import tiny_audio  # noqa: F401
@@ -134,7 +134,7 @@ def test_heldout_selection_keeps_every_emotion_of_the_sheet():
     """max_clips spreads clips evenly but always keeps the sheet's actor x first sentence x every emotion."""
     import pandas as pd
 
-    from pipeline.generate_set import heldout_clips
+    from pipeline.render.generate_set import heldout_clips
 
     emotions, rows = ["neutral", "angry", "happy", "sad"], []
     for actor in ("W1", "W2", "W3"):

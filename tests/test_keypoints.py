@@ -9,13 +9,13 @@ import pytest
 import torch
 import zarr
 
-from pipeline.config import BaseParams, with_field
-from pipeline.errors import InputError
-from pipeline.fomm_io import detect_keypoints, load_fomm
-from pipeline.fomm_report import mouth_boxes, mouth_l1, psnr, select_evenly, ssim
-from pipeline.probes import centre_per_group, fit_ridge, grouped_probe_r2, probe_r2, r2_score, select_alpha
-from pipeline.store import ArraySpec, RaggedStoreWriter, read_clip, read_index
-from pipeline.train import torch_threads
+from pipeline.core.config import BaseParams, with_field
+from pipeline.core.errors import InputError
+from pipeline.fomm.io import detect_keypoints, load_fomm
+from pipeline.fomm.report import mouth_boxes, mouth_l1, psnr, select_evenly, ssim
+from pipeline.core.probes import centre_per_group, fit_ridge, grouped_probe_r2, probe_r2, r2_score, select_alpha
+from pipeline.core.store import ArraySpec, RaggedStoreWriter, read_clip, read_index
+from pipeline.training.loop import torch_threads
 from stages.keypoints import build_keypoints, run_keypoints
 from stages.train_fomm import run_train_fomm
 from tests.conftest import tiny_section
@@ -183,7 +183,7 @@ def test_select_evenly_spreads_over_the_list():
 
 
 def test_missing_model_is_a_one_line_error(tiny_corpus, tmp_path):
-    from pipeline.errors import CheckpointError
+    from pipeline.core.errors import CheckpointError
 
     with pytest.raises(CheckpointError, match="checkpoint file not found"):
         build_keypoints(tiny_corpus, tmp_path / "none.pt", tmp_path / "kp.zarr", BASE,

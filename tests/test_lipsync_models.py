@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.errors import CheckpointError, InputError
+from pipeline.core.errors import CheckpointError, InputError
 from pipeline.models.syncnet_color import (SyncNetColor, SyncNetColorConfig, load_official_syncnet_color,
                                            syncnet_color_face_window)
 from pipeline.models.syncnet_v2 import (SyncNetV2, SyncNetV2Config, load_official_syncnet_v2,

@@ -14,12 +14,12 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.errors import CheckpointError
-from pipeline.lipsync_io import load_pipeline_model
-from pipeline.pseudo import relative_time_indices
-from pipeline.redub import paste_faces, source_frame_indices
-from pipeline.store import read_clip, read_index
-from pipeline.train import read_loss_csv, torch_threads
+from pipeline.core.errors import CheckpointError
+from pipeline.lipsync.io import load_pipeline_model
+from pipeline.lipsync.pseudo import relative_time_indices
+from pipeline.lipsync.redub import paste_faces, source_frame_indices
+from pipeline.core.store import read_clip, read_index
+from pipeline.training.loop import read_loss_csv, torch_threads
 from tests.conftest import tiny_section
 from tests.lipsync_fixtures import tiny_audio  # noqa: F401  (fixture)
 
@@ -194,7 +194,7 @@ def test_paste_lower_keeps_the_upper_half():
 
 
 def test_pseudo_pairs_names_a_missing_evaluator(chain, tmp_path):
-    from pipeline.errors import InputError
+    from pipeline.core.errors import InputError
     from stages.pseudo_pairs import build_pseudo_pairs
 
     missing = tmp_path / "evaluator.pt"
@@ -205,8 +205,8 @@ def test_pseudo_pairs_names_a_missing_evaluator(chain, tmp_path):
 
 
 def test_bf16_redub_stays_close_to_fp32(chain):
-    from pipeline.lipsync_io import load_pipeline_model
-    from pipeline.redub import generate_faces
+    from pipeline.lipsync.io import load_pipeline_model
+    from pipeline.lipsync.redub import generate_faces
 
     generator = load_pipeline_model(chain["out"] / "wav2lip.pt", "wav2lip").module
     rng = np.random.default_rng(0)

@@ -1,6 +1,6 @@
 import os
 
-from pipeline.malloc import SETTINGS, keep_freed_memory
+from pipeline.core.malloc import SETTINGS, keep_freed_memory
 
 
 def test_keep_freed_memory_applies_and_exports(monkeypatch):

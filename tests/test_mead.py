@@ -16,7 +16,7 @@ import zarr
 from typer.testing import CliRunner
 
 from pipeline.corpus.face import render_frame, sample_identity
-from pipeline.media import ffmpeg_exe
+from pipeline.core.media import ffmpeg_exe
 from stages.cli import app
 from tests.conftest import tiny_params_dict
 

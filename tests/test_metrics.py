@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import scipy.ndimage
 
-from pipeline.metrics import (
+from pipeline.evaluation.metrics import (
     clip_metrics,
     f_lmd,
     gaussian_window,
@@ -20,7 +20,7 @@ from pipeline.metrics import (
     ssim,
     sync_metrics,
 )
-from pipeline.metrics_report import (
+from pipeline.evaluation.metrics_report import (
     METRICS,
     aggregate_rows,
     comparison_notes,

@@ -14,11 +14,11 @@ import torch
 import yaml
 import zarr
 
-from pipeline.config import with_field
-from pipeline.errors import CheckpointError, InputError
+from pipeline.core.config import with_field
+from pipeline.core.errors import CheckpointError, InputError
 from pipeline.models.motion import MotionConfig, MotionNet, decode_frames, encode_frames, init_motion, load_motion
-from pipeline.motion_data import KeypointBank, QuadrupleFrames, select_quadruples
-from pipeline.motion_losses import (
+from pipeline.motion.data import KeypointBank, QuadrupleFrames, select_quadruples
+from pipeline.motion.losses import (
     DisentanglementWeights,
     cross_reconstruction_loss,
     disentanglement_loss,
@@ -28,10 +28,10 @@ from pipeline.motion_losses import (
     mouth_consistency_loss,
     self_reconstruction_loss,
 )
-from pipeline.motion_report import classifier_accuracy, evaluation_quadruples, heldout_cross_rows, motion_errors
-from pipeline.motion_train import loss_weights
-from pipeline.store import read_clip, read_index
-from pipeline.train import read_loss_csv, torch_threads
+from pipeline.motion.report import classifier_accuracy, evaluation_quadruples, heldout_cross_rows, motion_errors
+from pipeline.motion.train import loss_weights
+from pipeline.core.store import read_clip, read_index
+from pipeline.training.loop import read_loss_csv, torch_threads
 from tests.conftest import ROOT, tiny_section
 from tests.motion_fixtures import BASE, motion_inputs  # noqa: F401  (fixture)
 
@@ -433,8 +433,8 @@ def test_dvc_wiring_lambda_changes_rerun_only_motion_and_later_stages():
 
 
 def test_counterfactual_labels_swap_in_the_exact_renders(motion_inputs):  # noqa: F811
-    from pipeline.motion_data import counterfactual_targets
-    from pipeline.motion_train import training_quadruples
+    from pipeline.motion.data import counterfactual_targets
+    from pipeline.motion.train import training_quadruples
 
     bank = KeypointBank(motion_inputs["keypoints"])
     pairs = pd.read_parquet(motion_inputs["pseudo"] / "pairs.parquet")
@@ -476,7 +476,7 @@ def test_counterfactual_labels_swap_in_the_exact_renders(motion_inputs):  # noqa
 
 def test_feature_norm_recalibration_makes_eval_mode_match_the_exact_statistics(motion_inputs):  # noqa: F811
     from pipeline.models.motion import MotionConfig
-    from pipeline.motion_train import MotionTrainer, real_rows
+    from pipeline.motion.train import MotionTrainer, real_rows
 
     bank = KeypointBank(motion_inputs["keypoints"])
     pairs = pd.read_parquet(motion_inputs["pseudo"] / "pairs.parquet")

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.offline_plots import (BUNDLES, TEMPLATE_PATH, VENDOR_DIR, dvc_render_versions, fetched_urls,
+from pipeline.core.offline_plots import (BUNDLES, TEMPLATE_PATH, VENDOR_DIR, dvc_render_versions, fetched_urls,
                                     inline_script, offline_problems, offline_template, read_sources)
 
 ROOT = Path(__file__).resolve().parents[1]

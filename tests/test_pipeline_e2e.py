@@ -21,7 +21,7 @@ import pytest
 import yaml
 import zarr
 
-from pipeline.media import has_audio_stream, read_video
+from pipeline.core.media import has_audio_stream, read_video
 from tests.conftest import ROOT, tiny_params_dict
 
 DVC = str(Path(sys.executable).with_name("dvc"))

@@ -10,10 +10,10 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-import pipeline.precision as precision_module
-from pipeline.config import BaseParams, build_section
-from pipeline.errors import InputError
-from pipeline.precision import announce_precision, resolve_precision
+import pipeline.core.precision as precision_module
+from pipeline.core.config import BaseParams, build_section
+from pipeline.core.errors import InputError
+from pipeline.core.precision import announce_precision, resolve_precision
 from stages.cli import app
 from tests.conftest import ROOT
 

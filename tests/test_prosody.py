@@ -1,4 +1,4 @@
-"""Voice-relative prosody (pipeline/prosody.py), the prosody stage, and the emotion encoder's prosody branch."""
+"""Voice-relative prosody (pipeline/audio/prosody.py), the prosody stage, and the emotion encoder's prosody branch."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 from pipeline.models.audio import AudioConfig, AudioEncoders
-from pipeline.prosody import (
+from pipeline.audio.prosody import (
     ProsodyStore,
     block_prosody,
     frame_prosody,
@@ -122,7 +122,7 @@ def test_encoder_hears_prosody_only_relative_to_the_voice():
 def test_stage_writes_tracks_and_one_voice_per_actor(tiny_audio, tiny_prosody):  # noqa: F811
     import pandas as pd
 
-    from pipeline.store import read_index
+    from pipeline.core.store import read_index
 
     corpus, audio_store = tiny_audio
     manifest = pd.read_parquet(corpus / "manifest.parquet")
@@ -132,7 +132,7 @@ def test_stage_writes_tracks_and_one_voice_per_actor(tiny_audio, tiny_prosody): 
     clip = manifest[manifest.kind == "real"].iloc[0]
     track = store.clip(clip.clip_id)
     assert track.shape == (clip.frames, 4, 3) and 0.3 < track[..., 1].mean() < 1.0  # speech, with pauses
-    from pipeline.audio import load_audio
+    from pipeline.audio.frontends import load_audio
 
     again = frame_prosody(load_audio(corpus / clip.wav_path), int(clip.frames), tiny_section("base").fps, SR)
     np.testing.assert_array_equal(track, again)

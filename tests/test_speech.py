@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.corpus.sentences import SENTENCES, pick_sentences
 from pipeline.corpus.speech import PAD_S, PhonemeEvent, Speech, available_variants, synthesize
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 
 VOWEL_RICH = "Father saw a large barn far away."
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipeline.store import ArraySpec, RaggedStoreWriter, atomic_output, read_clip, read_index, open_store
+from pipeline.core.store import ArraySpec, RaggedStoreWriter, atomic_output, read_clip, read_index, open_store
 
 
 def test_ragged_store_roundtrip_and_shards(tmp_path):

@@ -12,12 +12,12 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from pipeline.config import with_field
-from pipeline.motion_ablation import FOMM_ROW, ROW_LABELS, ROW_NAMES, RowPlan, plan_rows
-from pipeline.motion_data import KeypointBank, read_pairs, read_sync
-from pipeline.table2 import sheet_indices
-from pipeline.table2_report import METRICS, PER_CLIP_COLUMN, comparison_notes, paired_difference
-from pipeline.train import read_loss_csv, torch_threads
+from pipeline.core.config import with_field
+from pipeline.motion.ablation import FOMM_ROW, ROW_LABELS, ROW_NAMES, RowPlan, plan_rows
+from pipeline.motion.data import KeypointBank, read_pairs, read_sync
+from pipeline.evaluation.table2 import sheet_indices
+from pipeline.evaluation.table2_report import METRICS, PER_CLIP_COLUMN, comparison_notes, paired_difference
+from pipeline.training.loop import read_loss_csv, torch_threads
 from stages.cli import app
 from tests.conftest import ROOT, tiny_params_dict, tiny_section
 from tests.motion_fixtures import BASE, motion_inputs  # noqa: F401  (fixture)

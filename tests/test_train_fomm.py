@@ -1,4 +1,4 @@
-"""FOMM training: generic helpers (pipeline.train), losses, VGG19 layout, the train_fomm worker on the tiny corpus."""
+"""FOMM training: generic helpers (pipeline.training.loop), losses, VGG19 layout, the train_fomm worker on the tiny corpus."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.checkpoints import save_checkpoint
-from pipeline.config import BaseParams, with_field
-from pipeline.errors import CheckpointError, InputError
-from pipeline.fomm_io import load_fomm
-from pipeline.fomm_losses import (
+from pipeline.core.checkpoints import save_checkpoint
+from pipeline.core.config import BaseParams, with_field
+from pipeline.core.errors import CheckpointError, InputError
+from pipeline.fomm.io import load_fomm
+from pipeline.fomm.losses import (
     ANCHOR_LANDMARKS,
     RandomTransform,
     ReconstructionLoss,
@@ -24,7 +24,7 @@ from pipeline.fomm_losses import (
     mirror_landmarks,
     normalized_landmarks,
 )
-from pipeline.fomm_train import (
+from pipeline.fomm.train import (
     FommTrainer,
     FramePairSampler,
     augment_pair,
@@ -33,7 +33,7 @@ from pipeline.fomm_train import (
     train_fomm_model,
 )
 from pipeline.models.vgg19 import PERCEPTUAL_TAPS, Vgg19Features, load_vgg19
-from pipeline.train import (
+from pipeline.training.loop import (
     Budget,
     LossLog,
     pick_device,

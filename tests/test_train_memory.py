@@ -13,13 +13,13 @@ import torch
 import zarr
 from typer.testing import CliRunner
 
-from pipeline.config import BaseParams, with_field
-from pipeline.errors import InputError
-from pipeline.memory_train import (MemoryData, MemoryTrainer, choose_upper_keypoints, effective_slots,
+from pipeline.core.config import BaseParams, with_field
+from pipeline.core.errors import InputError
+from pipeline.memory.train import (MemoryData, MemoryTrainer, choose_upper_keypoints, effective_slots,
                                    emotion_partners, load_memory_data, nearest_centroid, read_temperature_sweep,
                                    score_clips, training_means)
 from pipeline.models.emmn import load_emmn
-from pipeline.train import read_loss_csv, torch_threads
+from pipeline.training.loop import read_loss_csv, torch_threads
 from stages.train_memory import app, run_train_memory
 from tests.conftest import tiny_section
 from tests.lipsync_fixtures import tiny_audio, tiny_prosody  # noqa: F401  (fixtures)
@@ -112,7 +112,7 @@ def test_emotion_partners_are_other_actors_with_the_same_emotion_and_level():
 def test_sample_borrows_e_e_from_a_partner_clip_at_the_given_rate():
     from types import SimpleNamespace
 
-    from pipeline.memory_train import MemoryTrainer
+    from pipeline.memory.train import MemoryTrainer
 
     trainer = MemoryTrainer.__new__(MemoryTrainer)  # only what `sample` reads
     trainer.train_index, trainer.window, trainer.device = np.array([0, 1, 2]), 2, torch.device("cpu")

@@ -1,1 +1,1 @@
-"""The built-in MEAD-shaped synthetic corpus and the MEAD ingest."""
+"""The built-in MEAD-shaped synthetic corpus, the MEAD ingest and face detection (stage corpus)."""

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from pipeline.config import BaseParams, CorpusParams, as_dict
+from pipeline.core.config import BaseParams, CorpusParams, as_dict
 from pipeline.corpus.controls import ALL_CONTROLS
 from pipeline.corpus.emotions import intensity, style
 from pipeline.corpus.face import render_frame, sample_identity
@@ -31,10 +31,10 @@ from pipeline.corpus.sentences import SENTENCES
 from pipeline.corpus.speech import synthesize
 from pipeline.corpus.tracks import clip_controls, neutral_controls
 from pipeline.corpus.visemes import viseme_tracks
-from pipeline.media import write_wav
-from pipeline.parallel import dask_client, ordered_map
+from pipeline.core.media import write_wav
+from pipeline.core.parallel import dask_client, ordered_map
 from pipeline.corpus.references import write_reference_frames
-from pipeline.store import ArraySpec, RaggedStoreWriter, write_parquet
+from pipeline.core.store import ArraySpec, RaggedStoreWriter, write_parquet
 
 SCHEMA = "emmn.corpus/v1"
 

@@ -25,15 +25,15 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from pipeline.audio import load_audio
-from pipeline.config import BaseParams, CorpusParams, as_dict
+from pipeline.audio.frontends import load_audio
+from pipeline.core.config import BaseParams, CorpusParams, as_dict
 from pipeline.corpus.plan import clip_name
-from pipeline.errors import InputError
-from pipeline.face_detect import DETECT_MAX_SIDE, crop_resize, stable_crop_box
-from pipeline.media import iter_video_frames, resample_frame_indices, video_info, write_wav
-from pipeline.parallel import dask_client, ordered_map
+from pipeline.core.errors import InputError
+from pipeline.corpus.face_detect import DETECT_MAX_SIDE, crop_resize, stable_crop_box
+from pipeline.core.media import iter_video_frames, resample_frame_indices, video_info, write_wav
+from pipeline.core.parallel import dask_client, ordered_map
 from pipeline.corpus.references import write_reference_frames
-from pipeline.store import ArraySpec, RaggedStoreWriter, write_parquet
+from pipeline.core.store import ArraySpec, RaggedStoreWriter, write_parquet
 
 SCHEMA = "emmn.corpus/v1"
 LEVEL_DIR = re.compile(r"^level_(\d+)$")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.config import CorpusParams
+from pipeline.core.config import CorpusParams
 from pipeline.corpus.controls import FACE_CONTROLS, MOUTH_CONTROLS
 from pipeline.corpus.sentences import SENTENCES
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from pipeline.store import blosc_zstd, write_png
+from pipeline.core.store import blosc_zstd, write_png
 
 
 def write_reference_frames(out_dir: Path, actor_ids: list[str], images: np.ndarray,

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import zarr
 
-from pipeline.store import write_png
+from pipeline.core.store import write_png
 
 MOUTH_POINTS = slice(48, 68)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from scipy.signal import resample_poly
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 
 OUTPUT_RATE = 16_000
 PAD_S = 0.15  # silence before and after, so the mouth starts and ends at rest

@@ -16,7 +16,7 @@ see checkpoint-specs/evp_audio.json), authors' spellings included:
   1-D conv front over the mel sequence, then the same temporal stack). MFCC without c0 keeps neither
   loudness nor pitch (12 cepstra of 26 bands do not resolve harmonics); the mel spectrogram keeps both.
   Option (`prosody_channels` > 0, not EVP): a third input, pitch and loudness per 10 ms relative to the
-  speaker's voice baseline (pipeline.prosody), through its own conv branch (`emo_prosody`), mean+std pooled
+  speaker's voice baseline (pipeline.audio.prosody), through its own conv branch (`emo_prosody`), mean+std pooled
   beside the temporal stack into `emo_pool_fc`. Without a baseline the training speakers' average stands in,
   and a fourth channel tells the branch so.
 * `decoder` (D): [e_c, e_e] as [C,1,1] -> transposed convs (4x4, 8x6, 16x12, 28x12, 28x12) -> tanh x 90.
@@ -41,11 +41,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.checkpoints import load_file, load_strict, strip_prefix
-from pipeline.errors import CheckpointError, InputError
+from pipeline.core.checkpoints import load_file, load_strict, strip_prefix
+from pipeline.core.errors import CheckpointError, InputError
 from pipeline.models.wav2lip import config_from_dict, scale_channels
-from pipeline.prosody import CHANNELS as PROSODY_CHANNELS
-from pipeline.prosody import relative_prosody
+from pipeline.audio.prosody import CHANNELS as PROSODY_CHANNELS
+from pipeline.audio.prosody import relative_prosody
 
 WINDOW_ROWS, WINDOW_COEFFS = 28, 12
 MEL_BINS, MEL_STEPS = 80, 16
@@ -187,7 +187,7 @@ class MelEmotionNet(nn.Module):
 
 
 class ProsodyNet(nn.Module):
-    """Not EVP: voice-relative prosody [B,T,4,4] (pipeline.prosody.relative_prosody) as a 100 Hz sequence [4,4T]
+    """Not EVP: voice-relative prosody [B,T,4,4] (pipeline.audio.prosody.relative_prosody) as a 100 Hz sequence [4,4T]
     -> dilated 1-D conv units, two max-pools -> [B,prosody_channels,~T]: pitch level, range and movement,
     loudness and its rhythm, relative to the speaker (or, flagged, to the training voices' average)."""
 
@@ -352,7 +352,7 @@ class AudioEncoders(nn.Module):
         if self.needs_prosody:
             if prosody is None:
                 raise InputError(None, "this model's E_e hears prosody (prosody_channels > 0): pass prosody "
-                                       "[B,T,4,3] (pipeline.prosody.frame_prosody)")
+                                       "[B,T,4,3] (pipeline.audio.prosody.frame_prosody)")
             unknown = torch.full((prosody.shape[0], 2), float("nan"), dtype=prosody.dtype, device=prosody.device)
             voice = unknown if voice is None else voice.to(prosody)
             pooled.append(mean_std_pool(self.emo_prosody(relative_prosody(prosody, voice, self.voice_default))))

@@ -50,8 +50,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.checkpoints import load_strict
-from pipeline.errors import CheckpointError, InputError
+from pipeline.core.checkpoints import load_strict
+from pipeline.core.errors import CheckpointError, InputError
 from pipeline.models.memory import MotionMemory, emo_mouth_query
 
 VARIANTS = ("emmn", "baseline", "mmn")
@@ -458,7 +458,7 @@ def _freeze(module: nn.Module) -> nn.Module:
 def save_emmn(path: str | Path, model: EmmnNet, *, step: int, metrics: Mapping[str, Any],
               frozen: Mapping[str, Mapping[str, Any]]) -> None:
     """emmn.pt: the trainable state, the config, and the frozen checkpoints embedded (see module docstring)."""
-    from pipeline.checkpoints import save_checkpoint
+    from pipeline.core.checkpoints import save_checkpoint
 
     state = {name: {k: v.detach().cpu() for k, v in m.state_dict().items()}
              for name, m in model.trainable_modules().items()}
@@ -488,7 +488,7 @@ def _load_embedded(entry: Mapping[str, Any], loader: Callable[[str | Path], nn.M
 def load_emmn(path: str | Path) -> EmmnNet:
     """An `emmn.pt` from train_memory, strictly loaded, eval mode; everything it needs is inside the file."""
     from pipeline.models.audio import load_audio_encoders
-    from pipeline.train import load_training_state
+    from pipeline.training.loop import load_training_state
 
     ckpt = load_training_state(path)
     try:

@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.checkpoints import extract_state_dict, load_file, load_strict
-from pipeline.errors import CheckpointError, InputError
+from pipeline.core.checkpoints import extract_state_dict, load_file, load_strict
+from pipeline.core.errors import CheckpointError, InputError
 from pipeline.models.fomm_blocks import (
     AntiAliasInterpolation2d,
     DownBlock2d,

@@ -51,8 +51,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.checkpoints import load_strict
-from pipeline.errors import CheckpointError, InputError
+from pipeline.core.checkpoints import load_strict
+from pipeline.core.errors import CheckpointError, InputError
 
 FEATURE_NORMS = ("batch", "layer")
 
@@ -260,7 +260,7 @@ def init_motion(config: MotionConfig, seed: int) -> MotionNet:
 def load_motion(path: str | Path) -> MotionNet:
     """`motion.pt` from train_motion -> MotionNet in eval mode on the CPU (weights_only load, strict);
     `step` and `metrics` of the checkpoint are set as attributes."""
-    from pipeline.train import load_training_state
+    from pipeline.training.loop import load_training_state
 
     ckpt = load_training_state(path)
     model = ckpt["model"]

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 
 
 def convex_hull(points: np.ndarray) -> np.ndarray:

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.checkpoints import extract_state_dict, load_file, load_strict
-from pipeline.errors import CheckpointError, InputError
+from pipeline.core.checkpoints import extract_state_dict, load_file, load_strict
+from pipeline.core.errors import CheckpointError, InputError
 from pipeline.models.wav2lip import config_from_dict, scale_channels
 
 WINDOW_FRAMES = 5  # video frames per window; the audio window is the matching 20 MFCC steps

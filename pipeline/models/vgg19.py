@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.checkpoints import extract_state_dict, load_file, load_strict
-from pipeline.errors import CheckpointError
+from pipeline.core.checkpoints import extract_state_dict, load_file, load_strict
+from pipeline.core.errors import CheckpointError
 
 # Channels per conv, "M" = 2x2 max pool (torchvision cfg "E").
 VGG19_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.checkpoints import extract_state_dict, load_file, load_strict
-from pipeline.errors import CheckpointError, InputError
+from pipeline.core.checkpoints import extract_state_dict, load_file, load_strict
+from pipeline.core.errors import CheckpointError, InputError
 
 # Strides of the mel encoder's four stages: 80x16 -> 80x16 -> 27x16 -> 9x6 -> 3x3, then a 3x3
 # unpadded conv reaches 1x1. Fixed by the 80-band, 16-step window, so not configurable.

@@ -1,0 +1,257 @@
+"""Training and held-out measurement of the judges (`train_evaluator`): emotion classifier + face landmarks.
+
+Both nets learn from the real clips of the TRAIN actors only (every `frame_stride`-th frame), in one
+loop: each step draws one batch of frames, augments it once (a random shift of up to `shift` px that
+moves the landmark targets with the image; a per-channel colour gain and a brightness offset of up to
+`jitter`, for unseen skin and background colours; a 2x down/up blur of the first `soften_fraction` of
+the batch, so a generator's softer frames read like real ones) and takes one Adam step for each net. Learning
+rates decay on a cosine over `steps`, so the judges (and every score they give) are reproducible;
+`max_minutes` only guards the wall clock (a run it stops is logged as such).
+
+Held-out numbers (TEST actors' real clips, never seen in training):
+* emotion: per-frame accuracy, per-clip accuracy by mean logits (what `evaluate` uses) and by majority
+  vote, per level and per emotion; this is the ceiling a generated clip can reach.
+* landmarks: mean point error in corpus pixels over the 68 points and over the 20 mouth points, and
+  the F-LMD / M-LMD of the regressor's points against the exact ones under the metric's protocol
+  (mean-centred, clip means averaged): the floor of the LMD columns.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from pipeline.core.config import MEAD_EMOTIONS, BaseParams, TrainEvaluatorParams
+from pipeline.core.errors import InputError
+from pipeline.judges.evaluator import EmotionNet, Evaluator, face_landmark_net, save_evaluator
+from pipeline.lipsync.data import faces_bgr, read_manifest
+from pipeline.evaluation.metrics import MOUTH, clip_emotion, f_lmd, m_lmd
+from pipeline.evaluation.metrics_report import confusion_matrix, write_confusion_png
+from pipeline.judges.mouth_landmarks import (
+    LandmarkRegressor,
+    face_input,
+    landmark_loss,
+    point_error,
+    set_cosine_lr,
+    soften,
+)
+from pipeline.core.store import open_store
+from pipeline.core.precision import announce_precision, resolve_precision
+from pipeline.core.timings import write_timings
+from pipeline.training.loop import (
+    Budget,
+    LossLog,
+    autocast,
+    count_parameters,
+    pick_device,
+    run_loop,
+    seed_all,
+    step_rngs,
+    torch_threads,
+    training_timings,
+)
+
+
+@dataclass
+class FrameSet:
+    """Real frames of some clips held in memory at the judges' size."""
+
+    clips: pd.DataFrame  # manifest rows, in order
+    faces: np.ndarray  # (N,S,S,3) uint8 BGR
+    labels: np.ndarray  # (N,) class index
+    clip_index: np.ndarray  # (N,) row of `clips`
+    landmarks: np.ndarray | None  # (N,68,2) corpus px, None when the corpus has none
+
+
+def class_order(manifest: pd.DataFrame) -> tuple[str, ...]:
+    """Emotions of the real clips, MEAD order first, any others sorted after."""
+    present = set(manifest[manifest.kind == "real"].emotion)
+    return tuple([e for e in MEAD_EMOTIONS if e in present] + sorted(present - set(MEAD_EMOTIONS)))
+
+
+def has_landmarks(store) -> bool:
+    """The built-in corpus stores exact landmarks; MEAD ingest leaves NaN."""
+    lms = store["landmarks"]
+    return lms.shape[0] > 0 and bool(np.isfinite(lms[0]).all())
+
+
+def load_frame_set(corpus_dir: Path, clips: pd.DataFrame, emotions: tuple[str, ...], size: int, stride: int,
+                   with_landmarks: bool) -> FrameSet:
+    store = open_store(Path(corpus_dir) / "frames.zarr")
+    frames, lms = store["frames"], store["landmarks"]
+    index = {e: i for i, e in enumerate(emotions)}
+    faces, labels, owner, points = [], [], [], []
+    for i, row in enumerate(clips.itertuples()):
+        rows = slice(int(row.start), int(row.stop))
+        block = np.asarray(frames[rows])[::stride]
+        faces.append(faces_bgr(block, size))
+        labels.append(np.full(len(block), index[row.emotion], np.int64))
+        owner.append(np.full(len(block), i, np.int64))
+        if with_landmarks:
+            points.append(np.asarray(lms[rows], np.float32)[::stride])
+    return FrameSet(clips.reset_index(drop=True), np.concatenate(faces), np.concatenate(labels),
+                    np.concatenate(owner), np.concatenate(points) if with_landmarks else None)
+
+
+def augment(x: torch.Tensor, targets: torch.Tensor | None, rng: np.random.Generator, shift: int, jitter: float,
+            soften_count: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Shift (targets follow, in frame-side fractions), per-channel gain + brightness offset, blur the first images."""
+    b, _, h, w = x.shape
+    if shift > 0:
+        padded = F.pad(x, (shift, shift, shift, shift), mode="replicate")
+        d = rng.integers(-shift, shift + 1, size=(b, 2))  # content moves by (dx, dy) px
+        x = torch.stack([padded[i, :, shift - d[i, 1]:shift - d[i, 1] + h, shift - d[i, 0]:shift - d[i, 0] + w]
+                         for i in range(b)])
+        if targets is not None:
+            targets = targets + torch.from_numpy(d / np.array([w, h], np.float64)).float()[:, None, :]
+    if jitter > 0:
+        gain = torch.from_numpy(rng.uniform(1 - jitter, 1 + jitter, size=(b, 3, 1, 1))).float()
+        offset = torch.from_numpy(rng.uniform(-jitter, jitter, size=(b, 1, 1, 1))).float()
+        x = (x * gain + offset).clamp_(0.0, 1.0)
+    if soften_count > 0:
+        x = torch.cat([soften(x[:soften_count]), x[soften_count:]])
+    return x, targets
+
+
+def train_evaluator_models(corpus_dir: Path, model_out: Path, losses_csv: Path, confusion_png: Path,
+                           base: BaseParams, p: TrainEvaluatorParams, log=print) -> dict[str, Any]:
+    """Train both judges on TRAIN actors' real frames, measure them on the TEST actors; save; return metrics."""
+    if not 0.0 <= p.soften_fraction <= 1.0:
+        raise InputError("params.yaml", f"train_evaluator.soften_fraction must be in [0, 1], not {p.soften_fraction}")
+    if p.image_size < 16 or p.frame_stride < 1 or p.eval_stride < 1:
+        raise InputError("params.yaml", "train_evaluator: image_size >= 16, frame_stride and eval_stride >= 1")
+    with torch_threads(p.threads):
+        return _train(Path(corpus_dir), Path(model_out), losses_csv, confusion_png, base, p, log)
+
+
+def _train(corpus_dir: Path, model_out: Path, losses_csv: Path, confusion_png: Path, base: BaseParams,
+           p: TrainEvaluatorParams, log) -> dict[str, Any]:
+    started = time.monotonic()
+    manifest = read_manifest(corpus_dir)
+    real = manifest[manifest.kind == "real"]
+    train_clips, test_clips = real[real.split == "train"], real[real.split == "test"]
+    for name, clips in (("train", train_clips), ("test", test_clips)):
+        if clips.empty:
+            raise InputError(corpus_dir / "manifest.parquet", f"no real {name}-split clips for the evaluator")
+    store = open_store(corpus_dir / "frames.zarr")
+    frame_size = int(store["frames"].shape[1])
+    with_landmarks = has_landmarks(store)
+    emotions = class_order(manifest)
+    train = load_frame_set(corpus_dir, train_clips, emotions, p.image_size, p.frame_stride, with_landmarks)
+    log(f"train_evaluator: {len(train.faces)} training frames from {len(train_clips)} clips, {len(emotions)} emotions,"
+        f" landmarks {'yes' if with_landmarks else 'no'} ({time.monotonic() - started:.0f}s to load)")
+
+    device = pick_device(base.device)
+    precision = resolve_precision(base.precision, device)
+    announce_precision(precision, "train_evaluator", log)
+    seed_all(base.seed)
+    emotion_net = EmotionNet(p.width, len(emotions)).to(device)
+    landmark_net = face_landmark_net(p.width, p.image_size).to(device) if with_landmarks else None
+    nets = [n for n in (emotion_net, landmark_net) if n is not None]
+    optimizers = [torch.optim.Adam(n.parameters(), lr=p.lr) for n in nets]
+    targets = torch.from_numpy(train.landmarks / frame_size) if with_landmarks else None
+    labels = torch.from_numpy(train.labels)
+    budget = Budget(p.steps, p.max_minutes)
+    loss_log = LossLog(losses_csv)
+    soften_count = int(round(p.soften_fraction * p.batch_size))
+    for net in nets:
+        net.train()
+
+    def step_fn(step: int) -> dict[str, float]:
+        rng, _ = step_rngs(base.seed, step)
+        for opt in optimizers:  # over steps only, so a run that reaches `steps` is reproducible
+            set_cosine_lr(opt, p.lr, step / budget.steps)
+        idx = rng.integers(len(train.faces), size=p.batch_size)
+        x, target = augment(face_input(train.faces[idx]), targets[idx] if targets is not None else None, rng,
+                            p.shift, p.jitter, soften_count)
+        x = x.to(device)
+        with autocast(device, precision.bf16):
+            logits = emotion_net(x)
+        ce = F.cross_entropy(logits, labels[idx].to(device))
+        losses = {"emotion_ce": ce, "train_accuracy": (logits.argmax(1).cpu() == labels[idx]).float().mean()}
+        total = ce
+        if landmark_net is not None:
+            with autocast(device, precision.bf16):
+                lm_loss = landmark_loss(landmark_net, x, target.to(device))
+            total = total + lm_loss
+            losses["landmark_smooth_l1"] = lm_loss
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        total.backward()  # the nets share no parameters: one backward gives each its own gradient
+        for opt in optimizers:
+            opt.step()
+        return {k: float(v.detach()) for k, v in losses.items()}
+
+    steps = run_loop(step_fn, start_step=0, budget=budget, log=loss_log, log_every=p.log_every,
+                     description="train_evaluator")
+    timings = training_timings(budget, 0, steps)
+    stopped_by = "steps" if steps >= p.steps else "max_minutes"
+    if stopped_by == "max_minutes":
+        log(f"train_evaluator: max_minutes stopped training at step {steps} of {p.steps}: the judges depend on "
+            f"this machine's speed (raise max_minutes or lower steps for a reproducible run)")
+    emotion_net.eval().cpu()
+    landmarks = None
+    if landmark_net is not None:
+        landmarks = LandmarkRegressor(landmark_net.eval().cpu(), 0.0, frame_size, steps, crop_top=0)
+    evaluator = Evaluator(emotion_net, emotions, p.image_size, landmarks)
+
+    test = load_frame_set(corpus_dir, test_clips, emotions, p.image_size, p.eval_stride, with_landmarks)
+    metrics = heldout_metrics(evaluator, test, frame_size, confusion_png)
+    if landmarks is not None:
+        landmarks.heldout_err_px = metrics["landmark_error_px"]
+    metrics.update({"steps": int(steps), "stopped_by": stopped_by, "precision": precision.resolved,
+                    "train_frames": int(len(train.faces)),
+                    "train_clips": int(len(train_clips)), "image_size": p.image_size, "frame_size": frame_size,
+                    "parameters": count_parameters(*nets), "final_losses": loss_log.recent_means()})
+    save_evaluator(model_out, evaluator, width=p.width, step=steps, metrics=metrics)
+    write_timings(model_out, {**timings, "stage_seconds": round(time.monotonic() - started, 1)})
+    log(f"train_evaluator: {steps} steps in {timings['train_seconds']:.0f}s; held-out clip accuracy "
+        f"{metrics['emotion_clip_accuracy']:.3f} (chance {metrics['chance_accuracy']:.3f}), landmark error "
+        f"{metrics['landmark_error_px']} px")
+    return metrics
+
+
+def heldout_metrics(evaluator: Evaluator, test: FrameSet, frame_size: int, confusion_png: Path) -> dict[str, Any]:
+    """Emotion accuracy (frame, clip by mean logits, clip by majority) and landmark errors on `test`."""
+    emotions = evaluator.emotions
+    logits = evaluator.emotion_logits_of_faces(test.faces)
+    frame_pred = logits.argmax(axis=1)
+    clip_pred, clip_vote, clip_true = [], [], []
+    for i, row in enumerate(test.clips.itertuples()):
+        mine = test.clip_index == i
+        clip_pred.append(clip_emotion(logits[mine], emotions))
+        clip_vote.append(emotions[int(np.bincount(frame_pred[mine], minlength=len(emotions)).argmax())])
+        clip_true.append(row.emotion)
+    clips = test.clips.assign(pred=clip_pred, correct=np.array(clip_pred) == np.array(clip_true))
+    counts = clips.emotion.value_counts()
+    write_confusion_png(confusion_matrix(clip_true, clip_pred, emotions), emotions, confusion_png,
+                        title="held-out real clips")
+    out: dict[str, Any] = {
+        "emotion_frame_accuracy": round(float((frame_pred == test.labels).mean()), 4),
+        "emotion_clip_accuracy": round(float(clips.correct.mean()), 4),
+        "emotion_clip_accuracy_majority": round(float(np.mean(np.array(clip_vote) == np.array(clip_true))), 4),
+        "chance_accuracy": round(float(counts.max() / counts.sum()), 4),
+        "emotion_clip_accuracy_by_level": {str(k): round(float(v), 4)
+                                           for k, v in clips.groupby("level").correct.mean().items()},
+        "emotion_clip_accuracy_by_emotion": {str(k): round(float(v), 4)
+                                             for k, v in clips.groupby("emotion").correct.mean().items()},
+        "test_clips": int(len(clips)), "test_frames": int(len(test.faces)),
+        "landmark_error_px": None, "mouth_error_px": None, "f_lmd_floor": None, "m_lmd_floor": None,
+    }
+    if evaluator.landmarks is not None and test.landmarks is not None:
+        pred = evaluator.landmarks.predict(test.faces)  # corpus px
+        owners = [test.clip_index == i for i in range(len(clips))]
+        per_clip = [(f_lmd(pred[o], test.landmarks[o]), m_lmd(pred[o], test.landmarks[o])) for o in owners]
+        out.update({"landmark_error_px": round(point_error(pred, test.landmarks), 4),
+                    "mouth_error_px": round(point_error(pred[:, MOUTH], test.landmarks[:, MOUTH]), 4),
+                    "f_lmd_floor": round(float(np.mean([f for f, _ in per_clip])), 4),
+                    "m_lmd_floor": round(float(np.mean([m for _, m in per_clip])), 4)})
+    return out
+

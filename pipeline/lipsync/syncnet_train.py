@@ -1,0 +1,267 @@
+"""Training and held-out evaluation of Wav2Lip's lip-sync expert (SyncNet_color) on the corpus.
+
+Training follows Wav2Lip's `color_syncnet_train.py`: a 5-frame window of lower-half faces is paired
+with the mel window of its first frame (label 1) or of another frame of the same clip (label 0); the
+loss is BCE on the cosine similarity of the two (post-ReLU, L2-normalised) embeddings. To learn within
+a CPU budget, each step embeds several windows per clip and scores every in-clip pairing of them
+(`block_sync_loss`): the same examples as the official trainer, many more per forward pass.
+
+Held-out metrics (test split: unseen actors and sentences):
+* in-sync / off-sync accuracy: cosine > 0.5 on in-sync windows, < 0.5 on windows paired with another
+  frame's audio (drawn like the training negatives); `heldout_accuracy` is their mean.
+* offset recovery: each clip is cut so that its audio leads (k > 0) or lags (k < 0) the video by a known
+  k frames, and syncnet_python's offset search (pipeline.lipsync.av_sync) must return k.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.audio.frontends import load_audio
+from pipeline.core.config import BaseParams, TrainSyncnetParams
+from pipeline.core.errors import InputError
+from pipeline.lipsync.data import (
+    ClipBank,
+    mel_pad_mode,
+    read_manifest,
+    real_clips,
+    sample_expert_batch,
+    sample_expert_blocks,
+)
+from pipeline.lipsync.io import lipsync_config, load_syncnet_any
+from pipeline.models.syncnet_color import SyncNetColor, SyncNetColorConfig
+from pipeline.core.store import open_store
+from pipeline.lipsync.sync_scorers import ExpertScorer, score_clip
+from pipeline.core.precision import announce_precision, resolve_precision
+from pipeline.core.timings import read_timings, write_timings
+from pipeline.training.loop import (
+    Budget,
+    LossLog,
+    autocast,
+    count_parameters,
+    load_training_state,
+    pick_device,
+    restore_training_state,
+    run_loop,
+    save_training_state,
+    seed_all,
+    step_rngs,
+    torch_threads,
+    training_timings,
+)
+
+ARCH = "syncnet_color"
+SAMPLES_PER_FRAME = 640  # 16 kHz / 25 fps
+
+
+def expert_config(p: TrainSyncnetParams) -> SyncNetColorConfig:
+    if not 0 < p.width <= 4:
+        raise InputError("params.yaml", f"width must be in (0, 4], not {p.width}")
+    return SyncNetColorConfig.official() if p.width == 1.0 else SyncNetColorConfig.scaled(p.width)
+
+
+def expert_loss(model: SyncNetColor, mel: torch.Tensor, faces: torch.Tensor, label: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """BCE on the cosine similarity (clamped into [0,1] against rounding), and the similarities."""
+    audio, face = model(mel, faces)
+    cosine = F.cosine_similarity(audio, face).clamp(0.0, 1.0)
+    return F.binary_cross_entropy(cosine, label), cosine
+
+
+def block_sync_loss(audio: torch.Tensor, face: torch.Tensor, first: torch.Tensor,
+                    min_shift: int) -> tuple[torch.Tensor, dict[str, float]]:
+    """Wav2Lip's BCE-on-cosine over every (video window i, audio window j) pair of the same clip.
+
+    `audio`, `face`: the expert's embeddings [C*W, D] of W windows from each of C clips, whose start
+    frames are `first` [C,W] (each window is embedded once, its audio paired with every window). Pairs
+    i == j are in sync (label 1); pairs at least `min_shift` frames apart are off sync (label 0); the two
+    groups weigh equally, as the 50/50 sampling of the official trainer does. W windows give W in-sync and
+    up to W(W-1) off-sync pairs per forward pass instead of one pair per window.
+    """
+    clips, windows = first.shape
+    face, audio = face.float().view(clips, windows, -1), audio.float().view(clips, windows, -1)
+    cosine = torch.einsum("cid,cjd->cij", face, audio)  # embeddings are L2-normalised: dot = cosine
+    cosine = cosine.clamp(0.0, 1.0)
+    in_sync = torch.eye(windows, dtype=torch.bool, device=cosine.device).expand(clips, windows, windows)
+    shift = (first[:, :, None] - first[:, None, :]).abs().to(cosine.device)
+    off_sync = ~in_sync & (shift >= min_shift)
+    bce = F.binary_cross_entropy(cosine, in_sync.float(), reduction="none")
+    loss = bce[in_sync].mean()
+    if off_sync.any():
+        loss = 0.5 * loss + 0.5 * bce[off_sync].mean()
+    with torch.no_grad():
+        hit_in = (cosine[in_sync] > 0.5).float().mean()
+        hit_off = (cosine[off_sync] < 0.5).float().mean() if off_sync.any() else hit_in
+    return loss, {"train_in_sync_accuracy": float(hit_in), "train_off_sync_accuracy": float(hit_off)}
+
+
+def train_syncnet_model(corpus_dir: Path, audio_store: Path, model_out: Path, losses_csv: Path, base: BaseParams,
+                        p: TrainSyncnetParams, *, stage: str = "train_syncnet", log=print) -> dict[str, Any]:
+    """Train the expert (or import `pretrained`), evaluate it on the test split; return the metrics.
+
+    Training draws from seed `base.seed + p.seed_offset`, so the sync scorer (`train_sync_scorer`, offset 1)
+    starts and samples differently from the expert Wav2Lip trains against; evaluation uses `base.seed`,
+    so both are measured on the same held-out windows and shifts.
+    """
+    with torch_threads(p.threads):
+        return _train_and_evaluate(corpus_dir, audio_store, Path(model_out), losses_csv, base, p, stage, log)
+
+
+def _train_and_evaluate(corpus_dir: Path, audio_store: Path, model_out: Path, losses_csv: Path, base: BaseParams,
+                        p: TrainSyncnetParams, stage: str, log) -> dict[str, Any]:
+    if p.pretrained:
+        loaded = load_syncnet_any(p.pretrained)
+        if loaded.arch != ARCH:
+            raise InputError(p.pretrained, f"{stage}.pretrained must be a SyncNet_color expert "
+                                           f"(lipsync_expert.pth), this is {loaded.arch}")
+        model, step, train_metrics, optimizers = loaded.module, 0, {"pretrained": str(p.pretrained)}, None
+        LossLog(losses_csv)  # empty log: the plot output exists, with no curve
+    else:
+        model, step, train_metrics, optimizers = _train(corpus_dir, audio_store, model_out, losses_csv, base, p,
+                                                        stage, log)
+    config = lipsync_config(ARCH, model.config, base.fps, mel_pad_mode(audio_store))
+    metrics = {**train_metrics, **evaluate_expert(model.cpu().eval(), corpus_dir, audio_store, base, p, stage=stage,
+                                                  log=log)}
+    save_training_state(model_out, modules={ARCH: model}, config=config, step=step, metrics=metrics,
+                        optimizers=optimizers)  # optimizer state kept so `resume` can continue
+    return metrics
+
+
+def _train(corpus_dir: Path, audio_store: Path, model_out: Path, losses_csv: Path, base: BaseParams,
+           p: TrainSyncnetParams, stage: str, log) -> tuple[SyncNetColor, int, dict, dict]:
+    if p.windows_per_clip < 2 or p.batch_size % p.windows_per_clip:
+        raise InputError("params.yaml", f"{stage}.batch_size must be a multiple of windows_per_clip (>= 2)")
+    device = pick_device(base.device)
+    config = expert_config(p)
+    seed = base.seed + p.seed_offset
+    seed_all(seed)
+    model = SyncNetColor(config).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=p.lr)
+    bank = ClipBank.load(corpus_dir, audio_store, real_clips(read_manifest(corpus_dir), "train"))
+    log(f"{stage}: {len(bank.clip_ids)} training clips, {len(bank.faces)} frames; "
+        f"{count_parameters(model) / 1e6:.2f}M parameters (width {p.width}); device {device}")
+    precision = resolve_precision(base.precision, device)
+    announce_precision(precision, stage, log)
+    start_step, seconds_before = 0, 0.0
+    full_config = lipsync_config(ARCH, config, base.fps, mel_pad_mode(audio_store))
+    if p.resume and model_out.is_file():
+        ckpt = load_training_state(model_out)
+        if ckpt["config"] != full_config:
+            raise InputError(model_out, "cannot resume: model config differs from params; "
+                                        f"set {stage}.resume: false to start over")
+        start_step = restore_training_state(ckpt, model_out, modules={ARCH: model}, optimizers={"optimizer": optimizer})
+        seconds_before = float(read_timings(model_out).get("train_seconds", 0.0))
+        log(f"{stage}: resumed at step {start_step}")
+    loss_log = LossLog(losses_csv, resume_step=start_step if start_step else None)
+    budget = Budget(p.steps, p.max_minutes)
+
+    def step_fn(step: int) -> dict[str, float]:
+        rng, _ = step_rngs(seed, step)
+        mel, faces, first = sample_expert_blocks(bank, rng, p.batch_size // p.windows_per_clip, p.windows_per_clip)
+        model.train()
+        with autocast(device, precision.bf16):
+            audio, face = model(mel.to(device), faces.to(device))
+        loss, accuracy = block_sync_loss(audio, face, first, p.negative_min_shift)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return {"bce": float(loss.detach()), **accuracy}
+
+    def metrics(step: int) -> dict[str, Any]:
+        return {"steps": step, "precision": precision.resolved, "parameters": count_parameters(model), "width": p.width,
+                **{f"final_{k}": round(v, 5) for k, v in loss_log.recent_means().items()}}
+
+    def save(step: int) -> None:
+        save_training_state(model_out, modules={ARCH: model}, config=full_config, step=step, metrics=metrics(step),
+                            optimizers={"optimizer": optimizer})
+        write_timings(model_out, training_timings(budget, start_step, step, seconds_before))
+
+    step = run_loop(step_fn, start_step=start_step, budget=budget, log=loss_log, log_every=p.log_every,
+                    checkpoint_fn=save, checkpoint_every=p.checkpoint_every, description=stage)
+    write_timings(model_out, training_timings(budget, start_step, step, seconds_before))
+    log(f"{stage}: {step - start_step} steps in {budget.elapsed:.0f}s")
+    return model, step, metrics(step), {"optimizer": optimizer}
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+
+
+@torch.inference_mode()
+def window_accuracy(model: SyncNetColor, bank: ClipBank, seed: int, windows: int, min_shift: int
+                    ) -> dict[str, float]:
+    """In-sync and off-sync accuracy of `cosine > 0.5` on seeded held-out windows (half of each)."""
+    rng = np.random.default_rng([seed, 101])
+    hits, labels = [], []
+    for start in range(0, windows, 64):
+        mel, faces, label = sample_expert_batch(bank, rng, min(64, windows - start), min_shift)
+        _, cosine = expert_loss(model, mel, faces, label)
+        hits.append(((cosine > 0.5).float() == label).numpy())
+        labels.append(label.numpy())
+    hits, labels = np.concatenate(hits), np.concatenate(labels)
+    in_sync, off_sync = float(hits[labels == 1].mean()), float(hits[labels == 0].mean())
+    return {"in_sync_accuracy": round(in_sync, 4), "off_sync_accuracy": round(off_sync, 4),
+            "heldout_accuracy": round((in_sync + off_sync) / 2, 4), "heldout_windows": int(len(labels))}
+
+
+def shift_clip(frames: np.ndarray, samples: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cut a clip so its audio leads the video by k frames (k > 0) or lags it by -k (k < 0).
+
+    k > 0: video frames 0..T-k-1 with the audio from frame k on (the sound of frame t + k plays at t);
+    k < 0: video frames -k..T-1 with the audio from frame 0 on.
+    """
+    if k >= 0:
+        video = frames[:len(frames) - k]
+        audio = samples[k * SAMPLES_PER_FRAME:]
+    else:
+        video = frames[-k:]
+        audio = samples[:len(samples) + k * SAMPLES_PER_FRAME]
+    return video, audio
+
+
+def offset_recovery(scorer: ExpertScorer, clips: Iterable[tuple[np.ndarray, np.ndarray]], seed: int, per_clip: int,
+                    max_offset: int) -> dict[str, float]:
+    """How often the offset search returns the known shift (exactly, and within one frame)."""
+    rng = np.random.default_rng([seed, 202])
+    found, truth, confidence = [], [], []
+    for frames, samples in clips:
+        limit = min(max_offset, len(frames) - 12)  # keep >= 7 windows after cutting
+        if limit < 0:
+            continue
+        for k in rng.integers(-limit, limit + 1, size=per_clip):
+            video, audio = shift_clip(frames, samples, int(k))
+            result = score_clip(scorer, video, audio)
+            found.append(result.offset)
+            truth.append(int(k))
+            confidence.append(result.confidence)
+    if not truth:
+        return {"offset_recovery": float("nan"), "offset_recovery_within_1": float("nan"), "offset_trials": 0}
+    found, truth = np.array(found), np.array(truth)
+    return {"offset_recovery": round(float((found == truth).mean()), 4),
+            "offset_recovery_within_1": round(float((np.abs(found - truth) <= 1).mean()), 4),
+            "offset_trials": int(len(truth)), "offset_mean_confidence": round(float(np.mean(confidence)), 4)}
+
+
+def evaluate_expert(model: SyncNetColor, corpus_dir: Path, audio_store: Path, base: BaseParams,
+                    p: TrainSyncnetParams, *, stage: str = "train_syncnet", log=print) -> dict[str, Any]:
+    """Held-out window accuracy and offset recovery on the test split's real clips."""
+    manifest = read_manifest(corpus_dir)
+    test = real_clips(manifest, "test")
+    if test.empty:
+        raise InputError(Path(corpus_dir) / "manifest.parquet", "no test-split clips to evaluate the expert on")
+    bank = ClipBank.load(corpus_dir, audio_store, test)
+    metrics = window_accuracy(model, bank, base.seed, p.eval_windows, p.negative_min_shift)
+    frames = open_store(Path(corpus_dir) / "frames.zarr")["frames"]
+    clips = ((frames[int(r.start):int(r.stop)], load_audio(Path(corpus_dir) / r.wav_path))
+             for r in test.itertuples())  # one clip in memory at a time
+    scorer = ExpertScorer(model, mel_pad_mode(audio_store), base.fps)
+    metrics.update(offset_recovery(scorer, clips, base.seed, p.eval_offsets, p.max_eval_offset))
+    log(f"{stage}: held-out accuracy {metrics['heldout_accuracy']:.3f} (in-sync {metrics['in_sync_accuracy']:.3f},"
+        f" off-sync {metrics['off_sync_accuracy']:.3f}); offset recovered {metrics['offset_recovery']:.3f}"
+        f" (+-1: {metrics['offset_recovery_within_1']:.3f}) over {metrics['offset_trials']} trials")
+    return metrics

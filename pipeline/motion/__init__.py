@@ -1,0 +1,5 @@
+"""Paper 3.2 Motion Reconstruction (Eq. 1-5): the quadruple data, losses and training of E_e, E_m, D_em, its
+report and the Table 2 ablation rows.
+
+Stages: train_motion, decompose, motion_report (and table2, which trains the rows).
+"""
