@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 from pipeline.core.config import load_section
+from pipeline.core.precision import cpu_capability, resolve_precision
 from pipeline.fomm.train import FommTrainer, fomm_config
 from pipeline.models.fomm import KPDetector, OcclusionAwareGenerator
-from pipeline.core.precision import cpu_capability, resolve_precision
 from pipeline.training.loop import autocast
 
 

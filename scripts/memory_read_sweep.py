@@ -17,7 +17,12 @@ import torch
 import typer
 
 from pipeline.core.config import load_section
-from pipeline.memory.train import MemoryTrainer, load_memory_data, read_temperature_sweep, training_means
+from pipeline.memory.train import (
+    MemoryTrainer,
+    load_memory_data,
+    read_temperature_sweep,
+    training_means,
+)
 from pipeline.models.emmn import load_emmn
 from stages.common import ParamsOption, one_line_errors
 

@@ -17,7 +17,13 @@ from typing import Annotated
 import typer
 import yaml
 
-from pipeline.core.config import SECTIONS, build_section, deep_merge, read_yaml, with_field
+from pipeline.core.config import (
+    SECTIONS,
+    build_section,
+    deep_merge,
+    read_yaml,
+    with_field,
+)
 from pipeline.motion.ablation import ROW_NAMES
 from stages.common import one_line_errors
 from stages.table2 import run_table2

@@ -14,10 +14,11 @@ import numpy as np
 import pandas as pd
 import typer
 
-from pipeline.audio.frontends import evp_mfcc_windows, load_audio, wav2lip_mel
+from pipeline.audio.frontends import evp_mfcc_windows, wav2lip_mel
 from pipeline.audio.stream import mel_windows
 from pipeline.core.config import AudioFeaturesParams, BaseParams, as_dict, load_section
 from pipeline.core.errors import InputError
+from pipeline.core.media import load_audio
 from pipeline.core.parallel import ordered_map
 from pipeline.core.store import ArraySpec, RaggedStoreWriter, atomic_output
 from stages.common import ParamsOption, one_line_errors, stage_app

@@ -10,17 +10,31 @@ from typing import Annotated
 
 import typer
 
-from stages import audio_features, corpus, prosody
-from stages import keypoints, train_fomm
-from stages import pseudo_pairs, sync_filter, sync_score, train_sync_scorer, train_syncnet, train_wav2lip
-from stages import evaluate, train_evaluator
-from stages import figures
-from stages import finetune_render, generate
-from stages import train_memory
-from stages import train_audio
-from stages import decompose, motion_report, train_motion
-from stages import table2
-from stages import emotion_ceiling
+from stages import (
+    audio_features,
+    corpus,
+    decompose,
+    emotion_ceiling,
+    evaluate,
+    figures,
+    finetune_render,
+    generate,
+    keypoints,
+    motion_report,
+    prosody,
+    pseudo_pairs,
+    sync_filter,
+    sync_score,
+    table2,
+    train_audio,
+    train_evaluator,
+    train_fomm,
+    train_memory,
+    train_motion,
+    train_sync_scorer,
+    train_syncnet,
+    train_wav2lip,
+)
 from stages.common import one_line_errors
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,

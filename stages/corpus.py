@@ -14,10 +14,10 @@ from typing import Annotated
 import typer
 
 from pipeline.core.config import BaseParams, CorpusParams, load_section
-from pipeline.corpus.sheet import corpus_contact_sheet
 from pipeline.core.errors import InputError
 from pipeline.core.store import atomic_output, dir_size, write_json
 from pipeline.core.timings import write_timings
+from pipeline.corpus.sheet import corpus_contact_sheet
 from stages.common import ParamsOption, one_line_errors, seed_everything, stage_app
 
 app = stage_app()

@@ -23,12 +23,12 @@ import typer
 
 from pipeline.core.config import BaseParams, DecomposeParams, as_dict, load_section
 from pipeline.core.errors import InputError
-from pipeline.lipsync.data import read_manifest
+from pipeline.core.parallel import dask_client, ordered_map
+from pipeline.core.precision import pick_device
+from pipeline.core.store import ArraySpec, RaggedStoreWriter, atomic_output, open_store
+from pipeline.corpus.manifest import read_manifest
 from pipeline.models.motion import MotionNet, encode_frames, load_motion
 from pipeline.motion.data import KeypointBank
-from pipeline.core.parallel import dask_client, ordered_map
-from pipeline.core.store import ArraySpec, RaggedStoreWriter, atomic_output, open_store
-from pipeline.training.loop import pick_device
 from stages.common import ParamsOption, one_line_errors, stage_app
 
 SCHEMA = "emmn.motion/v1"

@@ -23,20 +23,20 @@ import typer
 
 from pipeline.core.config import BaseParams, EvaluateParams, load_section
 from pipeline.core.errors import InputError
+from pipeline.core.parallel import dask_client, ordered_map
+from pipeline.core.store import atomic_output, write_json, write_text
 from pipeline.evaluation.evaluate import plan_tasks, score_output_clip
-from pipeline.judges.evaluator import load_evaluator
 from pipeline.evaluation.landmark_detect import DlibLandmarks, landmark_detector
-from pipeline.lipsync.io import load_syncnet_any
 from pipeline.evaluation.metrics_report import (
     ROW_LABELS,
     ROWS,
     aggregate_rows,
-    confusion_matrix,
     table1_markdown,
     write_confusion_sheet,
 )
-from pipeline.core.parallel import dask_client, ordered_map
-from pipeline.core.store import atomic_output, write_json, write_text
+from pipeline.judges.evaluator import load_evaluator
+from pipeline.judges.scores import confusion_matrix
+from pipeline.lipsync.io import load_syncnet_any
 from stages.common import ParamsOption, one_line_errors, stage_app
 
 app = stage_app()

@@ -17,11 +17,11 @@ from typing import Annotated
 
 import typer
 
-from pipeline.core.config import BaseParams, FinetuneRenderParams, load_section
 from pipeline.audio.prosody import DEFAULT_STORE as DEFAULT_PROSODY_STORE
+from pipeline.core.config import BaseParams, FinetuneRenderParams, load_section
+from pipeline.core.store import write_json
 from pipeline.render.finetune import finetune_render as finetune
 from pipeline.training.loop import plot_loss_curves
-from pipeline.core.store import write_json
 from stages.common import ParamsOption, one_line_errors, stage_app
 
 app = stage_app()

@@ -28,8 +28,26 @@ from typing import Annotated
 import pandas as pd
 import typer
 
-from pipeline.core.config import BaseParams, GenerateParams, as_dict, load_section, with_field
+from pipeline.audio.prosody import DEFAULT_STORE as DEFAULT_PROSODY_STORE
+from pipeline.core.config import (
+    BaseParams,
+    GenerateParams,
+    as_dict,
+    load_section,
+    with_field,
+)
 from pipeline.core.errors import InputError
+from pipeline.core.parallel import dask_client, ordered_map
+from pipeline.core.precision import announce_precision, pick_device, resolve_precision
+from pipeline.core.store import (
+    ArraySpec,
+    RaggedStoreWriter,
+    atomic_output,
+    open_store,
+    read_index,
+    write_json,
+)
+from pipeline.core.timings import write_timings
 from pipeline.render.generate_set import (
     ClipTask,
     emotions_sheet,
@@ -39,12 +57,6 @@ from pipeline.render.generate_set import (
     plan_rows,
     told_emotions_sheet,
 )
-from pipeline.core.parallel import dask_client, ordered_map
-from pipeline.core.precision import announce_precision, resolve_precision
-from pipeline.audio.prosody import DEFAULT_STORE as DEFAULT_PROSODY_STORE
-from pipeline.core.store import ArraySpec, RaggedStoreWriter, atomic_output, open_store, read_index, write_json
-from pipeline.core.timings import write_timings
-from pipeline.training.loop import pick_device
 from stages.common import ParamsOption, one_line_errors, stage_app
 
 SCHEMA = "emmn.outputs/v1"
@@ -141,10 +153,21 @@ def generate_from_photo(image: Path, audio: Path, out: Path, models_dir: Path, b
                         emotion: str | None, intensity: float | None, device: str, voice: Sequence[Path] = ()
                         ) -> dict:
     """`emmn generate --image --audio --out`: one mp4, with a progress bar (plain lines off a terminal)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     from pipeline.render.generate import (
-        EMMN_FILE, PASTE_FRAMES, check_output_path, generate_video, load_animator, renderer_path,
+        EMMN_FILE,
+        PASTE_FRAMES,
+        check_output_path,
+        generate_video,
+        load_animator,
+        renderer_path,
     )
 
     check_output_path(out)  # the cheap checks first, before any model is loaded or frame rendered

@@ -24,12 +24,18 @@ import zarr
 
 from pipeline.core.config import BaseParams, KeypointsParams, as_dict, load_section
 from pipeline.core.errors import InputError
+from pipeline.core.parallel import dask_client, ordered_map
+from pipeline.core.precision import announce_precision, pick_device, resolve_precision
+from pipeline.core.store import (
+    ArraySpec,
+    RaggedStoreWriter,
+    atomic_output,
+    blosc_zstd,
+    open_store,
+    read_index,
+)
 from pipeline.fomm.io import detect_keypoints, load_fomm
 from pipeline.fomm.report import build_fomm_report, write_report
-from pipeline.core.parallel import dask_client, ordered_map
-from pipeline.core.precision import announce_precision, resolve_precision
-from pipeline.core.store import ArraySpec, RaggedStoreWriter, atomic_output, blosc_zstd, open_store, read_index
-from pipeline.training.loop import pick_device
 from stages.common import ParamsOption, one_line_errors, stage_app
 
 SCHEMA = "emmn.keypoints/v1"

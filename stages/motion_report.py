@@ -21,10 +21,10 @@ import typer
 
 from pipeline.core.config import MotionReportParams, load_section
 from pipeline.core.errors import InputError
+from pipeline.core.store import open_store, read_index
 from pipeline.models.motion import load_motion
 from pipeline.motion.data import KeypointBank, read_pairs
 from pipeline.motion.report import build_motion_report, write_report
-from pipeline.core.store import open_store, read_index
 from stages.common import ParamsOption, one_line_errors, stage_app
 
 app = stage_app()

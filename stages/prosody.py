@@ -18,12 +18,18 @@ import numpy as np
 import pandas as pd
 import typer
 
-from pipeline.audio.frontends import load_audio
+from pipeline.audio.prosody import (
+    PROSODY_ARRAY,
+    VOICES_ATTR,
+    frame_prosody,
+    voice_baseline,
+)
 from pipeline.core.config import BaseParams, ProsodyParams, as_dict, load_section
 from pipeline.core.errors import InputError
+from pipeline.core.media import load_audio
 from pipeline.core.parallel import ordered_map
-from pipeline.audio.prosody import CHANNELS, PROSODY_ARRAY, STEPS_PER_FRAME, VOICES_ATTR, frame_prosody, voice_baseline
 from pipeline.core.store import ArraySpec, RaggedStoreWriter, atomic_output
+from pipeline.models.audio import CHANNELS, STEPS_PER_FRAME
 from stages.common import ParamsOption, one_line_errors, stage_app
 
 SCHEMA = "emmn.prosody/v1"

@@ -24,14 +24,15 @@ import typer
 
 from pipeline.core.config import BaseParams, PseudoPairsParams, as_dict, load_section
 from pipeline.core.errors import InputError
-from pipeline.lipsync.data import check_aligned, read_manifest
-from pipeline.judges.evaluator import load_evaluator
-from pipeline.judges.mouth_landmarks import LandmarkRegressor
 from pipeline.core.parallel import dask_client, ordered_map
 from pipeline.core.precision import announce_precision, resolve_precision
+from pipeline.core.store import ArraySpec, RaggedStoreWriter, atomic_output, open_store
+from pipeline.corpus.manifest import read_manifest
+from pipeline.judges.evaluator import load_evaluator
+from pipeline.judges.mouth_landmarks import LandmarkRegressor
+from pipeline.lipsync.data import check_aligned
 from pipeline.lipsync.pseudo import RedubTask, plan_redubs, quadruples, redub_clip
 from pipeline.lipsync.redub import EXTENSIONS, PASTE_MODES
-from pipeline.core.store import ArraySpec, RaggedStoreWriter, atomic_output, open_store
 from stages.common import ParamsOption, one_line_errors, stage_app
 
 SCHEMA = "emmn.pseudo/v1"

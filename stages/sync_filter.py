@@ -22,11 +22,16 @@ import typer
 from pipeline.core.config import BaseParams, SyncFilterParams, load_section
 from pipeline.core.errors import InputError
 from pipeline.core.histogram_plot import draw_histograms
-from pipeline.lipsync.data import read_manifest
-from pipeline.lipsync.io import load_syncnet_any
 from pipeline.core.parallel import dask_client, ordered_map
 from pipeline.core.store import atomic_output, read_index, write_json
-from pipeline.lipsync.sync_filter import ScoreTask, keep_mask, pseudo_report, score_pseudo_clip
+from pipeline.corpus.manifest import read_manifest
+from pipeline.lipsync.io import load_syncnet_any
+from pipeline.lipsync.sync_filter import (
+    ScoreTask,
+    keep_mask,
+    pseudo_report,
+    score_pseudo_clip,
+)
 from stages.common import ParamsOption, one_line_errors, stage_app
 
 app = stage_app()

@@ -17,10 +17,14 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from pipeline.audio.frontends import load_audio
 from pipeline.core.errors import InputError
+from pipeline.core.media import (
+    has_audio_stream,
+    load_audio,
+    read_video,
+    resample_frame_indices,
+)
 from pipeline.lipsync.io import load_syncnet_any
-from pipeline.core.media import has_audio_stream, read_video, resample_frame_indices
 from pipeline.lipsync.sync_scorers import SCORER_FPS, make_scorer, score_clip
 from stages.common import one_line_errors, stage_app
 

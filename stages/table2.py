@@ -22,15 +22,18 @@ import numpy as np
 import pandas as pd
 import typer
 
-from pipeline.core.config import BaseParams, MotionReportParams, Table2Params, TrainMotionParams, load_section
+from pipeline.core.config import (
+    BaseParams,
+    MotionReportParams,
+    Table2Params,
+    TrainMotionParams,
+    load_section,
+)
 from pipeline.core.errors import InputError
-from pipeline.judges.evaluator import load_evaluator
-from pipeline.evaluation.landmark_detect import DlibLandmarks, landmark_detector
-from pipeline.lipsync.data import read_manifest
-from pipeline.motion.ablation import FOMM_ROW, ROW_LABELS, RowPlan, check_rows, plan_rows
-from pipeline.motion.data import KeypointBank, read_pairs
 from pipeline.core.parallel import dask_client, ordered_map
 from pipeline.core.store import atomic_output, open_store, write_json, write_text
+from pipeline.corpus.manifest import read_manifest
+from pipeline.evaluation.landmark_detect import DlibLandmarks, landmark_detector
 from pipeline.evaluation.table2 import (
     RowTask,
     cached_renderer,
@@ -41,6 +44,15 @@ from pipeline.evaluation.table2 import (
     sheet_indices,
 )
 from pipeline.evaluation.table2_report import row_table, table_markdown, write_sheet
+from pipeline.judges.evaluator import load_evaluator
+from pipeline.motion.ablation import (
+    FOMM_ROW,
+    ROW_LABELS,
+    RowPlan,
+    check_rows,
+    plan_rows,
+)
+from pipeline.motion.data import KeypointBank, read_pairs
 from stages.common import ParamsOption, one_line_errors, stage_app
 
 app = stage_app()

@@ -24,11 +24,12 @@ from pipeline.audio.report import evaluate_audio, plot_confusion
 from pipeline.audio.train import checkpoint_config, import_pretrained, train_audio_model
 from pipeline.core.config import BaseParams, TrainAudioParams, load_section
 from pipeline.core.errors import InputError
-from pipeline.lipsync.data import read_manifest, real_clips
-from pipeline.models.audio import ARCH
-from pipeline.core.timings import read_timings, write_timings
-from pipeline.training.loop import plot_loss_curves, save_training_state, torch_threads
 from pipeline.core.store import write_json
+from pipeline.core.timings import read_timings, write_timings
+from pipeline.corpus.manifest import read_manifest
+from pipeline.lipsync.data import real_clips
+from pipeline.models.audio import ARCH
+from pipeline.training.loop import plot_loss_curves, save_training_state, torch_threads
 from stages.common import ParamsOption, one_line_errors, stage_app
 
 app = stage_app()

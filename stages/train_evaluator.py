@@ -19,9 +19,9 @@ from typing import Annotated
 import typer
 
 from pipeline.core.config import BaseParams, TrainEvaluatorParams, load_section
+from pipeline.core.store import write_json
 from pipeline.judges.train import train_evaluator_models
 from pipeline.training.loop import plot_loss_curves
-from pipeline.core.store import write_json
 from stages.common import ParamsOption, one_line_errors, stage_app
 
 app = stage_app()

@@ -17,11 +17,11 @@ from typing import Annotated
 
 import typer
 
+from pipeline.audio.prosody import DEFAULT_STORE as DEFAULT_PROSODY_STORE
 from pipeline.core.config import BaseParams, TrainMemoryParams, load_section, with_field
 from pipeline.core.errors import InputError
 from pipeline.fomm.report import write_report
 from pipeline.memory.train import train_memory_model
-from pipeline.audio.prosody import DEFAULT_STORE as DEFAULT_PROSODY_STORE
 from pipeline.models.emmn import VARIANTS
 from pipeline.training.loop import plot_loss_curves
 from stages.common import ParamsOption, one_line_errors, stage_app

@@ -18,29 +18,11 @@ from typing import Annotated
 
 import typer
 
-from pipeline.core.config import BaseParams, TrainMotionParams, load_section
-from pipeline.motion.data import read_pairs, read_sync
-from pipeline.motion.train import train_motion_model
-from pipeline.training.loop import plot_loss_curves
+from pipeline.core.config import load_section
+from pipeline.motion.train import run_train_motion
 from stages.common import ParamsOption, one_line_errors, stage_app
 
 app = stage_app()
-
-
-def run_train_motion(kp_store: Path, pseudo_dir: Path, model_out: Path, losses_csv: Path, losses_png: Path,
-                     base: BaseParams, p: TrainMotionParams, log=print) -> dict:
-    """Train Motion Reconstruction, then draw the loss curves; return the checkpoint's metrics.
-
-    Callable with any params (e.g. `with_field(p, use_rec=False)`): scripts/table2_motion.py runs the
-    Table 2 rows through it in one process.
-    """
-    pairs = read_pairs(pseudo_dir)
-    sync = read_sync(pseudo_dir) if p.use_filter else None  # counterfactual labels: it judges the re-dub targets
-    summary = train_motion_model(kp_store, pairs, sync, model_out, losses_csv, base, p,
-                                 sync_path=Path(pseudo_dir) / "sync.parquet", log=log)
-    switches = ", ".join(f"{k}={getattr(p, k)}" for k in ("labels", "use_rec", "use_self", "use_con", "use_filter"))
-    plot_loss_curves(losses_csv, losses_png, title=f"train_motion losses (unweighted; {switches})")
-    return summary
 
 
 @app.command()

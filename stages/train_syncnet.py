@@ -16,9 +16,9 @@ from typing import Annotated
 import typer
 
 from pipeline.core.config import BaseParams, TrainSyncnetParams, load_section
+from pipeline.core.store import write_json
 from pipeline.lipsync.syncnet_train import train_syncnet_model
 from pipeline.training.loop import plot_loss_curves
-from pipeline.core.store import write_json
 from stages.common import ParamsOption, one_line_errors, stage_app
 
 app = stage_app()

@@ -17,9 +17,9 @@ from typing import Annotated
 import typer
 
 from pipeline.core.config import BaseParams, TrainWav2lipParams, load_section
-from pipeline.training.loop import plot_loss_curves
-from pipeline.lipsync.wav2lip_train import train_wav2lip_model
 from pipeline.core.store import write_json
+from pipeline.lipsync.wav2lip_train import train_wav2lip_model
+from pipeline.training.loop import plot_loss_curves
 from stages.common import ParamsOption, one_line_errors, stage_app
 
 app = stage_app()

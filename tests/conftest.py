@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.core.config import build_section, deep_merge, SECTIONS
+from pipeline.core.config import SECTIONS, build_section, deep_merge
 
 ROOT = Path(__file__).resolve().parents[1]
 

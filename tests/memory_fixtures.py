@@ -18,9 +18,9 @@ import torch
 import zarr
 
 from pipeline.core.checkpoints import save_checkpoint
+from pipeline.core.store import ArraySpec, RaggedStoreWriter
 from pipeline.models.audio import AudioConfig, AudioEncoders
 from pipeline.models.motion import MotionConfig, MotionNet, encode_frames
-from pipeline.core.store import ArraySpec, RaggedStoreWriter
 
 NUM_KP = 5
 EMOTIONS = ("neutral", "happy", "sad")

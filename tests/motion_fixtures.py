@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 
 from pipeline.core.config import BaseParams
-from pipeline.lipsync.pseudo import plan_redubs, quadruples
 from pipeline.core.store import ArraySpec, RaggedStoreWriter, open_store
+from pipeline.lipsync.pseudo import plan_redubs, quadruples
 from pipeline.training.loop import torch_threads
 from tests.conftest import tiny_section
 

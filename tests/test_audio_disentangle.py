@@ -17,14 +17,18 @@ import pytest
 import torch
 
 from pipeline.audio.data import AudioBank, sample_batch, sample_quad
-from pipeline.audio.report import confusion_matrix, probe_accuracy, ridge_classifier_accuracy
+from pipeline.audio.dtw import align_clips, dtw, l1_cost, warp_index
 from pipeline.audio.losses import (
     content_consistency_loss,
     cross_reconstruction_loss,
     emotion_classification_loss,
     self_reconstruction_loss,
 )
-from pipeline.audio.dtw import align_clips, dtw, l1_cost, warp_index
+from pipeline.audio.report import (
+    confusion_matrix,
+    probe_accuracy,
+    ridge_classifier_accuracy,
+)
 from pipeline.core.errors import CheckpointError, InputError
 from pipeline.models.audio import (
     AudioConfig,
@@ -286,7 +290,8 @@ def test_ridge_classifier_probe_separates_and_does_not_invent():
 
 @pytest.fixture(scope="module")
 def tiny_bank(tiny_audio):  # noqa: F811
-    from pipeline.lipsync.data import read_manifest, real_clips
+    from pipeline.corpus.manifest import read_manifest
+    from pipeline.lipsync.data import real_clips
 
     corpus, store = tiny_audio
     return AudioBank.load(store, real_clips(read_manifest(corpus), "train", 2))
@@ -340,7 +345,11 @@ def test_batches_hold_aligned_segments_and_labels_in_quad_order(tiny_bank):
 
 
 def test_batchnorm_recalibration_uses_exact_batch_statistics(tiny_bank):
-    from pipeline.audio.train import audio_config, mfcc_statistics, recalibrate_batchnorm
+    from pipeline.audio.train import (
+        audio_config,
+        mfcc_statistics,
+        recalibrate_batchnorm,
+    )
 
     bank = tiny_bank
     emotions = tuple(sorted({str(e) for e in bank.emotions}))
@@ -412,7 +421,8 @@ def test_stage_writes_checkpoint_report_and_pictures(trained_audio):
 
 def test_stage_metrics_are_reproducible_from_the_checkpoint(trained_audio, tiny_prosody):  # noqa: F811
     from pipeline.audio.report import evaluate_audio
-    from pipeline.lipsync.data import read_manifest, real_clips
+    from pipeline.corpus.manifest import read_manifest
+    from pipeline.lipsync.data import real_clips
 
     corpus, store, paths, metrics = trained_audio
     manifest = read_manifest(corpus)
@@ -447,8 +457,13 @@ def test_stage_resumes_where_it_stopped(trained_audio, tiny_prosody, tmp_path): 
 
 @pytest.mark.parametrize("emotion_input", ["mfcc", "mel"])
 def test_losses_fall_when_fitting_one_batch(tiny_audio, tiny_prosody, emotion_input):  # noqa: F811
-    from pipeline.audio.train import audio_config, disentanglement_losses, mfcc_statistics
-    from pipeline.lipsync.data import read_manifest, real_clips
+    from pipeline.audio.train import (
+        audio_config,
+        disentanglement_losses,
+        mfcc_statistics,
+    )
+    from pipeline.corpus.manifest import read_manifest
+    from pipeline.lipsync.data import real_clips
 
     corpus, store = tiny_audio
     bank = AudioBank.load(store, real_clips(read_manifest(corpus), "train", 2), with_mel=emotion_input == "mel",

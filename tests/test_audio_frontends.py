@@ -11,7 +11,6 @@ import soundfile
 
 from pipeline.audio.frontends import (
     evp_mfcc_windows,
-    load_audio,
     mel_window_start,
     psf_mfcc,
     syncnet_mfcc,
@@ -19,6 +18,7 @@ from pipeline.audio.frontends import (
     wav2lip_mel_windows,
 )
 from pipeline.core.errors import InputError
+from pipeline.core.media import load_audio
 
 # copied from shared/checkpoint-specs/golden: what the official code computes for test_signal.wav
 GOLDEN = Path(__file__).parent / "golden" / "frontends"

@@ -10,10 +10,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from pipeline.lipsync.av_sync import av_offset, offset_distances, sync_window_count
 from pipeline.core.errors import InputError
+from pipeline.lipsync.av_sync import av_offset, offset_distances, sync_window_count
 from pipeline.lipsync.sync_filter import keep_mask, pseudo_report
-from pipeline.lipsync.sync_scorers import SyncScorer, expert_mel_windows, mfcc_windows, score_clip
+from pipeline.lipsync.sync_scorers import (
+    SyncScorer,
+    expert_mel_windows,
+    mfcc_windows,
+    score_clip,
+)
 from stages.cli import app
 from tests.lipsync_fixtures import tiny_audio  # noqa: F401  (fixture)
 
@@ -94,7 +99,7 @@ def test_window_count_follows_syncnet_python():
 
 
 def test_expert_mel_windows_equal_audio_store_rows(tiny_audio):
-    from pipeline.audio.frontends import load_audio
+    from pipeline.core.media import load_audio
     from pipeline.core.store import read_clip
 
     corpus, store = tiny_audio

@@ -11,8 +11,8 @@ import zarr
 
 from pipeline.corpus.controls import ALL_CONTROLS
 from pipeline.corpus.sentences import SENTENCES
-from pipeline.corpus.visemes import frame_phoneme_classes
 from pipeline.corpus.speech import PhonemeEvent
+from pipeline.corpus.visemes import frame_phoneme_classes
 from stages.corpus import build_corpus
 from tests.conftest import tiny_section
 

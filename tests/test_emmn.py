@@ -18,7 +18,13 @@ from pipeline.models.emmn import (
     save_emmn,
 )
 from pipeline.training.loop import torch_threads
-from tests.memory_fixtures import NUM_KP, save_audio, save_motion, tiny_audio, tiny_motion
+from tests.memory_fixtures import (
+    NUM_KP,
+    save_audio,
+    save_motion,
+    tiny_audio,
+    tiny_motion,
+)
 
 
 @pytest.fixture(autouse=True)

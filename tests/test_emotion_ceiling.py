@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.evaluation.emotion_ceiling import border_points, delaunay_triangles, landmark_warps, piecewise_affine_warp
+from pipeline.evaluation.emotion_ceiling import (
+    border_points,
+    delaunay_triangles,
+    landmark_warps,
+    piecewise_affine_warp,
+)
 from tests.lipsync_fixtures import tiny_audio  # noqa: F401
 
 

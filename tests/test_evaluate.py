@@ -13,8 +13,8 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from pipeline.evaluation.metrics_report import METRICS
 from pipeline.core.store import ArraySpec, RaggedStoreWriter, open_store
+from pipeline.evaluation.metrics_report import METRICS
 from stages.cli import app
 from tests.conftest import tiny_params_dict
 from tests.test_evaluator import trained  # noqa: F401  (fixture: the tiny judges, every held-out frame scored)

@@ -16,10 +16,10 @@ import yaml
 from typer.testing import CliRunner
 
 from pipeline.core.errors import CheckpointError, InputError
-from pipeline.judges.evaluator import load_evaluator
-from pipeline.evaluation.landmark_detect import DlibLandmarks, landmark_detector
-from pipeline.evaluation.metrics import f_lmd, m_lmd
 from pipeline.core.store import open_store
+from pipeline.evaluation.landmark_detect import DlibLandmarks, landmark_detector
+from pipeline.judges.evaluator import load_evaluator
+from pipeline.judges.scores import f_lmd, m_lmd
 from stages.cli import app
 from tests.conftest import tiny_params_dict, tiny_section
 
@@ -102,7 +102,11 @@ def test_training_is_seeded(trained, tiny_corpus, tmp_path):
 def test_both_judges_learn_the_training_frames(tiny_corpus, tmp_path):
     """A few hundred steps: the regressor beats the mean shape and the classifier beats chance on the
     frames it trained on (the plumbing of targets, shifts and labels is right)."""
-    from pipeline.judges.train import class_order, load_frame_set, train_evaluator_models
+    from pipeline.judges.train import (
+        class_order,
+        load_frame_set,
+        train_evaluator_models,
+    )
 
     p = tiny_section("train_evaluator", steps=300, frame_stride=1, width=8, shift=1, log_every=100)
     train_evaluator_models(tiny_corpus, tmp_path / "e.pt", tmp_path / "l.csv", tmp_path / "c.png",

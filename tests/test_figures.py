@@ -11,8 +11,13 @@ from typer.testing import CliRunner
 
 from pipeline.core.config import with_field
 from pipeline.core.errors import InputError
-from pipeline.evaluation.figures import CAPTION_LINE, HEADER, mouth_opening, select_clips
 from pipeline.core.store import ArraySpec, RaggedStoreWriter, open_store
+from pipeline.evaluation.figures import (
+    CAPTION_LINE,
+    HEADER,
+    mouth_opening,
+    select_clips,
+)
 from tests.conftest import tiny_params_dict, tiny_section
 
 ROWS = ("ground_truth", "baseline", "emmn")  # no mmn, no wav2lip_only: both must be skipped and named
@@ -124,9 +129,8 @@ def test_sheet_fraction_moment_picks_the_relative_time(outputs, tmp_path):
 
 
 def test_side_by_side_mp4_has_audio_labelled_columns_and_every_clip(outputs, tmp_path):
-    from pipeline.audio.frontends import load_audio
+    from pipeline.core.media import has_audio_stream, load_audio, read_video
     from pipeline.evaluation.figures import side_by_side
-    from pipeline.core.media import has_audio_stream, read_video
 
     corpus_dir, store, heldout = outputs
     base, p = tiny_section("base"), tiny_section("figures")
@@ -151,8 +155,8 @@ def test_side_by_side_mp4_has_audio_labelled_columns_and_every_clip(outputs, tmp
 
 
 def test_one_clip_video_and_unknown_rows(outputs, tmp_path):
-    from pipeline.evaluation.figures import side_by_side
     from pipeline.core.media import read_video
+    from pipeline.evaluation.figures import side_by_side
 
     corpus_dir, store, heldout = outputs
     base = tiny_section("base")

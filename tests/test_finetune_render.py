@@ -101,8 +101,13 @@ def test_frames_can_be_driven_by_their_own_detected_keypoints(tiny_audio, tmp_pa
     import pandas as pd
 
     from pipeline.core.errors import InputError
-    from pipeline.render.finetune import FrameSampler, PredictedClips, References, detected_keypoints
     from pipeline.core.store import ArraySpec, RaggedStoreWriter
+    from pipeline.render.finetune import (
+        FrameSampler,
+        PredictedClips,
+        References,
+        detected_keypoints,
+    )
 
     corpus, _ = tiny_audio
     manifest = pd.read_parquet(corpus / "manifest.parquet")
@@ -154,11 +159,11 @@ def _tiny_fomm_with_discriminator(path, seed: int = 0):
 
 
 def test_the_adversary_starts_from_fomm_pt_s_discriminator_or_fresh(tmp_path):
+    from pipeline.core.checkpoints import load_training_state
     from pipeline.core.config import FinetuneRenderParams
     from pipeline.core.errors import CheckpointError
     from pipeline.fomm.train import fomm_config
     from pipeline.render.finetune import stage2_adversary
-    from pipeline.training.loop import load_training_state
 
     cpu = torch.device("cpu")
     p = FinetuneRenderParams(gan_weight=0.1, feature_matching_weight=1.0)

@@ -28,16 +28,20 @@ from pipeline.models.fomm import (
     FommConfig,
     GeneratorConfig,
     ImagePyramid,
+    KeypointFilm,
     KPDetector,
     KPDetectorConfig,
     MultiScaleDiscriminator,
-    KeypointFilm,
     OcclusionAwareGenerator,
     apply_film,
     load_official_fomm,
     load_official_fomm_discriminator,
 )
-from pipeline.models.motion_transfer import convex_hull, convex_hull_area, relative_motion
+from pipeline.models.motion_transfer import (
+    convex_hull,
+    convex_hull_area,
+    relative_motion,
+)
 
 GOLDEN = Path(__file__).parent / "golden"
 COMPONENTS = ("kp_detector", "generator", "discriminator")

@@ -11,13 +11,24 @@ import torch
 from sklearn.datasets import load_sample_image
 from typer.testing import CliRunner
 
-from pipeline.audio.stream import mel_windows, mfcc_window_blocks, mfcc_windows, signal_mel, video_frame_count
+from pipeline.audio.stream import (
+    mel_windows,
+    mfcc_window_blocks,
+    mfcc_windows,
+    signal_mel,
+    video_frame_count,
+)
 from pipeline.core.errors import InputError
-from pipeline.render.filters import OneEuroFilter
 from pipeline.core.media import has_audio_stream, read_video, write_wav
 from pipeline.core.mp4_stream import Mp4StreamWriter
+from pipeline.render.filters import OneEuroFilter
+from pipeline.render.frames import (
+    FilterSettings,
+    KeypointSmoother,
+    render_frames,
+    to_uint8_frames,
+)
 from pipeline.render.photo import FacePaster, feather_mask
-from pipeline.render.frames import FilterSettings, KeypointSmoother, render_frames, to_uint8_frames
 from stages.audio_features import frame_mfcc_windows
 from stages.cli import app
 from tests.conftest import tiny_params_dict, tiny_section
@@ -46,7 +57,7 @@ def test_wav_features_match_the_audio_store(tiny_audio):
     """The generate path reads a wav and computes exactly the MFCC rows the models were trained on."""
     import pandas as pd
 
-    from pipeline.audio.frontends import load_audio
+    from pipeline.core.media import load_audio
     from pipeline.core.store import read_clip
 
     corpus, store = tiny_audio
@@ -221,7 +232,12 @@ def test_generate_on_a_photo_writes_an_mp4_with_sound(params_file, tiny_models, 
 def test_emotion_override_steers_the_keypoints_and_names_are_case_insensitive(params_file, tiny_models, inputs,
                                                                                tmp_path):
     from pipeline.fomm.io import frames_to_tensor
-    from pipeline.render.generate import load_animator, predict_keypoints, reference_keypoints, renderer_path
+    from pipeline.render.generate import (
+        load_animator,
+        predict_keypoints,
+        reference_keypoints,
+        renderer_path,
+    )
 
     animator = load_animator(tiny_models / "emmn.pt", renderer_path(tiny_models), torch.device("cpu"))
     crop = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
@@ -289,8 +305,7 @@ def test_cut_off_audio_files_are_refused(tmp_path):
     """A WAV whose data ends before its header says, and an m4a cut in half (its frames end mid-stream)."""
     import subprocess
 
-    from pipeline.audio.frontends import load_audio
-    from pipeline.core.media import ffmpeg_exe
+    from pipeline.core.media import ffmpeg_exe, load_audio
 
     write_wav(tmp_path / "long.wav", speech_like(2.0, SR), SR)
     full = (tmp_path / "long.wav").read_bytes()
@@ -310,9 +325,13 @@ def test_cut_off_audio_files_are_refused(tmp_path):
 def test_voice_recordings_set_the_baseline_the_emotion_is_heard_against(params_file, tiny_models, inputs, tmp_path):
     import shutil
 
-    from pipeline.fomm.io import frames_to_tensor
-    from pipeline.render.generate import load_animator, predict_keypoints, reference_keypoints
     from pipeline.audio.prosody import frame_prosody, measure_voice
+    from pipeline.fomm.io import frames_to_tensor
+    from pipeline.render.generate import (
+        load_animator,
+        predict_keypoints,
+        reference_keypoints,
+    )
     from tests.generate_fixtures import write_tiny_emmn
 
     models = tmp_path / "models"
@@ -350,7 +369,12 @@ def test_voice_recordings_set_the_baseline_the_emotion_is_heard_against(params_f
 def test_block_by_block_generation_equals_one_pass(tiny_models, inputs):
     """Blocks with the decoder's context on both sides and the filter's state carried over give the video a
     single block gives (with a fixed emotion; from the audio, e_e is pooled per block by design)."""
-    from pipeline.render.generate import animate_clip, filter_settings, load_animator, renderer_path
+    from pipeline.render.generate import (
+        animate_clip,
+        filter_settings,
+        load_animator,
+        renderer_path,
+    )
     from pipeline.render.photo import crop_face, face_box, load_photo
 
     animator = load_animator(tiny_models / "emmn.pt", renderer_path(tiny_models), torch.device("cpu"))
@@ -393,8 +417,8 @@ def test_the_renderer_runs_in_the_precision_auto_resolves_to(params_file, tiny_m
                                                              native):
     """On a CPU without native bf16 (AVX2) `auto` renders in fp32 (bf16 there is ~86x slower); with it, in bf16.
     The summary says which."""
-    import pipeline.render.generate
     import pipeline.core.precision
+    import pipeline.render.generate
 
     monkeypatch.setattr(pipeline.core.precision, "cpu_has_native_bf16", lambda: native)
     asked = []

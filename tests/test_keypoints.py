@@ -11,10 +11,18 @@ import zarr
 
 from pipeline.core.config import BaseParams, with_field
 from pipeline.core.errors import InputError
-from pipeline.fomm.io import detect_keypoints, load_fomm
-from pipeline.fomm.report import mouth_boxes, mouth_l1, psnr, select_evenly, ssim
-from pipeline.core.probes import centre_per_group, fit_ridge, grouped_probe_r2, probe_r2, r2_score, select_alpha
+from pipeline.core.probes import (
+    centre_per_group,
+    fit_ridge,
+    grouped_probe_r2,
+    probe_r2,
+    r2_score,
+    select_alpha,
+)
 from pipeline.core.store import ArraySpec, RaggedStoreWriter, read_clip, read_index
+from pipeline.corpus.manifest import select_evenly
+from pipeline.fomm.io import detect_keypoints, load_fomm
+from pipeline.fomm.report import mouth_boxes, mouth_l1, psnr, ssim
 from pipeline.training.loop import torch_threads
 from stages.keypoints import build_keypoints, run_keypoints
 from stages.train_fomm import run_train_fomm

@@ -19,11 +19,24 @@ import pytest
 import torch
 
 from pipeline.core.errors import CheckpointError, InputError
-from pipeline.models.syncnet_color import (SyncNetColor, SyncNetColorConfig, load_official_syncnet_color,
-                                           syncnet_color_face_window)
-from pipeline.models.syncnet_v2 import (SyncNetV2, SyncNetV2Config, load_official_syncnet_v2,
-                                        syncnet_v2_video_window)
-from pipeline.models.wav2lip import Wav2Lip, Wav2LipConfig, load_official_wav2lip, wav2lip_face_input
+from pipeline.models.syncnet_color import (
+    SyncNetColor,
+    SyncNetColorConfig,
+    load_official_syncnet_color,
+    syncnet_color_face_window,
+)
+from pipeline.models.syncnet_v2 import (
+    SyncNetV2,
+    SyncNetV2Config,
+    load_official_syncnet_v2,
+    syncnet_v2_video_window,
+)
+from pipeline.models.wav2lip import (
+    Wav2Lip,
+    Wav2LipConfig,
+    load_official_wav2lip,
+    wav2lip_face_input,
+)
 
 GOLDEN = Path(__file__).parent / "golden"
 TOLERANCE = 1e-4  # max abs difference allowed against the official code

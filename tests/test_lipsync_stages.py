@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from pipeline.core.errors import CheckpointError
+from pipeline.core.store import read_clip, read_index
 from pipeline.lipsync.io import load_pipeline_model
 from pipeline.lipsync.pseudo import relative_time_indices
 from pipeline.lipsync.redub import paste_faces, source_frame_indices
-from pipeline.core.store import read_clip, read_index
 from pipeline.training.loop import read_loss_csv, torch_threads
 from tests.conftest import tiny_section
 from tests.lipsync_fixtures import tiny_audio  # noqa: F401  (fixture)

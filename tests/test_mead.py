@@ -15,8 +15,8 @@ import soundfile as sf
 import zarr
 from typer.testing import CliRunner
 
-from pipeline.corpus.face import render_frame, sample_identity
 from pipeline.core.media import ffmpeg_exe
+from pipeline.corpus.face import render_frame, sample_identity
 from stages.cli import app
 from tests.conftest import tiny_params_dict
 

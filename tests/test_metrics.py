@@ -11,10 +11,7 @@ import scipy.ndimage
 
 from pipeline.evaluation.metrics import (
     clip_metrics,
-    f_lmd,
     gaussian_window,
-    landmark_distance,
-    m_lmd,
     match_lengths,
     psnr,
     ssim,
@@ -24,8 +21,13 @@ from pipeline.evaluation.metrics_report import (
     METRICS,
     aggregate_rows,
     comparison_notes,
-    confusion_matrix,
     table1_markdown,
+)
+from pipeline.judges.scores import (
+    confusion_matrix,
+    f_lmd,
+    landmark_distance,
+    m_lmd,
     write_confusion_png,
 )
 from tests.test_av_sync import SPF, CodeScorer, coded_clip

@@ -16,7 +16,15 @@ import zarr
 
 from pipeline.core.config import with_field
 from pipeline.core.errors import CheckpointError, InputError
-from pipeline.models.motion import MotionConfig, MotionNet, decode_frames, encode_frames, init_motion, load_motion
+from pipeline.core.store import read_clip, read_index
+from pipeline.models.motion import (
+    MotionConfig,
+    MotionNet,
+    decode_frames,
+    encode_frames,
+    init_motion,
+    load_motion,
+)
 from pipeline.motion.data import KeypointBank, QuadrupleFrames, select_quadruples
 from pipeline.motion.losses import (
     DisentanglementWeights,
@@ -28,9 +36,13 @@ from pipeline.motion.losses import (
     mouth_consistency_loss,
     self_reconstruction_loss,
 )
-from pipeline.motion.report import classifier_accuracy, evaluation_quadruples, heldout_cross_rows, motion_errors
+from pipeline.motion.report import (
+    classifier_accuracy,
+    evaluation_quadruples,
+    heldout_cross_rows,
+    motion_errors,
+)
 from pipeline.motion.train import loss_weights
-from pipeline.core.store import read_clip, read_index
 from pipeline.training.loop import read_loss_csv, torch_threads
 from tests.conftest import ROOT, tiny_section
 from tests.motion_fixtures import BASE, motion_inputs  # noqa: F401  (fixture)
@@ -204,9 +216,9 @@ def test_normalization_uses_the_relative_statistics_for_relative_encoders():
 @pytest.fixture(scope="module")
 def trained(motion_inputs, tmp_path_factory):  # noqa: F811
     """train_motion (6 steps, filtered quadruples), decompose and motion_report through the stage workers."""
+    from pipeline.motion.train import run_train_motion
     from stages.decompose import build_motion_store
     from stages.motion_report import run_motion_report
-    from stages.train_motion import run_train_motion
 
     out = tmp_path_factory.mktemp("motion")
     p = tiny_section("train_motion", use_filter=True)
@@ -271,7 +283,7 @@ def test_train_motion_writes_checkpoint_and_loss_curves(trained):
 
 
 def test_training_is_seeded_resumes_and_learns(trained, tmp_path):
-    from stages.train_motion import run_train_motion
+    from pipeline.motion.train import run_train_motion
 
     kp, pseudo = trained["keypoints"], trained["pseudo"]
     p = tiny_section("train_motion", use_filter=True)
@@ -295,7 +307,7 @@ def test_training_is_seeded_resumes_and_learns(trained, tmp_path):
 
 
 def test_train_motion_bad_inputs_fail_in_one_line(trained, tmp_path):
-    from stages.train_motion import run_train_motion
+    from pipeline.motion.train import run_train_motion
 
     pseudo = tmp_path / "pseudo"
     pseudo.mkdir()
@@ -318,8 +330,8 @@ def test_train_motion_bad_inputs_fail_in_one_line(trained, tmp_path):
 
 
 def _train_without_pseudo_keypoints(trained, tmp_path, p):
+    from pipeline.motion.train import run_train_motion
     from stages.keypoints import build_keypoints
-    from stages.train_motion import run_train_motion
 
     build_keypoints(trained["corpus"], trained["dir"] / "fomm.pt", tmp_path / "kp.zarr", BASE,
                     tiny_section("keypoints", extra_frames=()))

@@ -16,8 +16,17 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.core.offline_plots import (BUNDLES, TEMPLATE_PATH, VENDOR_DIR, dvc_render_versions, fetched_urls,
-                                    inline_script, offline_problems, offline_template, read_sources)
+from pipeline.core.offline_plots import (
+    BUNDLES,
+    TEMPLATE_PATH,
+    VENDOR_DIR,
+    dvc_render_versions,
+    fetched_urls,
+    inline_script,
+    offline_problems,
+    offline_template,
+    read_sources,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC = str(Path(sys.executable).with_name("dvc"))

@@ -6,16 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.core.errors import InputError
-from pipeline.models.audio import AudioConfig, AudioEncoders
 from pipeline.audio.prosody import (
     ProsodyStore,
     block_prosody,
     frame_prosody,
     measure_voice,
-    relative_prosody,
     voice_baseline,
 )
+from pipeline.core.errors import InputError
+from pipeline.models.audio import AudioConfig, AudioEncoders, relative_prosody
 from tests.conftest import tiny_section
 from tests.lipsync_fixtures import tiny_audio, tiny_prosody  # noqa: F401  (session fixtures)
 
@@ -132,7 +131,7 @@ def test_stage_writes_tracks_and_one_voice_per_actor(tiny_audio, tiny_prosody): 
     clip = manifest[manifest.kind == "real"].iloc[0]
     track = store.clip(clip.clip_id)
     assert track.shape == (clip.frames, 4, 3) and 0.3 < track[..., 1].mean() < 1.0  # speech, with pauses
-    from pipeline.audio.frontends import load_audio
+    from pipeline.core.media import load_audio
 
     again = frame_prosody(load_audio(corpus / clip.wav_path), int(clip.frames), tiny_section("base").fps, SR)
     np.testing.assert_array_equal(track, again)

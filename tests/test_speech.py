@@ -5,9 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.corpus.sentences import SENTENCES, pick_sentences
-from pipeline.corpus.speech import PAD_S, PhonemeEvent, Speech, available_variants, synthesize
 from pipeline.core.errors import InputError
+from pipeline.corpus.sentences import SENTENCES, pick_sentences
+from pipeline.corpus.speech import (
+    PAD_S,
+    PhonemeEvent,
+    Speech,
+    available_variants,
+    synthesize,
+)
 
 VOWEL_RICH = "Father saw a large barn far away."
 

@@ -1,7 +1,14 @@
 import numpy as np
 import pytest
 
-from pipeline.core.store import ArraySpec, RaggedStoreWriter, atomic_output, read_clip, read_index, open_store
+from pipeline.core.store import (
+    ArraySpec,
+    RaggedStoreWriter,
+    atomic_output,
+    open_store,
+    read_clip,
+    read_index,
+)
 
 
 def test_ragged_store_roundtrip_and_shards(tmp_path):

@@ -13,10 +13,15 @@ import yaml
 from typer.testing import CliRunner
 
 from pipeline.core.config import with_field
+from pipeline.evaluation.table2 import sheet_indices
+from pipeline.evaluation.table2_report import (
+    METRICS,
+    PER_CLIP_COLUMN,
+    comparison_notes,
+    paired_difference,
+)
 from pipeline.motion.ablation import FOMM_ROW, ROW_LABELS, ROW_NAMES, RowPlan, plan_rows
 from pipeline.motion.data import KeypointBank, read_pairs, read_sync
-from pipeline.evaluation.table2 import sheet_indices
-from pipeline.evaluation.table2_report import METRICS, PER_CLIP_COLUMN, comparison_notes, paired_difference
 from pipeline.training.loop import read_loss_csv, torch_threads
 from stages.cli import app
 from tests.conftest import ROOT, tiny_params_dict, tiny_section

@@ -11,6 +11,7 @@ import torch
 from pipeline.core.checkpoints import save_checkpoint
 from pipeline.core.config import BaseParams, with_field
 from pipeline.core.errors import CheckpointError, InputError
+from pipeline.core.precision import pick_device
 from pipeline.fomm.io import load_fomm
 from pipeline.fomm.losses import (
     ANCHOR_LANDMARKS,
@@ -36,7 +37,6 @@ from pipeline.models.vgg19 import PERCEPTUAL_TAPS, Vgg19Features, load_vgg19
 from pipeline.training.loop import (
     Budget,
     LossLog,
-    pick_device,
     plot_loss_curves,
     read_loss_csv,
     run_loop,

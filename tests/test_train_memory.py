@@ -15,17 +15,32 @@ from typer.testing import CliRunner
 
 from pipeline.core.config import BaseParams, with_field
 from pipeline.core.errors import InputError
-from pipeline.memory.train import (MemoryData, MemoryTrainer, choose_upper_keypoints, effective_slots,
-                                   emotion_partners, load_memory_data, nearest_centroid, read_temperature_sweep,
-                                   score_clips, training_means)
+from pipeline.memory.train import (
+    MemoryData,
+    MemoryTrainer,
+    choose_upper_keypoints,
+    effective_slots,
+    emotion_partners,
+    load_memory_data,
+    nearest_centroid,
+    read_temperature_sweep,
+    score_clips,
+    training_means,
+)
 from pipeline.models.emmn import load_emmn
 from pipeline.training.loop import read_loss_csv, torch_threads
 from stages.train_memory import app, run_train_memory
 from tests.conftest import tiny_section
 from tests.lipsync_fixtures import tiny_audio, tiny_prosody  # noqa: F401  (fixtures)
-from tests.memory_fixtures import NUM_KP, build_stores, save_audio, save_motion, tiny_motion
+from tests.memory_fixtures import (
+    NUM_KP,
+    build_stores,
+    save_audio,
+    save_motion,
+    tiny_motion,
+    tiny_prosody_audio,
+)
 from tests.memory_fixtures import tiny_audio as tiny_audio_encoders
-from tests.memory_fixtures import tiny_prosody_audio
 from tests.motion_fixtures import motion_inputs  # noqa: F401  (fixture)
 
 BASE = BaseParams(seed=3, device="cpu", workers=0)
@@ -234,9 +249,9 @@ def test_cli_bad_variant_is_a_one_line_error(stores, tmp_path):
 def test_train_memory_on_the_tiny_pipeline(motion_inputs, tiny_audio, tiny_prosody, tmp_path):  # noqa: F811
     """The real upstream workers on the tiny corpus (FOMM keypoints, train_motion, decompose, audio features,
     train_audio), then train_memory: the stores and checkpoints they write are what this stage reads."""
+    from pipeline.motion.train import run_train_motion
     from stages.decompose import build_motion_store
     from stages.train_audio import run_train_audio
-    from stages.train_motion import run_train_motion
 
     corpus, audio_store = tiny_audio
     base = tiny_section("base")

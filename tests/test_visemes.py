@@ -8,7 +8,12 @@ import pytest
 from pipeline.corpus.controls import VISEME_CONTROLS
 from pipeline.corpus.sentences import SENTENCES
 from pipeline.corpus.speech import PhonemeEvent, synthesize
-from pipeline.corpus.visemes import CLASS_TARGETS, frame_phoneme_classes, phoneme_class, viseme_tracks
+from pipeline.corpus.visemes import (
+    CLASS_TARGETS,
+    frame_phoneme_classes,
+    phoneme_class,
+    viseme_tracks,
+)
 
 FPS = 25.0
 

@@ -17,8 +17,8 @@ import pandas as pd
 import torch
 
 from pipeline.audio.dtw import align_clips
-from pipeline.core.errors import InputError
 from pipeline.audio.prosody import ProsodyStore
+from pipeline.core.errors import InputError
 from pipeline.core.store import open_store, read_index
 
 

@@ -13,17 +13,13 @@ from __future__ import annotations
 
 import decimal
 import functools
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import scipy.fft
 import scipy.signal
-import soundfile
 
 from pipeline.core.errors import InputError
-
-SAMPLE_RATE = 16000
+from pipeline.core.media import SAMPLE_RATE
 
 # Wav2Lip hparams.py (the values its released checkpoints were trained with).
 W2L_N_FFT = 800
@@ -44,99 +40,7 @@ EVP_PAD_SAMPLES = 1920  # 3 video frames at 25 fps on each side
 EVP_WINDOW_ROWS = 28  # MFCC rows per window: video frames k-3..k+3, 4 rows each
 EVP_ROWS_PER_FRAME = 4
 
-# Formats libsndfile decodes itself; anything else (m4a, mp4, ...) goes through ffmpeg.
-_SOUNDFILE_SUFFIXES = {".wav", ".wave", ".flac", ".ogg", ".oga", ".aif", ".aiff"}
-
-
 # ----------------------------------------------------------------------------------------------- loading
-
-
-def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Read an audio file as float32 mono in [-1, 1] at `sample_rate`.
-
-    Channels are averaged and other rates resampled (soxr, as `librosa.load` does). Files that
-    libsndfile cannot read (m4a, mp4 with an audio track, ...) are decoded by the ffmpeg binary that
-    imageio-ffmpeg bundles. A missing, empty or undecodable file raises `InputError` naming it.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "audio file not found")
-    if path.stat().st_size == 0:
-        raise InputError(path, "audio file is empty (0 bytes)")
-    if path.suffix.lower() in _SOUNDFILE_SUFFIXES:
-        check_wav_complete(path)
-        samples, native_rate = _read_with_soundfile(path)
-    else:
-        samples, native_rate = _decode_with_ffmpeg(path, sample_rate), sample_rate
-    if samples.size == 0:
-        raise InputError(path, "audio file holds no samples")
-    if not np.all(np.isfinite(samples)):
-        raise InputError(path, "audio file holds non-finite samples")
-    if native_rate != sample_rate:
-        import librosa  # imported here: it is slow to import and only resampling needs it
-
-        samples = librosa.resample(samples, orig_sr=native_rate, target_sr=sample_rate)
-    return np.ascontiguousarray(samples, dtype=np.float32)
-
-
-def check_wav_complete(path: Path) -> None:
-    """Refuse a WAV cut off after its header: libsndfile silently reads what is there, so a file whose
-    data chunk claims 3.5 s but holds 1 s would make a 1-s video without a word. Other formats pass."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(12)
-        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-            return
-        rate = block = 0
-        while True:
-            chunk = f.read(8)
-            if len(chunk) < 8:
-                return
-            kind, length = chunk[:4], int.from_bytes(chunk[4:], "little")
-            if kind == b"fmt ":
-                fmt = f.read(length)
-                rate, block = int.from_bytes(fmt[4:8], "little"), int.from_bytes(fmt[12:14], "little")
-                f.seek(length % 2, 1)
-            elif kind == b"data":
-                held = size - f.tell()
-                # streaming writers leave the size 0 or 0xFFFFFFFF ("until the end"): nothing to compare
-                if length in (0, 0xFFFFFFFF) or not rate or not block or length <= held:
-                    return
-                raise InputError(path, f"truncated WAV: its header says {length / block / rate:.2f} s of audio, "
-                                       f"the file holds {held // block / rate:.2f} s")
-            else:
-                f.seek(length + length % 2, 1)
-
-
-def _read_with_soundfile(path: Path) -> tuple[np.ndarray, int]:
-    """Decode with libsndfile; integer PCM is scaled by 1/32768 (int16) like librosa."""
-    try:
-        data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-    except (soundfile.SoundFileError, RuntimeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        # libsndfile says "Error opening '<path>': <reason>"; the path is already in the error.
-        raise InputError(path, f"not a readable audio file ({first.split(': ')[-1]})") from None
-    return data.mean(axis=1, dtype=np.float32), int(rate)
-
-
-def _decode_with_ffmpeg(path: Path, sample_rate: int) -> np.ndarray:
-    """Decode any container ffmpeg knows to s16le mono at `sample_rate`; return float32 in [-1, 1]."""
-    import imageio_ffmpeg
-
-    command = [
-        imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-i", str(path),
-        "-vn", "-ac", "1", "-ar", str(sample_rate), "-f", "s16le", "-acodec", "pcm_s16le", "-",
-    ]
-    result = subprocess.run(command, capture_output=True, check=False)
-    if result.returncode != 0:
-        lines = result.stderr.decode(errors="replace").strip().splitlines()
-        raise InputError(path, f"ffmpeg cannot decode its audio ({lines[-1] if lines else 'no message'})")
-    if result.stderr.strip():  # decoded, but with errors: a cut-off or damaged stream ("partial file")
-        first = result.stderr.decode(errors="replace").strip().splitlines()[0].split("] ")[-1]
-        raise InputError(path, f"audio stream is truncated or damaged (ffmpeg: {first})")
-    # An odd trailing byte can only come from a cut-off stream; drop it.
-    raw = result.stdout[: len(result.stdout) // 2 * 2]
-    return np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
 
 
 # ------------------------------------------------------------------------------------------ Wav2Lip mel

@@ -22,12 +22,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from pipeline.core.errors import InputError
+from pipeline.models.audio import CHANNELS, STEPS_PER_FRAME
 
-STEPS_PER_FRAME = 4  # 100 Hz at 25 fps: fast enough for syllable-rate pitch movement
-CHANNELS = 3  # f0 (semitones), voiced, energy (dB)
 F0_MIN_HZ, F0_MAX_HZ = 60.0, 600.0
 ENERGY_FLOOR_DB = -80.0
 VOICED_RANGE_DB = 30.0  # steps this far below the clip's loudest one count as silence
@@ -77,7 +75,7 @@ def block_prosody(samples: np.ndarray, start: int, stop: int, fps: float, sample
 def measure_voice(paths: Sequence[str | Path], fps: float, sample_rate: int, block_seconds: float = 30.0
                   ) -> np.ndarray:
     """The voice baseline (2,) of recordings of one speaker (any format; each read in `block_seconds` pieces)."""
-    from pipeline.audio.frontends import load_audio
+    from pipeline.core.media import load_audio
 
     tracks = []
     for path in paths:
@@ -102,22 +100,6 @@ def voice_baseline(tracks: Sequence[np.ndarray]) -> np.ndarray:
     return np.array([np.median(voiced[:, 0]), voiced[:, 2].mean()], np.float32)
 
 
-def relative_prosody(prosody: torch.Tensor, voice: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
-    """prosody (B, T, 4, 3) from `frame_prosody`, voice (B, 2) from `voice_baseline` (a row of NaN: unknown, use
-    `fallback` (2,)) -> (B, T, 4, 4): (f0 - base) / 12 (octaves) where voiced else 0, voiced, (energy - base) / 20
-    clamped to [-3, 3], and 1 where the voice was known, 0 where the fallback stood in (so an encoder can tell
-    a level relative to the speaker from one relative to an average voice)."""
-    if prosody.ndim != 4 or prosody.shape[-2:] != (STEPS_PER_FRAME, CHANNELS) or voice.shape != (len(prosody), 2):
-        raise InputError(None, f"expected prosody (B,T,{STEPS_PER_FRAME},{CHANNELS}) and voice (B,2), got "
-                               f"{tuple(prosody.shape)} and {tuple(voice.shape)}")
-    known = ~torch.isnan(voice).any(dim=1)
-    voice = torch.where(known[:, None], voice, fallback.to(voice)[None])
-    voiced = prosody[..., 1]
-    pitch = (prosody[..., 0] - voice[:, None, None, 0]) / 12 * voiced
-    energy = ((prosody[..., 2] - voice[:, None, None, 1]) / 20).clamp(-3.0, 3.0)
-    return torch.stack([pitch, voiced, energy, known[:, None, None].to(pitch).expand_as(pitch)], dim=-1)
-
-
 # ------------------------------------------------------------------------------------------- the store
 
 PROSODY_ARRAY = "prosody"
@@ -129,7 +111,10 @@ class ProsodyStore:
     """data/features/prosody.zarr read back: each clip's (T, 4, 3) track and its speaker's voice baseline."""
 
     def __init__(self, path: str | Path):
-        from pipeline.core.store import open_store, read_index  # store imports zarr: only readers pay for it
+        from pipeline.core.store import (  # store imports zarr: only readers pay for it
+            open_store,
+            read_index,
+        )
 
         self.path = path
         root = open_store(path)

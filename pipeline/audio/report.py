@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from pipeline.audio.data import AudioBank, eval_quads
-from pipeline.models.audio import AudioEncoders
 from pipeline.core.probes import fit_ridge
+from pipeline.models.audio import AudioEncoders
 from pipeline.training.loop import _write_png
 
 

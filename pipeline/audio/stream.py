@@ -17,12 +17,12 @@ from pipeline.audio.frontends import (
     EVP_PAD_SAMPLES,
     EVP_ROWS_PER_FRAME,
     EVP_WINDOW_ROWS,
-    SAMPLE_RATE,
     mel_window_start,
     psf_mfcc,
     wav2lip_mel,
 )
 from pipeline.core.errors import InputError
+from pipeline.core.media import SAMPLE_RATE
 
 HOP = 160  # psf_mfcc's 10 ms step at 16 kHz
 FRAME_LEN = 400  # its 25 ms frame

@@ -29,16 +29,21 @@ from pipeline.audio.losses import (
     emotion_classification_loss,
     self_reconstruction_loss,
 )
+from pipeline.core.checkpoints import load_training_state
 from pipeline.core.config import BaseParams, TrainAudioParams
 from pipeline.core.errors import InputError
-from pipeline.models.audio import ARCH, AudioConfig, AudioEncoders, load_official_evp_audio
+from pipeline.core.precision import pick_device
 from pipeline.core.timings import read_timings, write_timings
+from pipeline.models.audio import (
+    ARCH,
+    AudioConfig,
+    AudioEncoders,
+    load_official_evp_audio,
+)
 from pipeline.training.loop import (
     Budget,
     LossLog,
     count_parameters,
-    load_training_state,
-    pick_device,
     restore_training_state,
     run_loop,
     save_training_state,
@@ -46,6 +51,7 @@ from pipeline.training.loop import (
     step_rngs,
     training_timings,
 )
+
 
 def audio_config(p: TrainAudioParams, emotions: tuple[str, ...]) -> AudioConfig:
     if not 0 < p.width <= 4:

@@ -87,3 +87,11 @@ def save_checkpoint(path: str | Path, *, model: Mapping[str, Any], config: Mappi
     torch.save({"model": dict(model), "config": dict(config), "step": int(step),
                 "metrics": dict(metrics or {}), **extra}, tmp)
     os.replace(tmp, path)
+
+
+def load_training_state(path: str | Path) -> dict:
+    """A checkpoint written by `save_training_state` (weights_only); refuses anything else in one line."""
+    ckpt = load_file(path)
+    if not isinstance(ckpt, Mapping) or not {"model", "config", "step"} <= set(ckpt):
+        raise CheckpointError(path, "not a pipeline checkpoint (expected keys model, config, step)")
+    return dict(ckpt)

@@ -61,7 +61,7 @@ def _espeak() -> str:
 
 def describe_environment(precision_setting: str = "auto", device_setting: str = "auto") -> dict[str, str]:
     """Name -> value of everything that decides how (and how fast) the pipeline runs here."""
-    from pipeline.training.loop import pick_device
+    from pipeline.core.precision import pick_device
 
     device = pick_device(device_setting)
     precision = resolve_precision(precision_setting, device)

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 # the PNG writer of the loss-curve plots (pipeline.training.loop): same error on an unwritable path
-from pipeline.training.loop import _write_png as write_png
+from pipeline.core.store import write_png
 
 _COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40)]  # RGB
 

@@ -11,6 +11,7 @@ store attributes, reports) so a reader knows what produced it.
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 
@@ -82,3 +83,22 @@ def announce_precision(precision: Precision, stage: str, log=print) -> None:
 
 __all__ = ["Precision", "SETTINGS", "announce_precision", "cpu_capability", "cpu_has_native_bf16",
            "device_has_native_bf16", "resolve_precision"]
+
+
+def pick_device(name: str) -> torch.device:
+    """`auto` -> cuda when available else cpu. On cuda, deterministic algorithms are switched on.
+
+    `warn_only`: some kernels training needs (grid_sample's backward on CUDA) have no deterministic
+    implementation; they warn instead of aborting, every other op stays deterministic.
+    """
+    if name not in ("auto", "cpu", "cuda"):
+        raise InputError("params.yaml", f"base.device must be auto, cpu or cuda, not '{name}'")
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise InputError("params.yaml", "base.device is 'cuda' but torch sees no CUDA device")
+    # cuBLAS reads this when it initialises: it must be set before the first matmul on the GPU.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    return torch.device("cuda")

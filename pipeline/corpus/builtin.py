@@ -23,18 +23,18 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.config import BaseParams, CorpusParams, as_dict
+from pipeline.core.media import write_wav
+from pipeline.core.parallel import dask_client, ordered_map
+from pipeline.core.store import ArraySpec, RaggedStoreWriter, write_parquet
 from pipeline.corpus.controls import ALL_CONTROLS
 from pipeline.corpus.emotions import intensity, style
 from pipeline.corpus.face import render_frame, sample_identity
 from pipeline.corpus.plan import Actor, ClipSpec, clip_name, plan_corpus
+from pipeline.corpus.references import write_reference_frames
 from pipeline.corpus.sentences import SENTENCES
 from pipeline.corpus.speech import synthesize
 from pipeline.corpus.tracks import clip_controls, neutral_controls
 from pipeline.corpus.visemes import viseme_tracks
-from pipeline.core.media import write_wav
-from pipeline.core.parallel import dask_client, ordered_map
-from pipeline.corpus.references import write_reference_frames
-from pipeline.core.store import ArraySpec, RaggedStoreWriter, write_parquet
 
 SCHEMA = "emmn.corpus/v1"
 

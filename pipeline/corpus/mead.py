@@ -25,15 +25,20 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from pipeline.audio.frontends import load_audio
 from pipeline.core.config import BaseParams, CorpusParams, as_dict
-from pipeline.corpus.plan import clip_name
 from pipeline.core.errors import InputError
-from pipeline.corpus.face_detect import DETECT_MAX_SIDE, crop_resize, stable_crop_box
-from pipeline.core.media import iter_video_frames, resample_frame_indices, video_info, write_wav
+from pipeline.core.media import (
+    iter_video_frames,
+    load_audio,
+    resample_frame_indices,
+    video_info,
+    write_wav,
+)
 from pipeline.core.parallel import dask_client, ordered_map
-from pipeline.corpus.references import write_reference_frames
 from pipeline.core.store import ArraySpec, RaggedStoreWriter, write_parquet
+from pipeline.corpus.face_detect import DETECT_MAX_SIDE, crop_resize, stable_crop_box
+from pipeline.corpus.plan import clip_name
+from pipeline.corpus.references import write_reference_frames
 
 SCHEMA = "emmn.corpus/v1"
 LEVEL_DIR = re.compile(r"^level_(\d+)$")

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.corpus.controls import ALL_CONTROLS, FACE_CONTROLS, MOUTH_CONTROLS, NEUTRAL
+from pipeline.corpus.controls import (
+    ALL_CONTROLS,
+    FACE_CONTROLS,
+    MOUTH_CONTROLS,
+    NEUTRAL,
+)
 from pipeline.corpus.emotions import intensity, style
 
 # Base amplitudes of rigid head motion at style amplitude 1 (degrees; fractions of the frame).

@@ -24,11 +24,17 @@ import pandas as pd
 import torch
 
 from pipeline.core.errors import InputError
-from pipeline.fomm.io import detect_keypoints, frames_to_tensor, keypoints_dict, load_fomm, reconstruct
-from pipeline.render.generate_set import sheet_clips
-from pipeline.evaluation.metrics import clip_emotion
-from pipeline.render.frames import to_uint8_frames
 from pipeline.core.store import open_store
+from pipeline.fomm.io import (
+    detect_keypoints,
+    frames_to_tensor,
+    keypoints_dict,
+    load_fomm,
+    reconstruct,
+)
+from pipeline.judges.scores import clip_emotion
+from pipeline.render.frames import to_uint8_frames
+from pipeline.render.generate_set import sheet_clips
 
 
 def border_points(size: int) -> np.ndarray:
@@ -94,9 +100,9 @@ class EmmnRow:
                  prosody_store: Path, read_temperature: float | None = None):
         import dataclasses
 
-        from pipeline.render.generate import check_keypoint_count
         from pipeline.models.emmn import load_emmn
         from pipeline.render.finetune import actor_references
+        from pipeline.render.generate import check_keypoint_count
 
         self.renderer = load_fomm(renderer_path)
         self.emmn = load_emmn(emmn_path)

@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.audio.frontends import load_audio
 from pipeline.core.errors import InputError
-from pipeline.judges.evaluator import Evaluator, load_evaluator
+from pipeline.core.media import load_audio
+from pipeline.core.store import open_store, read_index
 from pipeline.evaluation.landmark_detect import landmark_detector
 from pipeline.evaluation.metrics import clip_metrics
 from pipeline.evaluation.metrics_report import ROWS
-from pipeline.core.store import open_store, read_index
+from pipeline.judges.evaluator import Evaluator, load_evaluator
 
 
 @dataclass(frozen=True)

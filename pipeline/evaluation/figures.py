@@ -23,8 +23,14 @@ import pandas as pd
 
 from pipeline.core.config import BaseParams, FiguresParams
 from pipeline.core.errors import InputError
-from pipeline.render.generate_set import ROWS, _label, _reference, _resize, output_clip_id
 from pipeline.core.store import atomic_output, open_store, read_index
+from pipeline.render.generate_set import (
+    ROWS,
+    _label,
+    _reference,
+    _resize,
+    output_clip_id,
+)
 
 REFERENCE = "reference"  # the neutral reference frame of the corpus, not a generated row
 LABELS = {REFERENCE: "reference", "ground_truth": "GT", "static": "static", "wav2lip_only": "Wav2Lip-only",
@@ -223,7 +229,7 @@ def fig6_sheet(store: Path, corpus_dir: Path, out_png: Path, p: FiguresParams, l
 
 def _fitted_audio(wav: Path, frames: int, base: BaseParams) -> np.ndarray:
     """The clip's audio cut or zero-padded to exactly its video's duration, so concatenated clips stay in sync."""
-    from pipeline.audio.frontends import load_audio
+    from pipeline.core.media import load_audio
 
     samples = load_audio(wav, base.sample_rate)
     n = int(round(frames / base.fps * base.sample_rate))

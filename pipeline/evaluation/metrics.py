@@ -31,7 +31,8 @@ from collections.abc import Callable, Sequence
 import cv2
 import numpy as np
 
-MOUTH = slice(48, 68)  # dlib / imutils "mouth": outer 48..59 + inner 60..67, 20 points
+from pipeline.judges.scores import clip_emotion, f_lmd, m_lmd
+
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
 SSIM_K1, SSIM_K2 = 0.01, 0.03
@@ -91,38 +92,6 @@ def ssim(generated: np.ndarray, truth: np.ndarray, data_range: float = 255.0) ->
 # ------------------------------------------------------------------------------------------ landmarks
 
 
-def centre_landmarks(points: np.ndarray) -> np.ndarray:
-    """Subtract each frame's mean point from its points: (T,P,2) -> (T,P,2), translation removed."""
-    points = np.asarray(points, np.float64)
-    return points - points.mean(axis=-2, keepdims=True)
-
-
-def landmark_distance(pred: np.ndarray, truth: np.ndarray) -> float | None:
-    """LMD: sum of |centred pred - centred truth| over valid frames and points / (valid frames x points).
-
-    A frame is valid when both sets are finite (a detector that found no face returns NaN); None when
-    no frame is valid.
-    """
-    pred, truth = np.asarray(pred, np.float64), np.asarray(truth, np.float64)
-    if pred.shape != truth.shape or pred.ndim != 3 or pred.shape[-1] != 2:
-        raise ValueError(f"need two (T,P,2) landmark tracks of one shape, got {pred.shape} and {truth.shape}")
-    valid = np.isfinite(pred).all(axis=(1, 2)) & np.isfinite(truth).all(axis=(1, 2))
-    if not valid.any():
-        return None
-    dist = np.linalg.norm(centre_landmarks(pred[valid]) - centre_landmarks(truth[valid]), axis=-1)
-    return float(dist.sum() / dist.size)
-
-
-def m_lmd(pred68: np.ndarray, truth68: np.ndarray) -> float | None:
-    """Mouth LMD: the 20 mouth points (dlib 48..67), centred on the mouth's own mean."""
-    return landmark_distance(np.asarray(pred68)[:, MOUTH], np.asarray(truth68)[:, MOUTH])
-
-
-def f_lmd(pred68: np.ndarray, truth68: np.ndarray) -> float | None:
-    """Face LMD: all 68 points, centred on the face's mean."""
-    return landmark_distance(pred68, truth68)
-
-
 # -------------------------------------------------------------------------------- frames, sync, emotion
 
 
@@ -139,11 +108,6 @@ def sync_metrics(scorer, frames_rgb: np.ndarray, samples: np.ndarray, *, source=
 
     result = score_clip(scorer, frames_rgb, samples, source=source)
     return {"sync_conf": result.confidence, "lse_d": result.min_dist, "sync_offset": result.offset}
-
-
-def clip_emotion(logits: np.ndarray, emotions: Sequence[str]) -> str:
-    """A clip's predicted emotion: argmax of the mean of its frames' logits."""
-    return str(emotions[int(np.argmax(np.asarray(logits, np.float64).mean(axis=0)))])
 
 
 def emotion_accuracy(predicted: Sequence[str], labels: Sequence[str]) -> float | None:

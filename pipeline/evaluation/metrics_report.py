@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 
 from pipeline.evaluation.metrics import json_number
+from pipeline.judges.scores import confusion_image
 from pipeline.training.loop import _write_png  # the pipeline's one PNG writer (RGB in)
 
 ROWS = ("ground_truth", "static", "wav2lip_only", "baseline", "mmn", "emmn")
@@ -108,46 +108,6 @@ def table1_markdown(rows: Mapping[str, Mapping[str, float | None]], *, title: st
 
 
 # --------------------------------------------------------------------------------- confusion matrix
-
-
-def confusion_matrix(labels: Sequence[str], predicted: Sequence[str], classes: Sequence[str]) -> np.ndarray:
-    """(C,C) counts: row = true class, column = predicted class (labels outside `classes` are an error)."""
-    index = {c: i for i, c in enumerate(classes)}
-    matrix = np.zeros((len(classes), len(classes)), np.int64)
-    for t, p in zip(labels, predicted):
-        matrix[index[t], index[p]] += 1
-    return matrix
-
-
-def confusion_image(matrix: np.ndarray, classes: Sequence[str], title: str = "emotion", cell: int = 56) -> np.ndarray:
-    """RGB picture of a confusion matrix: cells shaded by the row-normalised share, counts written in them."""
-    n = len(classes)
-    left, top = 110, 60
-    img = np.full((top + n * cell + 20, left + n * cell + 20, 3), 255, np.uint8)
-    font = cv2.FONT_HERSHEY_SIMPLEX
-    total = int(matrix.sum())
-    acc = float(np.trace(matrix) / total) if total else 0.0
-    cv2.putText(img, f"{title}: {total} clips, accuracy {100 * acc:.1f}%", (8, 18), font, 0.45, (0, 0, 0), 1,
-                cv2.LINE_AA)
-    cv2.putText(img, "rows: true, columns: predicted", (8, 36), font, 0.38, (90, 90, 90), 1, cv2.LINE_AA)
-    share = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-    for i in range(n):
-        cv2.putText(img, classes[i][:12], (6, top + i * cell + cell // 2 + 4), font, 0.38, (0, 0, 0), 1, cv2.LINE_AA)
-        cv2.putText(img, classes[i][:7], (left + i * cell + 3, top - 6), font, 0.32, (0, 0, 0), 1, cv2.LINE_AA)
-        for j in range(n):
-            shade = int(round(255 * (1.0 - share[i, j])))
-            colour = (255, shade, shade) if i != j else (shade, 255, shade)  # RGB: red off, green on the diagonal
-            x0, y0 = left + j * cell, top + i * cell
-            cv2.rectangle(img, (x0, y0), (x0 + cell - 1, y0 + cell - 1), colour, -1)
-            cv2.rectangle(img, (x0, y0), (x0 + cell - 1, y0 + cell - 1), (200, 200, 200), 1)
-            cv2.putText(img, str(int(matrix[i, j])), (x0 + cell // 2 - 8, y0 + cell // 2 + 5), font, 0.45, (0, 0, 0),
-                        1, cv2.LINE_AA)
-    return img
-
-
-def write_confusion_png(matrix: np.ndarray, classes: Sequence[str], path: str | Path, title: str = "emotion") -> None:
-    """One confusion matrix as a PNG."""
-    _write_png(path, confusion_image(matrix, classes, title))
 
 
 def write_confusion_sheet(matrices: Mapping[str, np.ndarray], classes: Sequence[str], path: str | Path) -> None:

@@ -34,17 +34,19 @@ import pandas as pd
 
 from pipeline.core.config import BaseParams, MotionReportParams, Table2Params
 from pipeline.core.errors import InputError
+from pipeline.core.precision import pick_device
+from pipeline.core.store import open_store
 from pipeline.evaluation.evaluate import cached_detector, cached_evaluator
+from pipeline.evaluation.metrics import clip_metrics
 from pipeline.fomm.io import FommModel, detect_keypoints, frames_to_tensor, load_fomm
-from pipeline.render.generate_set import heldout_clips
-from pipeline.evaluation.metrics import clip_emotion, clip_metrics
+from pipeline.judges.scores import clip_emotion
 from pipeline.models.motion import decode_frames, encode_frames
 from pipeline.motion.ablation import FOMM_ROW, RowPlan, train_row
 from pipeline.motion.data import KeypointBank, read_pairs
 from pipeline.motion.report import evaluation_quadruples, motion_errors, value_errors_px
 from pipeline.render.frames import render_frames
-from pipeline.core.store import open_store
-from pipeline.training.loop import pick_device, torch_threads
+from pipeline.render.generate_set import heldout_clips
+from pipeline.training.loop import torch_threads
 
 # keypoints of the same reference frame from keypoints.zarr and from the renderer's E_k: one FOMM if this close
 REFERENCE_KEYPOINT_TOLERANCE = 1e-3

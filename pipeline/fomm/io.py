@@ -15,10 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.core.checkpoints import load_strict
+from pipeline.core.checkpoints import load_strict, load_training_state
 from pipeline.core.errors import CheckpointError, InputError
 from pipeline.models.fomm import FommConfig, KPDetector, OcclusionAwareGenerator
-from pipeline.training.loop import load_training_state
 
 
 @dataclass

@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.judges.mouth_landmarks import MOUTH
 from pipeline.models.fomm import ImagePyramid
 from pipeline.models.fomm_blocks import make_coordinate_grid
 from pipeline.models.vgg19 import Vgg19Features
-from pipeline.judges.mouth_landmarks import MOUTH
 
 TPS_EPS = 1e-6
 MIN_VGG_SIZE = 16  # relu5_1 sits behind four 2x2 max pools: smaller pyramid levels are skipped

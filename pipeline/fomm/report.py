@@ -27,11 +27,18 @@ import torch.nn.functional as F
 
 from pipeline.core.config import BaseParams, KeypointsParams
 from pipeline.core.errors import InputError
-from pipeline.fomm.io import FommModel, detect_keypoints, frames_to_tensor, keypoints_dict, reconstruct
-from pipeline.fomm.train import init_fomm
 from pipeline.core.media import write_mp4
 from pipeline.core.probes import centre_per_group, grouped_probe_r2
 from pipeline.core.store import open_store, read_index, write_json, write_png
+from pipeline.corpus.manifest import select_evenly
+from pipeline.fomm.io import (
+    FommModel,
+    detect_keypoints,
+    frames_to_tensor,
+    keypoints_dict,
+    reconstruct,
+)
+from pipeline.fomm.train import init_fomm
 
 MOUTH = slice(48, 68)  # dlib 68-point layout: outer + inner lips
 
@@ -86,14 +93,6 @@ def mouth_l1(prediction: torch.Tensor, target: torch.Tensor, boxes: np.ndarray) 
 
 
 # ------------------------------------------------------------------------------------------- held-out
-
-
-def select_evenly(items: list[str], count: int) -> list[str]:
-    """`count` items spread evenly over the list (manifest order spreads actors and emotions); 0 = all."""
-    if count <= 0 or count >= len(items):
-        return list(items)
-    picks = np.unique(np.linspace(0, len(items) - 1, count).round().astype(int))
-    return [items[i] for i in picks]
 
 
 def clip_keypoints(kp_root: Any, kp_index: pd.DataFrame, clip_id: str) -> tuple[np.ndarray, np.ndarray]:

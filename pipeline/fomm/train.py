@@ -24,8 +24,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pipeline.core.checkpoints import load_training_state
 from pipeline.core.config import BaseParams, TrainFommParams, deep_merge
 from pipeline.core.errors import InputError
+from pipeline.core.precision import announce_precision, pick_device, resolve_precision
+from pipeline.core.store import open_store
+from pipeline.core.timings import read_timings, write_timings
 from pipeline.fomm.adversary import Adversary
 from pipeline.fomm.io import frames_to_tensor
 from pipeline.fomm.losses import (
@@ -47,16 +51,11 @@ from pipeline.models.fomm import (
     load_official_fomm,
 )
 from pipeline.models.vgg19 import load_vgg19
-from pipeline.core.precision import announce_precision, resolve_precision
-from pipeline.core.store import open_store
-from pipeline.core.timings import read_timings, write_timings
 from pipeline.training.loop import (
     Budget,
     LossLog,
     autocast,
     count_parameters,
-    load_training_state,
-    pick_device,
     restore_training_state,
     run_loop,
     save_training_state,

@@ -22,11 +22,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.core.checkpoints import load_strict
+from pipeline.core.checkpoints import load_strict, load_training_state
 from pipeline.core.errors import CheckpointError
-from pipeline.lipsync.data import faces_bgr
-from pipeline.judges.mouth_landmarks import LandmarkNet, LandmarkRegressor, conv_features, face_input
-from pipeline.training.loop import load_training_state, save_training_state
+from pipeline.core.media import faces_bgr
+from pipeline.judges.mouth_landmarks import (
+    LandmarkNet,
+    LandmarkRegressor,
+    conv_features,
+    face_input,
+)
+from pipeline.training.loop import save_training_state
 
 ARCH = "evaluator"
 FACE_POINTS = 68

@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
 MOUTH = slice(48, 68)
 STAGES = 4  # stride-2 conv blocks: 96 px -> 6 px
 

@@ -30,10 +30,17 @@ import torch.nn.functional as F
 
 from pipeline.core.config import MEAD_EMOTIONS, BaseParams, TrainEvaluatorParams
 from pipeline.core.errors import InputError
-from pipeline.judges.evaluator import EmotionNet, Evaluator, face_landmark_net, save_evaluator
-from pipeline.lipsync.data import faces_bgr, read_manifest
-from pipeline.evaluation.metrics import MOUTH, clip_emotion, f_lmd, m_lmd
-from pipeline.evaluation.metrics_report import confusion_matrix, write_confusion_png
+from pipeline.core.media import faces_bgr
+from pipeline.core.precision import announce_precision, pick_device, resolve_precision
+from pipeline.core.store import open_store
+from pipeline.core.timings import write_timings
+from pipeline.corpus.manifest import read_manifest
+from pipeline.judges.evaluator import (
+    EmotionNet,
+    Evaluator,
+    face_landmark_net,
+    save_evaluator,
+)
 from pipeline.judges.mouth_landmarks import (
     LandmarkRegressor,
     face_input,
@@ -42,15 +49,19 @@ from pipeline.judges.mouth_landmarks import (
     set_cosine_lr,
     soften,
 )
-from pipeline.core.store import open_store
-from pipeline.core.precision import announce_precision, resolve_precision
-from pipeline.core.timings import write_timings
+from pipeline.judges.scores import (
+    MOUTH,
+    clip_emotion,
+    confusion_matrix,
+    f_lmd,
+    m_lmd,
+    write_confusion_png,
+)
 from pipeline.training.loop import (
     Budget,
     LossLog,
     autocast,
     count_parameters,
-    pick_device,
     run_loop,
     seed_all,
     step_rngs,

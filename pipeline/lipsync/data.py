@@ -18,21 +18,10 @@ import pandas as pd
 import torch
 
 from pipeline.core.errors import InputError
+from pipeline.core.media import FACE_SIZE, faces_bgr
 from pipeline.core.store import open_store, read_index
 
-FACE_SIZE = 96  # the generator and the expert have fixed spatial layouts for 96x96 faces
 WINDOW = 5  # frames per expert window
-
-
-def faces_bgr(frames_rgb: np.ndarray, size: int = FACE_SIZE) -> np.ndarray:
-    """uint8 RGB frames [T,H,W,3] -> uint8 BGR [T,size,size,3] (area filter down, bilinear up)."""
-    frames_rgb = np.asarray(frames_rgb)
-    if frames_rgb.dtype != np.uint8 or frames_rgb.ndim != 4 or frames_rgb.shape[-1] != 3:
-        raise InputError(None, f"frames must be uint8 [T,H,W,3], got {frames_rgb.dtype} {frames_rgb.shape}")
-    if frames_rgb.shape[1:3] == (size, size):
-        return np.ascontiguousarray(frames_rgb[..., ::-1])
-    interp = cv2.INTER_AREA if frames_rgb.shape[1] > size else cv2.INTER_LINEAR
-    return np.stack([cv2.resize(f, (size, size), interpolation=interp)[..., ::-1] for f in frames_rgb])
 
 
 def bgr_to_rgb(frames_bgr: np.ndarray, size: int | None = None) -> np.ndarray:
@@ -53,13 +42,6 @@ def mel_pad_mode(audio_store: Path) -> str:
     """The STFT padding audio.zarr was computed with (scorers must cut their own mel the same way)."""
     params = open_store(audio_store).attrs.get("params", {})
     return params.get("audio_features", {}).get("mel_pad_mode", "reflect")
-
-
-def read_manifest(corpus_dir: Path) -> pd.DataFrame:
-    path = Path(corpus_dir) / "manifest.parquet"
-    if not path.is_file():
-        raise InputError(path, "corpus manifest not found (run the corpus stage first)")
-    return pd.read_parquet(path)
 
 
 def real_clips(manifest: pd.DataFrame, split: str, min_frames: int = 2 * WINDOW) -> pd.DataFrame:

@@ -18,12 +18,20 @@ from typing import Any
 
 from torch import nn
 
-from pipeline.core.checkpoints import extract_state_dict, load_file, load_strict
+from pipeline.core.checkpoints import (
+    extract_state_dict,
+    load_file,
+    load_strict,
+    load_training_state,
+)
 from pipeline.core.errors import CheckpointError, InputError
-from pipeline.models.syncnet_color import SyncNetColor, SyncNetColorConfig, load_official_syncnet_color
+from pipeline.models.syncnet_color import (
+    SyncNetColor,
+    SyncNetColorConfig,
+    load_official_syncnet_color,
+)
 from pipeline.models.syncnet_v2 import load_official_syncnet_v2
 from pipeline.models.wav2lip import Wav2Lip, Wav2LipConfig
-from pipeline.training.loop import load_training_state
 
 ARCHS: dict[str, tuple[type, type]] = {
     "syncnet_color": (SyncNetColor, SyncNetColorConfig),

@@ -26,12 +26,12 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.errors import InputError
-from pipeline.lipsync.data import faces_bgr
-from pipeline.lipsync.io import load_wav2lip_any
-from pipeline.models.wav2lip import Wav2Lip
-from pipeline.judges.mouth_landmarks import MOUTH, LandmarkRegressor, point_error
-from pipeline.lipsync.redub import paste_faces, redub_faces, source_frame_indices
+from pipeline.core.media import faces_bgr
 from pipeline.core.store import open_store
+from pipeline.judges.mouth_landmarks import MOUTH, LandmarkRegressor, point_error
+from pipeline.lipsync.io import load_wav2lip_any
+from pipeline.lipsync.redub import paste_faces, redub_faces, source_frame_indices
+from pipeline.models.wav2lip import Wav2Lip
 
 SUFFIX = "_w2l"
 

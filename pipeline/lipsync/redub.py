@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from pipeline.core.errors import InputError
-from pipeline.lipsync.data import FACE_SIZE, bgr_to_rgb
+from pipeline.core.media import FACE_SIZE
+from pipeline.lipsync.data import bgr_to_rgb
 from pipeline.models.wav2lip import Wav2Lip, wav2lip_face_input
 
 EXTENSIONS = ("pingpong", "loop")

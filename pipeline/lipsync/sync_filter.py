@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.audio.frontends import load_audio
-from pipeline.lipsync.io import load_syncnet_any
+from pipeline.core.media import load_audio
 from pipeline.core.store import open_store
+from pipeline.lipsync.io import load_syncnet_any
 from pipeline.lipsync.sync_scorers import SyncScorer, make_scorer, score_clip
 
 

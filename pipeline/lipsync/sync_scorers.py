@@ -20,9 +20,10 @@ import numpy as np
 import torch
 
 from pipeline.audio.frontends import mel_window_start, syncnet_mfcc, wav2lip_mel
-from pipeline.lipsync.av_sync import VSHIFT, SyncResult, av_offset, sync_window_count
 from pipeline.core.errors import InputError
-from pipeline.lipsync.data import FACE_SIZE, WINDOW, expert_face_windows, faces_bgr, faces_tensor
+from pipeline.core.media import FACE_SIZE, faces_bgr
+from pipeline.lipsync.av_sync import VSHIFT, SyncResult, av_offset, sync_window_count
+from pipeline.lipsync.data import WINDOW, expert_face_windows, faces_tensor
 from pipeline.lipsync.io import LoadedModel
 from pipeline.models.syncnet_color import SyncNetColor
 from pipeline.models.syncnet_v2 import SyncNetV2

@@ -23,30 +23,29 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.audio.frontends import load_audio
+from pipeline.core.checkpoints import load_training_state
 from pipeline.core.config import BaseParams, TrainSyncnetParams
 from pipeline.core.errors import InputError
+from pipeline.core.media import load_audio
+from pipeline.core.precision import announce_precision, pick_device, resolve_precision
+from pipeline.core.store import open_store
+from pipeline.core.timings import read_timings, write_timings
+from pipeline.corpus.manifest import read_manifest
 from pipeline.lipsync.data import (
     ClipBank,
     mel_pad_mode,
-    read_manifest,
     real_clips,
     sample_expert_batch,
     sample_expert_blocks,
 )
 from pipeline.lipsync.io import lipsync_config, load_syncnet_any
-from pipeline.models.syncnet_color import SyncNetColor, SyncNetColorConfig
-from pipeline.core.store import open_store
 from pipeline.lipsync.sync_scorers import ExpertScorer, score_clip
-from pipeline.core.precision import announce_precision, resolve_precision
-from pipeline.core.timings import read_timings, write_timings
+from pipeline.models.syncnet_color import SyncNetColor, SyncNetColorConfig
 from pipeline.training.loop import (
     Budget,
     LossLog,
     autocast,
     count_parameters,
-    load_training_state,
-    pick_device,
     restore_training_state,
     run_loop,
     save_training_state,

@@ -24,33 +24,31 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from pipeline.audio.frontends import load_audio
+from pipeline.core.checkpoints import load_training_state
 from pipeline.core.config import BaseParams, TrainWav2lipParams
 from pipeline.core.errors import InputError
+from pipeline.core.media import FACE_SIZE, load_audio
+from pipeline.core.precision import announce_precision, pick_device, resolve_precision
+from pipeline.core.timings import read_timings, write_timings
+from pipeline.corpus.manifest import read_manifest
 from pipeline.lipsync.data import (
-    FACE_SIZE,
     ClipBank,
     bgr_to_rgb,
     expert_face_windows,
     mel_pad_mode,
-    read_manifest,
     real_clips,
     sample_generator_batch,
 )
 from pipeline.lipsync.io import frozen, lipsync_config, load_expert, load_wav2lip_any
-from pipeline.models.syncnet_color import SyncNetColor
-from pipeline.models.wav2lip import Wav2Lip, Wav2LipConfig
 from pipeline.lipsync.redub import generate_faces, redub_faces, source_frame_indices
 from pipeline.lipsync.sync_scorers import ExpertScorer, score_clip
-from pipeline.core.precision import announce_precision, resolve_precision
-from pipeline.core.timings import read_timings, write_timings
+from pipeline.models.syncnet_color import SyncNetColor
+from pipeline.models.wav2lip import Wav2Lip, Wav2LipConfig
 from pipeline.training.loop import (
     Budget,
     LossLog,
     autocast,
     count_parameters,
-    load_training_state,
-    pick_device,
     restore_training_state,
     run_loop,
     save_training_state,

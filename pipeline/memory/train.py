@@ -22,9 +22,14 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pipeline.audio.prosody import DEFAULT_STORE as DEFAULT_PROSODY_STORE
+from pipeline.audio.prosody import ProsodyStore
 from pipeline.core.checkpoints import load_file
 from pipeline.core.config import MEAD_EMOTIONS, BaseParams, TrainMemoryParams
 from pipeline.core.errors import InputError
+from pipeline.core.precision import pick_device
+from pipeline.core.store import open_store, read_index
+from pipeline.core.timings import write_timings
 from pipeline.fomm.io import frames_to_tensor
 from pipeline.models.emmn import (
     EmmnConfig,
@@ -41,15 +46,10 @@ from pipeline.models.memory import (
     keypoint_loss,
     stage1_loss,
 )
-from pipeline.audio.prosody import DEFAULT_STORE as DEFAULT_PROSODY_STORE
-from pipeline.audio.prosody import ProsodyStore
-from pipeline.core.store import open_store, read_index
-from pipeline.core.timings import write_timings
 from pipeline.training.loop import (
     Budget,
     LossLog,
     count_parameters,
-    pick_device,
     run_loop,
     seed_all,
     step_rngs,
@@ -630,7 +630,7 @@ def _train(corpus_dir: Path, keypoints: Path, motion_store: Path, audio_store: P
     timings = training_timings(budget, 0, steps)
     trainer.fill_emotion_table()
 
-    from pipeline.fomm.report import select_evenly
+    from pipeline.corpus.manifest import select_evenly
 
     test = data.split("test")
     test = test[test.clip_id.isin(select_evenly(list(test.clip_id), p.eval_clips))]

@@ -44,10 +44,11 @@ from torch import nn
 from pipeline.core.checkpoints import load_file, load_strict, strip_prefix
 from pipeline.core.errors import CheckpointError, InputError
 from pipeline.models.wav2lip import config_from_dict, scale_channels
-from pipeline.audio.prosody import CHANNELS as PROSODY_CHANNELS
-from pipeline.audio.prosody import relative_prosody
 
 WINDOW_ROWS, WINDOW_COEFFS = 28, 12
+# the prosody input (pipeline.audio.prosody computes it): steps per video frame x channels
+STEPS_PER_FRAME = 4  # 100 Hz at 25 fps: fast enough for syllable-rate pitch movement
+CHANNELS = 3  # f0 (semitones), voiced, energy (dB)
 MEL_BINS, MEL_STEPS = 80, 16
 MEL_COLUMNS_PER_FRAME = 3  # Wav2Lip windows start int(3.2 i) apart at 25 fps: the first 3 columns of each tile time
 EMOTION_INPUTS = ("mfcc", "mel")
@@ -199,12 +200,12 @@ class ProsodyNet(nn.Module):
             return [nn.Conv1d(cin, width, 5, padding=2 * dilation, dilation=dilation, bias=False),
                     nn.BatchNorm1d(width), nn.ReLU(True)]
 
-        self.units = nn.Sequential(*unit(PROSODY_CHANNELS + 1, 1), nn.MaxPool1d(2, ceil_mode=True),
+        self.units = nn.Sequential(*unit(CHANNELS + 1, 1), nn.MaxPool1d(2, ceil_mode=True),
                                    *unit(width, 2), nn.MaxPool1d(2, ceil_mode=True), *unit(width, 4))
 
     def forward(self, relative: torch.Tensor) -> torch.Tensor:
         b = relative.shape[0]
-        return self.units(relative.reshape(b, -1, PROSODY_CHANNELS + 1).transpose(1, 2))
+        return self.units(relative.reshape(b, -1, CHANNELS + 1).transpose(1, 2))
 
 
 def mean_std_pool(h: torch.Tensor) -> torch.Tensor:
@@ -437,3 +438,20 @@ def load_official_evp_audio(path: str | Path, *, encoders_only: bool = False) ->
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(path, "no EVP state dict found (expected a tensor dict or {'model': ...})")
     return import_evp_state_dict(obj, path, encoders_only=encoders_only)
+
+
+
+def relative_prosody(prosody: torch.Tensor, voice: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
+    """prosody (B, T, 4, 3) from `frame_prosody`, voice (B, 2) from `voice_baseline` (a row of NaN: unknown, use
+    `fallback` (2,)) -> (B, T, 4, 4): (f0 - base) / 12 (octaves) where voiced else 0, voiced, (energy - base) / 20
+    clamped to [-3, 3], and 1 where the voice was known, 0 where the fallback stood in (so an encoder can tell
+    a level relative to the speaker from one relative to an average voice)."""
+    if prosody.ndim != 4 or prosody.shape[-2:] != (STEPS_PER_FRAME, CHANNELS) or voice.shape != (len(prosody), 2):
+        raise InputError(None, f"expected prosody (B,T,{STEPS_PER_FRAME},{CHANNELS}) and voice (B,2), got "
+                               f"{tuple(prosody.shape)} and {tuple(voice.shape)}")
+    known = ~torch.isnan(voice).any(dim=1)
+    voice = torch.where(known[:, None], voice, fallback.to(voice)[None])
+    voiced = prosody[..., 1]
+    pitch = (prosody[..., 0] - voice[:, None, None, 0]) / 12 * voiced
+    energy = ((prosody[..., 2] - voice[:, None, None, 1]) / 20).clamp(-3.0, 3.0)
+    return torch.stack([pitch, voiced, energy, known[:, None, None].to(pitch).expand_as(pitch)], dim=-1)

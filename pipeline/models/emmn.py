@@ -487,8 +487,8 @@ def _load_embedded(entry: Mapping[str, Any], loader: Callable[[str | Path], nn.M
 
 def load_emmn(path: str | Path) -> EmmnNet:
     """An `emmn.pt` from train_memory, strictly loaded, eval mode; everything it needs is inside the file."""
+    from pipeline.core.checkpoints import load_training_state
     from pipeline.models.audio import load_audio_encoders
-    from pipeline.training.loop import load_training_state
 
     ckpt = load_training_state(path)
     try:

@@ -260,7 +260,7 @@ def init_motion(config: MotionConfig, seed: int) -> MotionNet:
 def load_motion(path: str | Path) -> MotionNet:
     """`motion.pt` from train_motion -> MotionNet in eval mode on the CPU (weights_only load, strict);
     `step` and `metrics` of the checkpoint are set as attributes."""
-    from pipeline.training.loop import load_training_state
+    from pipeline.core.checkpoints import load_training_state
 
     ckpt = load_training_state(path)
     model = ckpt["model"]

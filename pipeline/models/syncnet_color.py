@@ -18,7 +18,12 @@ from torch import nn
 
 from pipeline.core.checkpoints import extract_state_dict, load_file, load_strict
 from pipeline.core.errors import CheckpointError, InputError
-from pipeline.models.wav2lip import ConvUnit, config_from_dict, mel_encoder, scale_channels
+from pipeline.models.wav2lip import (
+    ConvUnit,
+    config_from_dict,
+    mel_encoder,
+    scale_channels,
+)
 
 WINDOW_FRAMES = 5  # the expert sees 5 consecutive frames (0.2 s at 25 fps) against 16 mel steps
 

@@ -22,14 +22,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.core.config import BaseParams, MotionReportParams, Table2Params, TrainMotionParams, as_dict, with_field
+from pipeline.core.config import (
+    BaseParams,
+    MotionReportParams,
+    Table2Params,
+    TrainMotionParams,
+    as_dict,
+    with_field,
+)
 from pipeline.core.errors import InputError
-from pipeline.lipsync.data import read_manifest
+from pipeline.core.store import write_json
+from pipeline.corpus.manifest import read_manifest
 from pipeline.models.motion import MotionNet, encode_frames, load_motion
 from pipeline.motion.data import KeypointBank
 from pipeline.motion.report import build_motion_report
 from pipeline.motion.train import loss_weights, training_quadruples
-from pipeline.core.store import write_json
 
 # (name, label, params changed from the full model); the full model has every switch on
 TABLE2_ROWS: tuple[tuple[str, str, dict[str, bool]], ...] = (
@@ -130,7 +137,7 @@ def train_row(plan: RowPlan, kp_store: Path, bank: KeypointBank, pseudo_dir: Pat
               ) -> tuple[MotionNet, dict[str, Any]]:
     """Train one row into out_dir (motion.pt, losses.csv/png, motion.json); return the model and its
     keypoint-space report (motion.json: `cross_set` is one evaluation set shared by every row)."""
-    from stages.train_motion import run_train_motion
+    from pipeline.motion.train import run_train_motion
 
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = loss_weights(plan.params)

@@ -43,11 +43,11 @@ import pandas as pd
 
 from pipeline.core.config import MotionReportParams
 from pipeline.core.errors import InputError
+from pipeline.core.probes import fit_ridge, grouped_probe_r2
+from pipeline.core.store import open_store, write_json
+from pipeline.lipsync.pseudo import relative_time_indices
 from pipeline.models.motion import MotionNet, decode_frames, encode_frames
 from pipeline.motion.data import KeypointBank, QuadrupleFrames, kept_mask
-from pipeline.core.probes import fit_ridge, grouped_probe_r2
-from pipeline.lipsync.pseudo import relative_time_indices
-from pipeline.core.store import open_store, write_json
 
 NEUTRAL = "neutral"
 

@@ -20,11 +20,21 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pipeline.core.checkpoints import load_training_state
 from pipeline.core.config import BaseParams, TrainMotionParams, as_dict
 from pipeline.core.errors import InputError
+from pipeline.core.precision import pick_device
+from pipeline.core.timings import read_timings, write_timings
 from pipeline.models.motion import MotionConfig, MotionNet, init_motion
-from pipeline.motion.data import (KeypointBank, QuadrupleFrames, counterfactual_targets, label_weights,
-                                  select_quadruples)
+from pipeline.motion.data import (
+    KeypointBank,
+    QuadrupleFrames,
+    counterfactual_targets,
+    label_weights,
+    read_pairs,
+    read_sync,
+    select_quadruples,
+)
 from pipeline.motion.losses import (
     DisentanglementWeights,
     cross_reconstruction_loss,
@@ -33,13 +43,11 @@ from pipeline.motion.losses import (
     mouth_consistency_loss,
     self_reconstruction_loss,
 )
-from pipeline.core.timings import read_timings, write_timings
 from pipeline.training.loop import (
     Budget,
     LossLog,
     count_parameters,
-    load_training_state,
-    pick_device,
+    plot_loss_curves,
     restore_training_state,
     run_loop,
     save_training_state,
@@ -275,3 +283,19 @@ def _train(config: MotionConfig, bank: KeypointBank, quads: QuadrupleFrames, all
 
 
 __all__ = ["MotionTrainer", "loss_weights", "real_rows", "motion_config", "train_motion_model", "training_quadruples"]
+
+
+def run_train_motion(kp_store: Path, pseudo_dir: Path, model_out: Path, losses_csv: Path, losses_png: Path,
+                     base: BaseParams, p: TrainMotionParams, log=print) -> dict:
+    """Train Motion Reconstruction, then draw the loss curves; return the checkpoint's metrics.
+
+    Callable with any params (e.g. `with_field(p, use_rec=False)`): scripts/table2_motion.py runs the
+    Table 2 rows through it in one process.
+    """
+    pairs = read_pairs(pseudo_dir)
+    sync = read_sync(pseudo_dir) if p.use_filter else None  # counterfactual labels: it judges the re-dub targets
+    summary = train_motion_model(kp_store, pairs, sync, model_out, losses_csv, base, p,
+                                 sync_path=Path(pseudo_dir) / "sync.parquet", log=log)
+    switches = ", ".join(f"{k}={getattr(p, k)}" for k in ("labels", "use_rec", "use_self", "use_con", "use_filter"))
+    plot_loss_curves(losses_csv, losses_png, title=f"train_motion losses (unweighted; {switches})")
+    return summary

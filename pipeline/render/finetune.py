@@ -30,26 +30,25 @@ import pandas as pd
 import torch
 from torch import nn
 
+from pipeline.audio.prosody import DEFAULT_STORE as DEFAULT_PROSODY_STORE
+from pipeline.audio.prosody import ProsodyStore
+from pipeline.core.checkpoints import load_training_state
 from pipeline.core.config import BaseParams, FinetuneRenderParams
 from pipeline.core.errors import InputError
+from pipeline.core.precision import announce_precision, pick_device, resolve_precision
+from pipeline.core.store import open_store, read_index
+from pipeline.core.timings import write_timings
 from pipeline.fomm.adversary import Adversary
 from pipeline.fomm.io import detect_keypoints, fomm_from_checkpoint, frames_to_tensor
 from pipeline.fomm.losses import MIN_VGG_SIZE
 from pipeline.fomm.report import psnr
-from pipeline.render.generate import check_keypoint_count, predict_keypoints
-from pipeline.audio.prosody import DEFAULT_STORE as DEFAULT_PROSODY_STORE
-from pipeline.audio.prosody import ProsodyStore
 from pipeline.models.fomm import FommConfig, ImagePyramid
 from pipeline.models.vgg19 import Vgg19Features, load_vgg19
-from pipeline.core.store import open_store, read_index
-from pipeline.core.precision import announce_precision, resolve_precision
-from pipeline.core.timings import write_timings
+from pipeline.render.generate import check_keypoint_count, predict_keypoints
 from pipeline.training.loop import (
     Budget,
     LossLog,
     autocast,
-    load_training_state,
-    pick_device,
     run_loop,
     save_training_state,
     seed_all,

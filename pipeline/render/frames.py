@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline.render.filters import OneEuroFilter
 from pipeline.fomm.io import module_device
 from pipeline.models.fomm import OcclusionAwareGenerator
+from pipeline.render.filters import OneEuroFilter
 
 
 @dataclass(frozen=True)

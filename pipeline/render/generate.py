@@ -24,17 +24,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.audio.frontends import SAMPLE_RATE, load_audio
-from pipeline.audio.stream import mel_windows, mfcc_windows, signal_mel, video_frame_count
+from pipeline.audio.prosody import block_prosody, measure_voice
+from pipeline.audio.stream import (
+    mel_windows,
+    mfcc_windows,
+    signal_mel,
+    video_frame_count,
+)
 from pipeline.core.config import BaseParams, GenerateParams
 from pipeline.core.errors import CheckpointError, InputError
+from pipeline.core.media import SAMPLE_RATE, load_audio
+from pipeline.core.mp4_stream import Mp4StreamWriter
+from pipeline.core.precision import announce_precision, resolve_precision
 from pipeline.fomm.io import detect_keypoints, frames_to_tensor, load_fomm
 from pipeline.models.fomm import KPDetector, OcclusionAwareGenerator
-from pipeline.core.mp4_stream import Mp4StreamWriter
-from pipeline.render.photo import FacePaster, crop_face, face_box, load_photo
-from pipeline.core.precision import announce_precision, resolve_precision
-from pipeline.audio.prosody import block_prosody, measure_voice
 from pipeline.render.frames import FilterSettings, KeypointSmoother, render_frames
+from pipeline.render.photo import FacePaster, crop_face, face_box, load_photo
 
 EMMN_FILE = "emmn.pt"
 RENDER_FILE = "emmn_render.pt"  # the stage-2 renderer (finetune_render; fomm.pt's own with steps 0), fomm.pt layout

@@ -30,7 +30,9 @@ from pipeline.core.config import MEAD_EMOTIONS, BaseParams, GenerateParams
 from pipeline.core.errors import InputError
 from pipeline.core.precision import resolve_precision
 from pipeline.core.store import open_store, read_index
-from pipeline.training.loop import _write_png as write_png  # the pipeline's one PNG writer (RGB in)
+from pipeline.training.loop import (
+    _write_png as write_png,  # the pipeline's one PNG writer (RGB in)
+)
 
 CHEAP_ROWS = ("ground_truth", "static")
 MODEL_ROWS = ("emmn", "baseline", "mmn")
@@ -130,8 +132,8 @@ def _resize(frames: np.ndarray, size: int) -> np.ndarray:
 @functools.lru_cache(maxsize=4)
 def _animator(model: str, renderer: str, device: str, mtimes: tuple[float, float]):
     """One load per worker process and checkpoint pair (mtimes: a rewritten file is re-read)."""
+    from pipeline.core.precision import pick_device
     from pipeline.render.generate import load_animator
-    from pipeline.training.loop import pick_device
 
     return load_animator(model, renderer, pick_device(device))
 
@@ -163,8 +165,7 @@ def generate_clip(task: ClipTask, base: BaseParams, p: GenerateParams) -> dict:
     """Worker: the frames of one (row, clip), its mp4 written; returns frames and seconds spent."""
     import torch
 
-    from pipeline.audio.frontends import load_audio
-    from pipeline.core.media import write_mp4
+    from pipeline.core.media import load_audio, write_mp4
 
     if task.single_thread:
         torch.set_num_threads(1)
@@ -177,7 +178,7 @@ def generate_clip(task: ClipTask, base: BaseParams, p: GenerateParams) -> dict:
     elif task.row == "static":
         frames = np.repeat(_reference(task.corpus_dir, task.actor)[None], n, axis=0)
     elif task.row == "wav2lip_only":
-        from pipeline.lipsync.data import faces_bgr
+        from pipeline.core.media import faces_bgr
         from pipeline.lipsync.redub import paste_faces, redub_faces
 
         generator = _wav2lip(task.model, Path(task.model).stat().st_mtime)
@@ -238,7 +239,7 @@ def told_emotions_sheet(animator, corpus_dir: Path, clips: pd.DataFrame, out_png
     neutrally), rendered once per emotion of the model with `--emotion NAME` (intensity 1). Same rows and
     columns as `emotions_sheet`, so the two sheets side by side separate what the memory and the renderer show
     when the emotion is known from what the audio emotion encoder recognises."""
-    from pipeline.audio.frontends import load_audio
+    from pipeline.core.media import load_audio
     from pipeline.render.generate import animate_clip, filter_settings
 
     chosen = sheet_clips(clips, actor).set_index("emotion")

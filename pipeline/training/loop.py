@@ -17,7 +17,6 @@ import contextlib
 import csv
 import io
 import math
-import os
 import random
 import sys
 import time
@@ -31,30 +30,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.core.checkpoints import load_file, save_checkpoint
-from pipeline.core.errors import CheckpointError, InputError
+from pipeline.core.checkpoints import save_checkpoint
+from pipeline.core.errors import CheckpointError
 from pipeline.core.store import write_png, write_text
 
 # ------------------------------------------------------------------------------------ device, seeds
-
-
-def pick_device(name: str) -> torch.device:
-    """`auto` -> cuda when available else cpu. On cuda, deterministic algorithms are switched on.
-
-    `warn_only`: some kernels training needs (grid_sample's backward on CUDA) have no deterministic
-    implementation; they warn instead of aborting, every other op stays deterministic.
-    """
-    if name not in ("auto", "cpu", "cuda"):
-        raise InputError("params.yaml", f"base.device must be auto, cpu or cuda, not '{name}'")
-    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise InputError("params.yaml", "base.device is 'cuda' but torch sees no CUDA device")
-    # cuBLAS reads this when it initialises: it must be set before the first matmul on the GPU.
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.benchmark = False
-    return torch.device("cuda")
 
 
 def seed_all(seed: int) -> None:
@@ -226,14 +206,6 @@ def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in module.state_dict().items()}
 
 
-def load_training_state(path: str | Path) -> dict:
-    """A checkpoint written by `save_training_state` (weights_only); refuses anything else in one line."""
-    ckpt = load_file(path)
-    if not isinstance(ckpt, Mapping) or not {"model", "config", "step"} <= set(ckpt):
-        raise CheckpointError(path, "not a pipeline checkpoint (expected keys model, config, step)")
-    return dict(ckpt)
-
-
 def restore_training_state(ckpt: Mapping[str, Any], path: str | Path, *, modules: Mapping[str, nn.Module],
                            optimizers: Mapping[str, torch.optim.Optimizer] | None = None,
                            extra_modules: Mapping[str, nn.Module] | None = None) -> int:
@@ -281,7 +253,13 @@ class TrainingProgress:
     """A rich bar on a terminal; plain `name step n/N ... loss=...` lines otherwise (logs under DVC)."""
 
     def __init__(self, description: str, total: int, start: int, *, interactive: bool | None = None):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
         self.description = description
         self.total = total

@@ -1,0 +1,26 @@
+"""The corpus manifest (manifest.parquet): one row per clip, as the corpus stage writes it, and an even
+spread of its clips (manifest order spreads actors and emotions)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.core.errors import InputError
+
+
+def read_manifest(corpus_dir: Path) -> pd.DataFrame:
+    path = Path(corpus_dir) / "manifest.parquet"
+    if not path.is_file():
+        raise InputError(path, "corpus manifest not found (run the corpus stage first)")
+    return pd.read_parquet(path)
+
+
+def select_evenly(items: list[str], count: int) -> list[str]:
+    """`count` items spread evenly over the list (manifest order spreads actors and emotions); 0 = all."""
+    if count <= 0 or count >= len(items):
+        return list(items)
+    picks = np.unique(np.linspace(0, len(items) - 1, count).round().astype(int))
+    return [items[i] for i in picks]
