@@ -1,0 +1,175 @@
+"""Each DVC stage's code deps derived from the code: the import closure (module-level and lazy imports) of the
+`stages.<name>` module its cmd runs, inside this repository.
+
+Params are exact keys (a whole section would re-run training when a run-only knob such as `threads` changes).
+`python -m tests.dvc_closure` prints where dvc.yaml disagrees; `--write` rewrites the code entries of every
+stage's deps and expands whole-section params into their keys minus RUN_ONLY (data deps, comments kept). tests/test_dvc_deps.py fails on any
+disagreement, so a new import cannot go unnoticed by DVC and a dep nothing imports cannot linger.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import re
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CODE_ROOTS = ("pipeline", "stages")
+# knobs that change how a run goes, never what it produces: listed in no stage's params, so changing them
+# re-runs nothing (max_minutes is a guard; a run it stops says so in its log)
+RUN_ONLY = frozenset({"threads", "log_every", "checkpoint_every", "max_minutes", "resume", "workers",
+                      "scheduler_address"})
+
+
+def module_file(name: str) -> Path | None:
+    """pipeline.a.b -> pipeline/a/b.py or pipeline/a/b/__init__.py (None outside the repository's code)."""
+    if name.split(".")[0] not in CODE_ROOTS:
+        return None
+    base = ROOT.joinpath(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+@lru_cache(maxsize=None)
+def direct_imports(path: Path) -> frozenset[Path]:
+    """Repository files `path` imports anywhere in its body (lazy imports count: the code may run them), plus the
+    package __init__ files Python runs on the way."""
+    tree = ast.parse(path.read_text())
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)  # `from pkg import module`
+    found = set()
+    for name in names:
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):  # parent packages run their __init__ first
+            file = module_file(".".join(parts[:i]))
+            if file is not None:
+                found.add(file)
+    return frozenset(found)
+
+
+def closure(entry: Path) -> set[Path]:
+    seen, todo = set(), [entry]
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        todo.extend(direct_imports(path) - seen)
+    return seen
+
+
+def is_trivial(path: Path) -> bool:
+    """A package __init__ holding only a docstring: importing it cannot change an output."""
+    body = ast.parse(path.read_text()).body
+    return path.name == "__init__.py" and all(isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)
+                                               for n in body)
+
+
+def stage_module(cmd: str) -> Path:
+    match = re.match(r"\s*python -m (stages\.\w+)", " ".join(cmd) if isinstance(cmd, list) else cmd)
+    assert match, f"stage cmd is not `python -m stages.<name>`: {cmd}"
+    return module_file(match.group(1))
+
+
+def required_deps(cmd: str) -> list[str]:
+    """Every repository code file the stage's command imports (trivial package inits left out), sorted."""
+    return sorted(str(p.relative_to(ROOT)) for p in closure(stage_module(cmd)) if not is_trivial(p))
+
+
+def is_code(dep: str) -> bool:
+    return dep.split("/")[0] in CODE_ROOTS
+
+
+def disagreements(dvc_yaml: Path = ROOT / "dvc.yaml") -> dict[str, dict[str, list[str]]]:
+    """stage -> {"missing": imported but not a dep, "unused": a code dep nothing imports}."""
+    stages = yaml.safe_load(dvc_yaml.read_text())["stages"]
+    out = {}
+    for name, stage in stages.items():
+        required = set(required_deps(stage["cmd"]))
+        listed = {d for d in stage.get("deps", []) if is_code(d)}
+        covered = {r for r in required if any(r == d or r.startswith(d.rstrip("/") + "/") for d in listed)}
+        unused = sorted(d for d in listed if not any(r == d or r.startswith(d.rstrip("/") + "/") for r in required))
+        missing = sorted(required - covered)
+        if missing or unused:
+            out[name] = {"missing": missing, "unused": unused}
+    return out
+
+
+def section_keys(section: str, params_yaml: Path = ROOT / "params.yaml") -> list[str]:
+    """`section.key` for every key of a params.yaml section except the run-only knobs."""
+    values = yaml.safe_load(params_yaml.read_text())[section]
+    return [f"{section}.{key}" for key in values if key not in RUN_ONLY]
+
+
+def params_problems(dvc_yaml: Path = ROOT / "dvc.yaml") -> dict[str, list[str]]:
+    """stage -> params entries that are whole sections (hashed whole, run-only knobs included) or run-only keys."""
+    stages = yaml.safe_load(dvc_yaml.read_text())["stages"]
+    out = {}
+    for name, stage in stages.items():
+        bad = [p for p in stage.get("params", []) if isinstance(p, str)
+               and ("." not in p or p.split(".", 1)[1] in RUN_ONLY)]
+        if bad:
+            out[name] = bad
+    return out
+
+
+def rewrite(dvc_yaml: Path = ROOT / "dvc.yaml") -> None:
+    """Replace each stage's code deps by its import closure (files, sorted), after its data deps."""
+    stages = yaml.safe_load(dvc_yaml.read_text())["stages"]
+    lines = dvc_yaml.read_text().split("\n")
+    out, stage, i = [], None, 0
+    while i < len(lines):
+        line = lines[i]
+        head = re.match(r"^  (\w+):", line)
+        if head:
+            stage = head.group(1)
+        if stage and re.match(r"^    deps:\s*(&\w+)?\s*$", line):
+            out.append(line)
+            i += 1
+            block = []
+            while i < len(lines) and re.match(r"^      (- |#)", lines[i]):
+                block.append(lines[i])
+                i += 1
+            data = [b for b in block if not (b.startswith("      - ") and is_code(b[8:].strip()))]
+            out.extend(data + [f"      - {d}" for d in required_deps(stages[stage]["cmd"])])
+            continue
+        whole = re.match(r"^      - (\w+)\s*$", line)
+        if stage and whole and out and any(re.match(r"^    params:", o) for o in out[-40:]) and \
+                whole.group(1) in (yaml.safe_load((ROOT / "params.yaml").read_text()) or {}):
+            out.extend(f"      - {key}" for key in section_keys(whole.group(1)))  # a whole section -> its keys
+            i += 1
+            continue
+        run_only = re.match(r"^      - \w+\.(\w+)\s*$", line)
+        if stage and run_only and run_only.group(1) in RUN_ONLY:
+            i += 1
+            continue
+        out.append(line)
+        i += 1
+    dvc_yaml.write_text("\n".join(out))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write", action="store_true", help="rewrite dvc.yaml's code deps from the code")
+    args = parser.parse_args()
+    if args.write:
+        rewrite()
+    for name, diff in disagreements().items():
+        print(f"{name}: missing {diff['missing']}; unused {diff['unused']}")
+    for name, bad in params_problems().items():
+        print(f"{name}: params {bad} (whole sections or run-only knobs)")
+
+
+if __name__ == "__main__":
+    main()
