@@ -168,6 +168,12 @@ def test_whole_repro_noop_and_param_changes(repo):
     assert not changed, f"a rerun changed these outputs (md5): {changed}"
     assert "Data and pipelines are up to date" in run([DVC, "status"], repo)
 
+    # run-only knobs are in no stage's params: changing them re-runs nothing
+    set_param(repo, "train_fomm", "threads", 1)
+    set_param(repo, "train_fomm", "log_every", 3)
+    set_param(repo, "base", "workers", 1)
+    assert "Data and pipelines are up to date" in run([DVC, "status"], repo)
+
     # a train_memory param: train_memory, its two ablation variants and everything downstream; nothing before
     set_param(repo, "train_memory", "lr", 2.0e-3)
     changed = ran_stages(run([DVC, "repro"], repo))

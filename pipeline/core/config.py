@@ -75,11 +75,11 @@ class TrainFommParams:
     vgg19: str | None = None  # torchvision VGG19 weights file: perceptual loss; unset = multi-scale L1
     preset: str = "slim"  # slim | vox256 (FommConfig preset), then `model` overrides
     image_size: int = 128
-    num_kp: int = 10
+    num_kp: int = 15
     model: dict = dataclasses.field(default_factory=dict)  # FommConfig.to_dict() overrides
     batch_size: int = 8
-    steps: int = 20000  # upper bound on total steps; on CPU max_minutes stops first
-    max_minutes: float = 12.0  # wall-clock budget of one run (0 = none)
+    steps: int = 3342  # the budget (total, resumed steps included); max_minutes is a guard
+    max_minutes: float = 90.0  # wall-clock budget of one run (0 = none)
     lr: float = 2.0e-4
     reconstruction_scales: tuple[float, ...] = (1.0, 0.5, 0.25, 0.125)
     reconstruction_weight: float = 10.0
@@ -88,15 +88,15 @@ class TrainFommParams:
     sigma_affine: float = 0.05
     sigma_tps: float = 0.005
     points_tps: int = 5
-    cross_clip: float = 0.0  # share of pairs whose source is another clip of the driving frame's actor
+    cross_clip: float = 0.5  # share of pairs whose source is another clip of the driving frame's actor
     part_weight: float = 0.0  # reconstruction loss: extra weight on the brows/eyes and mouth boxes (landmarks)
-    landmark_anchors: float = 0.0  # weight of pinning keypoints 0-9 to brow/eyelid/mouth landmarks
-    landmark_flow: float = 0.0  # weight of the flow-at-landmarks loss (corpus landmarks; MEAD: none)
+    landmark_anchors: float = 10.0  # weight of pinning keypoints 0-9 to brow/eyelid/mouth landmarks
+    landmark_flow: float = 20.0  # weight of the flow-at-landmarks loss (corpus landmarks; MEAD: none)
     augment_flip: bool = True  # mirror both frames of a pair (FOMM's augmentation)
     augment_jitter: float = 0.1  # brightness/contrast/saturation/hue jitter of a pair (0 = off)
-    gan_weight: float = 0.0  # 0 = no discriminator
+    gan_weight: float = 1.0  # 0 = no discriminator
     feature_matching_weight: float = 10.0
-    gan_start: int = 0  # step at which the discriminator joins (before it: untouched, no adversarial terms)
+    gan_start: int = 2215  # step at which the discriminator joins (before it: untouched, no adversarial terms)
     resume: bool = False  # continue from the existing output checkpoint
     checkpoint_every: int = 100
     log_every: int = 10
@@ -109,7 +109,7 @@ class KeypointsParams:
     task_frames: int = 2048  # frames per Dask task (the model is loaded once per task)
     chunk_frames: int = 256
     shard_frames: int = 16384
-    extra_frames: tuple[str, ...] = ()  # more frame stores (params.yaml: the pseudo clips), after the corpus
+    extra_frames: tuple[str, ...] = ("data/pseudo/frames.zarr",)  # more frame stores (all pseudo clips), after the corpus
     report_clips: int = 24  # held-out clips reconstructed for the report (0 = all)
     probe_stride: int = 2  # every n-th frame of the real clips feeds the probes
     # ridge penalties (standardised features) tried; one picked by leave-one-actor-out CV on training actors
@@ -123,8 +123,8 @@ class TrainSyncnetParams:
     width: float = 0.25  # channel multiplier of SyncNet_color (1.0 = the official layout)
     batch_size: int = 32  # windows per step
     windows_per_clip: int = 8  # windows drawn from each clip; every in-clip pairing is an example
-    steps: int = 20000  # upper bound; on CPU max_minutes stops first
-    max_minutes: float = 4.0  # wall-clock budget of one run (0 = none)
+    steps: int = 2000  # the budget; max_minutes is only a guard
+    max_minutes: float = 10.0  # wall-clock budget of one run (0 = none)
     lr: float = 1.0e-3
     negative_min_shift: int = 1  # off-sync windows take audio at least this many frames away (Wav2Lip: 1)
     eval_windows: int = 2000  # held-out windows for the in-sync / off-sync accuracy
@@ -143,7 +143,8 @@ class TrainSyncScorerParams(TrainSyncnetParams):
     the expert it trains against, so that expert's confidence on its own output is biased (the paper
     filters with SyncNet, a model Wav2Lip never saw)."""
 
-    max_minutes: float = 3.0
+    steps: int = 1300
+    max_minutes: float = 10.0
     seed_offset: int = 1
 
 
@@ -152,13 +153,13 @@ class TrainWav2lipParams:
     pretrained: str | None = None  # official wav2lip.pth / wav2lip_gan.pth: import it instead of training
     width: float = 0.25  # channel multiplier of the generator (1.0 = the official layout)
     batch_size: int = 8  # 5-frame windows per step
-    steps: int = 20000
-    max_minutes: float = 6.0
+    steps: int = 1000
+    max_minutes: float = 8.0
     lr: float = 1.0e-3
     sync_weight: float = 0.03  # expert sync loss weight (Wav2Lip: 0.03 once the expert loss is low)
     sync_warmup_steps: int = 300  # steps of pure L1 before the sync loss joins
     l1_region: str = "full"  # full (official) | lower: L1 on the lower half only, the part pasted back
-    eval_clips: int = 60  # held-out clips for L1/PSNR/sync (0 = all)
+    eval_clips: int = 30  # held-out clips for L1/PSNR/sync (0 = all)
     resume: bool = False
     checkpoint_every: int = 100
     log_every: int = 10
@@ -198,13 +199,13 @@ class TrainMotionParams:
     use_self: bool = True  # false = "w/o L_self" (Eq. 2)
     use_con: bool = True  # false = "w/o L_e/m-con" (Eq. 3 and 4)
     use_filter: bool = True  # train on quadruples whose two pseudo clips sync_filter kept; false = "w/o filter"
-    labels: str = "pseudo"  # pseudo: Wav2Lip clips (the paper) | counterfactual: the corpus's exact renders where they exist
+    labels: str = "exact"  # pseudo: Wav2Lip clips (the paper) | counterfactual: the corpus's exact renders where they exist
     lambda_e_con: float = 0.03  # Eq. 5 weights of the consistency losses
     lambda_m_con: float = 0.03
     jacobian_weight: float = 1.0  # weight of Jacobian differences inside ||(p, j)||_2
     batch_size: int = 256  # quadruples per step (each gives 6 frames)
-    steps: int = 30000  # upper bound; on CPU max_minutes stops first
-    max_minutes: float = 3.0
+    steps: int = 15000  # the budget; max_minutes is only a guard
+    max_minutes: float = 10.0
     lr: float = 1.0e-3
     resume: bool = False
     checkpoint_every: int = 1000
@@ -237,9 +238,9 @@ class Table2Params:
     # full, no_rec, no_self, no_con, no_filter (one train_motion switch off each) and fomm_keypoints
     # (the target's own keypoints rendered: the renderer's ceiling, no training)
     rows: tuple[str, ...] = ("no_rec", "no_self", "no_con", "no_filter", "full", "fomm_keypoints")
-    steps: int = 5000  # train_motion steps per row: the budget, so rows and runs are comparable
+    steps: int = 2000  # train_motion steps per row: the budget, so rows and runs are comparable
     max_minutes: float = 3.0  # wall-clock guard per row only
-    clips: int = 24  # held-out clips rendered per row (0 = all), spread over actors and emotions
+    clips: int = 16  # held-out clips rendered per row (0 = all), spread over actors and emotions
     frame_stride: int = 4  # every n-th frame of those clips is rendered and scored
     batch_size: int = 4  # frames per renderer call
     sheet_clips: int = 4  # clips shown in the sheet (one middle frame per row and clip)
@@ -291,8 +292,8 @@ class TrainAudioParams:
     content_weight: float = 1.0
     classification_weight: float = 1.0
     lr: float = 1.0e-3
-    steps: int = 20000  # upper bound; on CPU max_minutes stops first
-    max_minutes: float = 3.0
+    steps: int = 1000  # the budget; max_minutes is only a guard
+    max_minutes: float = 15.0
     bn_recalibration_batches: int = 30  # training batches whose exact BN statistics replace the running ones
     eval_quads: int = 64  # held-out quads for the reconstruction errors
     probe_alphas: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0, 1000.0)  # linear-probe penalties (leave-one-actor-out)
@@ -309,17 +310,17 @@ class TrainMemoryParams:
     variant: str = "emmn"  # emmn | baseline (ablation 1: no memory, no decomposition) | mmn (ablation 2: EAMM-style)
     slots: int = 64  # S, slots of each memory
     temperature: float = 0.1  # tau of the cosine softmax (Eq. 7, 10); 1 = the printed formula (near-uniform)
-    read_temperature: float | None = None  # tau of Eq. 10 at inference; None = temperature
+    read_temperature: float | None = 0.05  # tau of Eq. 10 at inference; None = temperature
     balance_query: bool = True  # unit-normalise f^_m and e_e before concatenating them into the Eq. 10 query
     mouth_from_a2m_only: bool = True  # emmn: f^_m reaches the memory and D_em as a constant (D_m learns from Eq. 6 only)
     lambda_exp_mem: float = 1.0  # Eq. 14 weights
     lambda_align: float = 1.0
     lambda_pj: float = 1.0
     window: int = 32  # T: consecutive frames per training window (e_e is pooled over them)
-    cross_actor_emotion: float = 0.0  # share of training windows whose e_e is another actor's same emotion + level
+    cross_actor_emotion: float = 0.5  # share of training windows whose e_e is another actor's same emotion + level
     batch_size: int = 16  # windows per step
-    steps: int = 20000  # upper bound; on CPU max_minutes stops first
-    max_minutes: float = 4.0  # wall-clock budget
+    steps: int = 5000  # the budget; max_minutes is only a guard
+    max_minutes: float = 15.0  # wall-clock budget
     lr: float = 1.0e-3
     identity_dim: int = 64  # f_i size
     identity_size: int = 64  # E_i reads the reference image at this side
@@ -343,8 +344,8 @@ class FinetuneRenderParams:
     train_dense_motion: bool = True  # fine-tune the flow estimator
     scales: tuple[float, ...] = (1.0, 0.5, 0.25, 0.125)  # image pyramid the loss is summed over (FOMM's)
     batch_size: int = 8
-    steps: int = 20000  # upper bound; on CPU max_minutes stops first
-    max_minutes: float = 3.0  # wall-clock budget
+    steps: int = 0  # the budget; max_minutes is only a guard
+    max_minutes: float = 15.0  # wall-clock budget
     lr: float = 1.0e-4
     eval_clips: int = 4  # held-out clips rendered before and after fine-tuning (0 = all)
     # share of training frames driven by E_k's keypoints of the real frame (FOMM's own task) instead of EmmnNet's:
@@ -363,7 +364,7 @@ class GenerateParams:
     """Inference: `emmn generate` on a photo, and the generate stage over the held-out clips."""
 
     # rows of data/outputs: ground_truth, static, wav2lip_only, emmn, baseline, mmn
-    rows: tuple[str, ...] = ("ground_truth", "static", "wav2lip_only", "emmn")
+    rows: tuple[str, ...] = ("ground_truth", "static", "wav2lip_only", "baseline", "mmn", "emmn")
     # EmmnNet checkpoints of the ablation rows (train_memory with another `variant`); a row whose file is
     # missing is skipped and reported
     variant_models: dict = dataclasses.field(
@@ -382,7 +383,7 @@ class GenerateParams:
     block_frames: int = 250  # frames per block (memory bound for long audio; also e_e's pooling span)
     batch_size: int = 4  # frames per generator call (larger batches were slower per frame on CPU)
     crf: int = 18  # H.264 quality
-    max_clips: int = 0  # held-out clips per row (0 = all; spread over actors and emotions)
+    max_clips: int = 48  # held-out clips per row (0 = all; spread over actors and emotions)
     sheet_actor: str | None = None  # emotions_sheet.png: held-out actor (null = the first)
     sheet_frames: int = 6  # generated frames per emotion in the sheet
     chunk_frames: int = 16
