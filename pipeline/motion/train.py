@@ -20,11 +20,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.core.checkpoints import load_training_state
 from pipeline.core.config import BaseParams, TrainMotionParams, as_dict
 from pipeline.core.errors import InputError
 from pipeline.core.precision import pick_device
-from pipeline.core.timings import read_timings, write_timings
 from pipeline.models.motion import MotionConfig, MotionNet, init_motion
 from pipeline.motion.data import (
     KeypointBank,
@@ -43,18 +41,13 @@ from pipeline.motion.losses import (
     mouth_consistency_loss,
     self_reconstruction_loss,
 )
+from pipeline.training.fit import fit
 from pipeline.training.loop import (
-    Budget,
-    LossLog,
     count_parameters,
     plot_loss_curves,
-    restore_training_state,
-    run_loop,
-    save_training_state,
     seed_all,
     step_rngs,
     torch_threads,
-    training_timings,
 )
 
 NORMALIZATION_SAMPLES = 20000  # quadruple draws (x 6 frames) for the input / residual statistics
@@ -245,44 +238,23 @@ def _train(config: MotionConfig, bank: KeypointBank, quads: QuadrupleFrames, all
     log(f"train_motion: {len(quads)} of {all_quadruples} quadruples (labels {p.labels}, use_filter {p.use_filter}); "
         "weights "
         f"{trainer.weights}; {count_parameters(trainer.net) / 1e3:.0f}k parameters; device {device}")
-    start_step, seconds_before = 0, 0.0
-    if p.resume and model_out.is_file():
-        ckpt = load_training_state(model_out)
-        if ckpt["config"] != config.as_dict():
-            raise InputError(model_out, f"cannot resume: model config {ckpt['config']} differs from params "
-                                        f"{config.as_dict()}; set train_motion.resume: false to start over")
-        start_step = restore_training_state(ckpt, model_out, modules=trainer.modules, optimizers=trainer.optimizers)
-        for group in trainer.optimizer.param_groups:  # a changed lr in params applies to the resumed run
-            group["lr"] = p.lr
-        seconds_before = float(read_timings(model_out).get("train_seconds", 0.0))
-        log(f"train_motion: resumed at step {start_step} from {model_out}")
-    loss_log = LossLog(losses_csv, resume_step=start_step if start_step else None)
-    budget = Budget(p.steps, p.max_minutes)
 
     def step_fn(step: int) -> dict[str, float]:
         rng, _ = step_rngs(base.seed, step)
         rows, actor, label_weight = quads.sample(rng, p.batch_size)
         return trainer.train_step(rows, actor, label_weight)
 
-    def metrics(step: int) -> dict[str, Any]:
+    def metrics(step: int, recent: dict[str, float]) -> dict[str, Any]:
         return {"steps": step, "parameters": count_parameters(trainer.net), "quadruples": len(quads),
                 "quadruples_all": int(all_quadruples), "train_params": as_dict(p),
-                **{f"final_{k}": round(v, 6) for k, v in loss_log.recent_means().items()}}
+                **{f"final_{k}": round(v, 6) for k, v in recent.items()}}
 
-    def save(step: int) -> None:
-        save_training_state(model_out, modules=trainer.modules, config=config.as_dict(), step=step,
-                            metrics=metrics(step), optimizers=trainer.optimizers)
-        write_timings(model_out, training_timings(budget, start_step, step, seconds_before))
-
-    step = run_loop(step_fn, start_step=start_step, budget=budget, log=loss_log, log_every=p.log_every,
-                    checkpoint_fn=save, checkpoint_every=p.checkpoint_every, description="train_motion")
-    trainer.recalibrate_feature_norms(base.seed)
-    save(step)
-    log(f"train_motion: {step - start_step} steps in {budget.elapsed:.0f}s -> {model_out}")
-    return metrics(step)
+    return fit(step_fn, stage="train_motion", out=model_out, losses_csv=losses_csv, config=config.as_dict(),
+               modules=trainer.modules, optimizers=trainer.optimizers, p=p, metrics=metrics,
+               finish=lambda step: trainer.recalibrate_feature_norms(base.seed), log=log).metrics
 
 
-__all__ = ["MotionTrainer", "loss_weights", "real_rows", "motion_config", "train_motion_model", "training_quadruples"]
+__all__ = ["MotionTrainer", "loss_weights", "motion_config", "real_rows", "train_motion_model", "training_quadruples"]
 
 
 def run_train_motion(kp_store: Path, pseudo_dir: Path, model_out: Path, losses_csv: Path, losses_png: Path,

@@ -1,0 +1,110 @@
+"""`fit`: the one training skeleton every trainer runs through.
+
+The trainer brings its step (`step_fn(step) -> losses`, which draws its own batch and updates its own
+networks), its modules and optimizers, and the checkpoint's `config` and `metrics`. `fit` owns the rest:
+resume (config check, restore, lr from params, the running train_seconds), the loss log, the step/minute
+budget, periodic checkpoints, the final save and the timings file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from pipeline.core.checkpoints import load_training_state
+from pipeline.core.errors import InputError
+from pipeline.core.timings import read_timings, write_timings
+from pipeline.training.loop import (
+    Budget,
+    LossLog,
+    restore_training_state,
+    run_loop,
+    save_training_state,
+    training_timings,
+)
+
+
+class Knobs(Protocol):
+    """The params fields `fit` reads (every train_* params class has them)."""
+
+    steps: int
+    max_minutes: float
+    lr: float
+    resume: bool
+    checkpoint_every: int
+    log_every: int
+
+
+@dataclass
+class Fitted:
+    """What a run did: the step reached, the step it started from, its loss log and final metrics."""
+
+    step: int
+    start_step: int
+    log: LossLog
+    metrics: dict[str, Any]
+
+
+def first_difference(a: Any, b: Any, where: str = "") -> str:
+    """`key.sub: checkpoint <a>, params <b>` for the first (sorted) key where two nested dicts differ."""
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                return first_difference(a.get(key), b.get(key), f"{where}.{key}" if where else key)
+    return f"{where}: checkpoint {a!r}, params {b!r}"
+
+
+def fit(step_fn: Callable[[int], Mapping[str, float]], *, stage: str, out: Path, losses_csv: str | Path,
+        config: Mapping[str, Any], modules: Mapping[str, nn.Module], p: Knobs,
+        metrics: Callable[[int, Mapping[str, float]], dict[str, Any]],
+        optimizers: Mapping[str, torch.optim.Optimizer] | None = None,
+        extra_modules: Mapping[str, nn.Module] | None = None,
+        fresh_on_resume: Callable[[Mapping[str, Any]], Collection[str]] | None = None,
+        finish: Callable[[int], None] | None = None, final_save: bool = True, log=print) -> Fitted:
+    """Train with `step_fn` until `p.steps` (or `p.max_minutes`), resuming from `out` when `p.resume`.
+
+    `metrics(step, recent_losses)` fills each checkpoint's metrics. `fresh_on_resume(ckpt)` names the
+    optimizers / extra modules a resume leaves as initialised. `finish(step)` runs after the last step,
+    before the final save; with `final_save` false the caller saves `out` itself (timings are written
+    either way).
+    """
+    optimizers, extra_modules = dict(optimizers or {}), dict(extra_modules or {})
+    start_step, seconds_before = 0, 0.0
+    if p.resume and out.is_file():
+        ckpt = load_training_state(out)
+        if ckpt["config"] != config:
+            raise InputError(out, f"cannot resume, model config differs from params ("
+                             f"{first_difference(ckpt['config'], config)}); set {stage}.resume: false to start over")
+        fresh = set(fresh_on_resume(ckpt)) if fresh_on_resume else set()
+        start_step = restore_training_state(
+            ckpt, out, modules=modules, optimizers={k: v for k, v in optimizers.items() if k not in fresh},
+            extra_modules={k: v for k, v in extra_modules.items() if k not in fresh})
+        for opt in optimizers.values():  # a changed lr in params applies to the resumed run
+            for group in opt.param_groups:
+                group["lr"] = p.lr
+        seconds_before = float(read_timings(out).get("train_seconds", 0.0))
+        log(f"{stage}: resumed at step {start_step} from {out}")
+    loss_log = LossLog(losses_csv, resume_step=start_step if start_step else None)
+    budget = Budget(p.steps, p.max_minutes)
+
+    def save(step: int) -> None:
+        save_training_state(out, modules=modules, config=config, step=step,
+                            metrics=metrics(step, loss_log.recent_means()), optimizers=optimizers,
+                            extra_modules=extra_modules)
+        write_timings(out, training_timings(budget, start_step, step, seconds_before))
+
+    step = run_loop(step_fn, start_step=start_step, budget=budget, log=loss_log, log_every=p.log_every,
+                    checkpoint_fn=save, checkpoint_every=p.checkpoint_every, description=stage)
+    if finish is not None:
+        finish(step)
+    if final_save:
+        save(step)
+    else:
+        write_timings(out, training_timings(budget, start_step, step, seconds_before))
+    log(f"{stage}: {step - start_step} steps in {budget.elapsed:.0f}s" + (f" -> {out}" if final_save else ""))
+    return Fitted(step, start_step, loss_log, metrics(step, loss_log.recent_means()))
