@@ -23,13 +23,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.core.checkpoints import load_training_state
 from pipeline.core.config import BaseParams, TrainSyncnetParams
 from pipeline.core.errors import InputError
 from pipeline.core.media import load_audio
 from pipeline.core.precision import announce_precision, pick_device, resolve_precision
 from pipeline.core.store import open_store
-from pipeline.core.timings import read_timings, write_timings
 from pipeline.corpus.manifest import read_manifest
 from pipeline.lipsync.data import (
     ClipBank,
@@ -41,18 +39,15 @@ from pipeline.lipsync.data import (
 from pipeline.lipsync.io import lipsync_config, load_syncnet_any
 from pipeline.lipsync.sync_scorers import ExpertScorer, score_clip
 from pipeline.models.syncnet_color import SyncNetColor, SyncNetColorConfig
+from pipeline.training.fit import fit
 from pipeline.training.loop import (
-    Budget,
     LossLog,
     autocast,
     count_parameters,
-    restore_training_state,
-    run_loop,
     save_training_state,
     seed_all,
     step_rngs,
     torch_threads,
-    training_timings,
 )
 
 ARCH = "syncnet_color"
@@ -147,18 +142,7 @@ def _train(corpus_dir: Path, audio_store: Path, model_out: Path, losses_csv: Pat
         f"{count_parameters(model) / 1e6:.2f}M parameters (width {p.width}); device {device}")
     precision = resolve_precision(base.precision, device)
     announce_precision(precision, stage, log)
-    start_step, seconds_before = 0, 0.0
-    full_config = lipsync_config(ARCH, config, base.fps, mel_pad_mode(audio_store))
-    if p.resume and model_out.is_file():
-        ckpt = load_training_state(model_out)
-        if ckpt["config"] != full_config:
-            raise InputError(model_out, "cannot resume: model config differs from params; "
-                                        f"set {stage}.resume: false to start over")
-        start_step = restore_training_state(ckpt, model_out, modules={ARCH: model}, optimizers={"optimizer": optimizer})
-        seconds_before = float(read_timings(model_out).get("train_seconds", 0.0))
-        log(f"{stage}: resumed at step {start_step}")
-    loss_log = LossLog(losses_csv, resume_step=start_step if start_step else None)
-    budget = Budget(p.steps, p.max_minutes)
+    optimizers = {"optimizer": optimizer}
 
     def step_fn(step: int) -> dict[str, float]:
         rng, _ = step_rngs(seed, step)
@@ -172,20 +156,14 @@ def _train(corpus_dir: Path, audio_store: Path, model_out: Path, losses_csv: Pat
         optimizer.step()
         return {"bce": float(loss.detach()), **accuracy}
 
-    def metrics(step: int) -> dict[str, Any]:
+    def metrics(step: int, recent: dict[str, float]) -> dict[str, Any]:
         return {"steps": step, "precision": precision.resolved, "parameters": count_parameters(model), "width": p.width,
-                **{f"final_{k}": round(v, 5) for k, v in loss_log.recent_means().items()}}
+                **{f"final_{k}": round(v, 5) for k, v in recent.items()}}
 
-    def save(step: int) -> None:
-        save_training_state(model_out, modules={ARCH: model}, config=full_config, step=step, metrics=metrics(step),
-                            optimizers={"optimizer": optimizer})
-        write_timings(model_out, training_timings(budget, start_step, step, seconds_before))
-
-    step = run_loop(step_fn, start_step=start_step, budget=budget, log=loss_log, log_every=p.log_every,
-                    checkpoint_fn=save, checkpoint_every=p.checkpoint_every, description=stage)
-    write_timings(model_out, training_timings(budget, start_step, step, seconds_before))
-    log(f"{stage}: {step - start_step} steps in {budget.elapsed:.0f}s")
-    return model, step, metrics(step), {"optimizer": optimizer}
+    fitted = fit(step_fn, stage=stage, out=model_out, losses_csv=losses_csv,
+                 config=lipsync_config(ARCH, config, base.fps, mel_pad_mode(audio_store)), modules={ARCH: model},
+                 optimizers=optimizers, p=p, metrics=metrics, final_save=False, log=log)
+    return model, fitted.step, fitted.metrics, optimizers
 
 
 # ------------------------------------------------------------------------------------------ evaluation

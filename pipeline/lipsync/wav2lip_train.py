@@ -24,12 +24,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from pipeline.core.checkpoints import load_training_state
 from pipeline.core.config import BaseParams, TrainWav2lipParams
 from pipeline.core.errors import InputError
 from pipeline.core.media import FACE_SIZE, load_audio
 from pipeline.core.precision import announce_precision, pick_device, resolve_precision
-from pipeline.core.timings import read_timings, write_timings
 from pipeline.corpus.manifest import read_manifest
 from pipeline.lipsync.data import (
     ClipBank,
@@ -44,18 +42,15 @@ from pipeline.lipsync.redub import generate_faces, redub_faces, source_frame_ind
 from pipeline.lipsync.sync_scorers import ExpertScorer, score_clip
 from pipeline.models.syncnet_color import SyncNetColor
 from pipeline.models.wav2lip import Wav2Lip, Wav2LipConfig
+from pipeline.training.fit import fit
 from pipeline.training.loop import (
-    Budget,
     LossLog,
     autocast,
     count_parameters,
-    restore_training_state,
-    run_loop,
     save_training_state,
     seed_all,
     step_rngs,
     torch_threads,
-    training_timings,
 )
 
 ARCH = "wav2lip"
@@ -111,19 +106,6 @@ def _train(corpus_dir: Path, audio_store: Path, expert: SyncNetColor, model_out:
         f"{count_parameters(generator) / 1e6:.2f}M parameters (width {p.width}); device {device}")
     precision = resolve_precision(base.precision, device)
     announce_precision(precision, "train_wav2lip", log)
-    full_config = lipsync_config(ARCH, config, base.fps, mel_pad_mode(audio_store))
-    start_step, seconds_before = 0, 0.0
-    if p.resume and model_out.is_file():
-        ckpt = load_training_state(model_out)
-        if ckpt["config"] != full_config:
-            raise InputError(model_out, "cannot resume: model config differs from params; "
-                                        "set train_wav2lip.resume: false to start over")
-        start_step = restore_training_state(ckpt, model_out, modules={ARCH: generator},
-                                            optimizers={"optimizer": optimizer})
-        seconds_before = float(read_timings(model_out).get("train_seconds", 0.0))
-        log(f"train_wav2lip: resumed at step {start_step}")
-    loss_log = LossLog(losses_csv, resume_step=start_step if start_step else None)
-    budget = Budget(p.steps, p.max_minutes)
     if p.l1_region not in ("full", "lower"):
         raise InputError("params.yaml", f"train_wav2lip.l1_region must be full or lower, not '{p.l1_region}'")
     l1_from = FACE_SIZE // 2 if p.l1_region == "lower" else 0  # first row the L1 loss covers
@@ -145,21 +127,16 @@ def _train(corpus_dir: Path, audio_store: Path, expert: SyncNetColor, model_out:
         optimizer.step()
         return {"total": float(total.detach()), "l1": float(l1.detach()), "sync": float(sync.detach())}
 
-    def metrics(step: int) -> dict[str, Any]:
+    def metrics(step: int, recent: dict[str, float]) -> dict[str, Any]:
         return {"steps": step, "precision": precision.resolved, "parameters": count_parameters(generator),
                 "width": p.width,
-                **{f"final_{k}": round(v, 5) for k, v in loss_log.recent_means().items()}}
+                **{f"final_{k}": round(v, 5) for k, v in recent.items()}}
 
-    def save(step: int) -> None:
-        save_training_state(model_out, modules={ARCH: generator}, config=full_config, step=step,
-                            metrics=metrics(step), optimizers={"optimizer": optimizer})
-        write_timings(model_out, training_timings(budget, start_step, step, seconds_before))
-
-    step = run_loop(step_fn, start_step=start_step, budget=budget, log=loss_log, log_every=p.log_every,
-                    checkpoint_fn=save, checkpoint_every=p.checkpoint_every, description="train_wav2lip")
-    write_timings(model_out, training_timings(budget, start_step, step, seconds_before))
-    log(f"train_wav2lip: {step - start_step} steps in {budget.elapsed:.0f}s")
-    return generator, step, metrics(step), {"optimizer": optimizer}
+    optimizers = {"optimizer": optimizer}
+    fitted = fit(step_fn, stage="train_wav2lip", out=model_out, losses_csv=losses_csv,
+                 config=lipsync_config(ARCH, config, base.fps, mel_pad_mode(audio_store)), modules={ARCH: generator},
+                 optimizers=optimizers, p=p, metrics=metrics, final_save=False, log=log)
+    return generator, fitted.step, fitted.metrics, optimizers
 
 
 # ------------------------------------------------------------------------------------------ evaluation
