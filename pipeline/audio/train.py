@@ -29,28 +29,17 @@ from pipeline.audio.losses import (
     emotion_classification_loss,
     self_reconstruction_loss,
 )
-from pipeline.core.checkpoints import load_training_state
 from pipeline.core.config import BaseParams, TrainAudioParams
 from pipeline.core.errors import InputError
 from pipeline.core.precision import pick_device
-from pipeline.core.timings import read_timings, write_timings
 from pipeline.models.audio import (
     ARCH,
     AudioConfig,
     AudioEncoders,
     load_official_evp_audio,
 )
-from pipeline.training.loop import (
-    Budget,
-    LossLog,
-    count_parameters,
-    restore_training_state,
-    run_loop,
-    save_training_state,
-    seed_all,
-    step_rngs,
-    training_timings,
-)
+from pipeline.training.fit import fit
+from pipeline.training.loop import LossLog, count_parameters, seed_all, step_rngs
 
 
 def audio_config(p: TrainAudioParams, emotions: tuple[str, ...]) -> AudioConfig:
@@ -153,17 +142,6 @@ def train_audio_model(train_bank: AudioBank, emotions: tuple[str, ...], model_ou
     full_config = checkpoint_config(config, base)
     log(f"train_audio: {len(train_bank)} training clips ({len(train_bank.mfcc)} frames), {len(train_bank.warps)} "
         f"DTW alignments; {count_parameters(model) / 1e6:.2f}M parameters (width {p.width}); device {device}")
-    start_step, seconds_before = 0, 0.0
-    if p.resume and model_out.is_file():
-        ckpt = load_training_state(model_out)
-        if ckpt["config"] != full_config:
-            raise InputError(model_out, "cannot resume: model config differs from params; "
-                                        "set train_audio.resume: false to start over")
-        start_step = restore_training_state(ckpt, model_out, modules={ARCH: model}, optimizers={"optimizer": optimizer})
-        seconds_before = float(read_timings(model_out).get("train_seconds", 0.0))
-        log(f"train_audio: resumed at step {start_step}")
-    loss_log = LossLog(losses_csv, resume_step=start_step if start_step else None)
-    budget = Budget(p.steps, p.max_minutes)
 
     def step_fn(step: int) -> dict[str, float]:
         rng, _ = step_rngs(base.seed, step)
@@ -180,23 +158,17 @@ def train_audio_model(train_bank: AudioBank, emotions: tuple[str, ...], model_ou
         optimizer.step()
         return terms
 
-    def metrics(step: int) -> dict[str, Any]:
+    def metrics(step: int, recent: dict[str, float]) -> dict[str, Any]:
         return {"steps": step, "parameters": count_parameters(model), "width": p.width,
-                **{f"final_{k}": round(v, 5) for k, v in loss_log.recent_means().items()}}
+                **{f"final_{k}": round(v, 5) for k, v in recent.items()}}
 
-    def save(step: int) -> None:
-        save_training_state(model_out, modules={ARCH: model}, config=full_config, step=step, metrics=metrics(step),
-                            optimizers={"optimizer": optimizer})
-        write_timings(model_out, training_timings(budget, start_step, step, seconds_before))
-
-    step = run_loop(step_fn, start_step=start_step, budget=budget, log=loss_log, log_every=p.log_every,
-                    checkpoint_fn=save, checkpoint_every=p.checkpoint_every, description="train_audio")
-    write_timings(model_out, training_timings(budget, start_step, step, seconds_before))
-    log(f"train_audio: {step - start_step} steps in {budget.elapsed:.0f}s")
+    optimizers = {"optimizer": optimizer}
+    fitted = fit(step_fn, stage="train_audio", out=model_out, losses_csv=losses_csv, config=full_config,
+                 modules={ARCH: model}, optimizers=optimizers, p=p, metrics=metrics, final_save=False, log=log)
     t1 = time.monotonic()
     recalibrated = recalibrate_batchnorm(model, train_bank, labels, base, p, device)
     log(f"train_audio: BatchNorm statistics recomputed over {recalibrated} batches in {time.monotonic() - t1:.0f}s")
-    return model.cpu().eval(), step, metrics(step), {"optimizer": optimizer}
+    return model.cpu().eval(), fitted.step, fitted.metrics, optimizers
 
 
 def import_pretrained(path: str, emotions_needed: set[str], losses_csv: Path) -> tuple[AudioEncoders, dict[str, Any]]:
