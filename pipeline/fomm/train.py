@@ -24,12 +24,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.core.checkpoints import load_training_state
 from pipeline.core.config import BaseParams, TrainFommParams, deep_merge
 from pipeline.core.errors import InputError
 from pipeline.core.precision import announce_precision, pick_device, resolve_precision
 from pipeline.core.store import open_store
-from pipeline.core.timings import read_timings, write_timings
 from pipeline.fomm.adversary import Adversary
 from pipeline.fomm.io import frames_to_tensor
 from pipeline.fomm.losses import (
@@ -51,18 +49,15 @@ from pipeline.models.fomm import (
     load_official_fomm,
 )
 from pipeline.models.vgg19 import load_vgg19
+from pipeline.training.fit import fit
 from pipeline.training.loop import (
-    Budget,
     LossLog,
     autocast,
     count_parameters,
-    restore_training_state,
-    run_loop,
     save_training_state,
     seed_all,
     step_rngs,
     torch_threads,
-    training_timings,
 )
 
 PRESETS = {"slim": FommConfig.slim, "vox256": FommConfig.vox256}
@@ -305,14 +300,6 @@ def fresh_discriminator_allowed(ckpt: Mapping[str, Any], p: TrainFommParams) -> 
     return p.gan_weight > 0 and not has_discriminator and int(ckpt["step"]) <= p.gan_start
 
 
-def _first_difference(a: Any, b: Any, where: str = "") -> str:
-    if isinstance(a, Mapping) and isinstance(b, Mapping):
-        for key in sorted(set(a) | set(b)):
-            if a.get(key) != b.get(key):
-                return _first_difference(a.get(key), b.get(key), f"{where}.{key}" if where else key)
-    return f"{where}: checkpoint {a!r}, params {b!r}"
-
-
 def train_fomm_model(corpus_dir: str | Path, model_out: str | Path, losses_csv: str | Path, base: BaseParams,
                      p: TrainFommParams, *, log=print) -> dict:
     """Train (or import, with `pretrained`) FOMM and write `model_out` + the loss log; return a summary."""
@@ -340,28 +327,13 @@ def _train(config: FommConfig, corpus_dir: str | Path, model_out: Path, losses_c
     log(f"train_fomm: {sampler.num_clips} training clips, {sampler.num_frames} frames; "
         f"{count_parameters(trainer.kp_detector, trainer.generator) / 1e6:.2f}M parameters at {config.image_size}px")
 
-    start_step, seconds_before = 0, 0.0
-    if p.resume and model_out.is_file():
-        ckpt = load_training_state(model_out)
-        if ckpt["config"] != config.to_dict():
-            raise InputError(model_out, "cannot resume, model config differs from params ("
-                             + _first_difference(ckpt["config"], config.to_dict())
-                             + "); set train_fomm.resume: false to start over")
-        optimizers, extra_modules = trainer.optimizers, trainer.extra_modules
-        if fresh_discriminator_allowed(ckpt, p):  # GAN switched on later: the discriminator starts fresh at gan_start
-            optimizers.pop("optimizer_d")
-            extra_modules = {}
-            log(f"train_fomm: {model_out} has no discriminator (step {ckpt['step']} <= gan_start {p.gan_start}): "
-                "it starts fresh")
-        start_step = restore_training_state(ckpt, model_out, modules=trainer.modules, optimizers=optimizers,
-                                            extra_modules=extra_modules)
-        for opt in trainer.optimizers.values():  # a changed lr in params applies to the resumed run
-            for group in opt.param_groups:
-                group["lr"] = p.lr
-        seconds_before = float(read_timings(model_out).get("train_seconds", 0.0))
-        log(f"train_fomm: resumed at step {start_step} from {model_out}")
-    loss_log = LossLog(losses_csv, resume_step=start_step if start_step else None)
-    budget = Budget(p.steps, p.max_minutes)
+    def fresh_on_resume(ckpt: Mapping[str, Any]) -> tuple[str, ...]:
+        """GAN switched on after a GAN-less checkpoint: the discriminator starts fresh at gan_start."""
+        if not fresh_discriminator_allowed(ckpt, p):
+            return ()
+        log(f"train_fomm: {model_out} has no discriminator (step {ckpt['step']} <= gan_start {p.gan_start}): "
+            "it starts fresh")
+        return ("optimizer_d", "discriminator")
 
     def step_fn(step: int) -> dict[str, float]:
         rng, gen = step_rngs(base.seed, step)
@@ -374,22 +346,14 @@ def _train(config: FommConfig, corpus_dir: str | Path, model_out: Path, losses_c
                                                            landmarks=landmarks)
         return trainer.train_step(source, driving, gen, weights, landmarks, gan=step >= p.gan_start)
 
-    def metrics(step: int) -> dict[str, Any]:
+    def metrics(step: int, recent: dict[str, float]) -> dict[str, Any]:
         return {"reconstruction_loss": kind, "steps": step, "precision": precision.resolved,
                 "parameters": count_parameters(trainer.kp_detector, trainer.generator),
-                **{f"final_{k}": round(v, 6) for k, v in loss_log.recent_means().items()}}
+                **{f"final_{k}": round(v, 6) for k, v in recent.items()}}
 
-    def save(step: int) -> None:
-        save_training_state(model_out, modules=trainer.modules, config=config.to_dict(), step=step,
-                            metrics=metrics(step), optimizers=trainer.optimizers, extra_modules=trainer.extra_modules)
-        write_timings(model_out, training_timings(budget, start_step, step, seconds_before))
-
-    step = run_loop(step_fn, start_step=start_step, budget=budget, log=loss_log, log_every=p.log_every,
-                    checkpoint_fn=save, checkpoint_every=p.checkpoint_every, description="train_fomm")
-    save(step)
-    summary = metrics(step)
-    log(f"train_fomm: {step - start_step} steps in {budget.elapsed:.0f}s -> {model_out}")
-    return summary
+    return fit(step_fn, stage="train_fomm", out=model_out, losses_csv=losses_csv, config=config.to_dict(),
+               modules=trainer.modules, optimizers=trainer.optimizers, extra_modules=trainer.extra_modules, p=p,
+               metrics=metrics, fresh_on_resume=fresh_on_resume, log=log).metrics
 
 
 def import_pretrained(path: str | Path, model_out: str | Path, losses_csv: str | Path, *, log=print) -> dict:
