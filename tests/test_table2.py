@@ -195,7 +195,9 @@ def test_unknown_row_is_a_one_line_error(tmp_path):
 
 def test_dvc_stage_reads_train_motion_params_and_lists_existing_code():
     stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["table2"]
-    assert {"base.seed", "base.device", "train_motion", "table2"} <= set(stage["params"])
+    sections = {p.split(".")[0] for p in stage["params"]}  # exact keys of each section it reads
+    assert {"base.seed", "base.device", "train_motion.labels", "table2.rows"} <= set(stage["params"])
+    assert {"base", "train_motion", "table2"} <= sections
     for dep in stage["deps"]:
         if not dep.startswith("data/"):
             assert (ROOT / dep).is_file(), dep
