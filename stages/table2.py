@@ -32,6 +32,7 @@ from pipeline.core.config import (
 from pipeline.core.errors import InputError
 from pipeline.core.parallel import dask_client, ordered_map
 from pipeline.core.store import atomic_output, open_store, write_json, write_text
+from pipeline.core.timings import pop_timings, write_timings
 from pipeline.corpus.manifest import read_manifest
 from pipeline.evaluation.landmark_detect import DlibLandmarks, landmark_detector
 from pipeline.evaluation.table2 import (
@@ -120,6 +121,8 @@ def run_table2(kp_store: Path, pseudo_dir: Path, corpus_dir: Path, renderer: Pat
             "rows": {plan.name: {"label": plan.label, "same_as": plan.same_as, "skipped": plan.skipped,
                                  "quadruples": plan.quadruples, **results.get(plan.name, {}).get("train", {})}
                      for plan in plans}}, indent=2) + "\n")
+        timings = pop_timings(tmp)  # inside work_dir (a DVC output) they would change its md5 on every run
+    write_timings(work_dir, timings)
     table_md.parent.mkdir(parents=True, exist_ok=True)
     write_text(table_md, table_markdown(rows, plans, per_clip, reports, setup))
     write_json(report_json, rows)

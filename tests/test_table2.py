@@ -92,6 +92,10 @@ def test_stage_writes_every_row_and_column(staged):
         assert (staged / "ablations" / name / "motion.pt").is_file()
         assert json.loads((staged / "ablations" / name / "motion.json").read_text())["model"]["step"] == t.steps
     assert (staged / "ablations" / "sheet.png").stat().st_size > 1000
+    # the rows' training timings live beside the DVC output folder, not in it (its md5 must not change per run)
+    assert not list((staged / "ablations").rglob("*.timings.json"))
+    timings = json.loads((staged / "ablations.timings.json").read_text())
+    assert {f"{name}/motion.pt" for name in TRAINED} <= set(timings)
 
 
 def test_a_switched_off_term_is_not_in_the_trained_loss(staged):

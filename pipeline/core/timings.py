@@ -45,4 +45,16 @@ def write_timings(output: str | Path, values: Mapping[str, Any]) -> Path:
     return path
 
 
-__all__ = ["SUFFIX", "read_timings", "timings_path", "write_timings"]
+def pop_timings(folder: str | Path) -> dict[str, Any]:
+    """Remove every timings file under `folder` and return them keyed by their output's relative path: a stage
+    whose output is a folder (table2 trains models inside one) moves them out before DVC hashes it."""
+    folder = Path(folder)
+    found = {}
+    for path in sorted(folder.rglob(f"*{SUFFIX}")):
+        output = path.with_name(path.name[: -len(SUFFIX)])
+        found[str(output.relative_to(folder))] = read_timings(output)
+        path.unlink()
+    return found
+
+
+__all__ = ["SUFFIX", "pop_timings", "read_timings", "timings_path", "write_timings"]
