@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -10,7 +11,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import soundfile
 import soundfile as sf
 
 from pipeline.core.errors import InputError
@@ -23,15 +23,24 @@ def ffmpeg_exe() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
-def read_video(path: str | Path) -> tuple[np.ndarray, float]:
-    """All frames as RGB uint8 (T, H, W, 3) and the container's fps."""
-    path = Path(path)
+@contextlib.contextmanager
+def opened_video(path: Path) -> Iterator[cv2.VideoCapture]:
+    """An OpenCV capture of `path`, released on exit; InputError when the file is missing or cannot be opened."""
     if not path.is_file():
         raise InputError(path, "video file not found")
     cap = cv2.VideoCapture(str(path))
     try:
         if not cap.isOpened():
             raise InputError(path, "unreadable video (OpenCV cannot open it)")
+        yield cap
+    finally:
+        cap.release()
+
+
+def read_video(path: str | Path) -> tuple[np.ndarray, float]:
+    """All frames as RGB uint8 (T, H, W, 3) and the container's fps."""
+    path = Path(path)
+    with opened_video(path) as cap:
         fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
         frames = []
         while True:
@@ -39,8 +48,6 @@ def read_video(path: str | Path) -> tuple[np.ndarray, float]:
             if not ok:
                 break
             frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
-    finally:
-        cap.release()
     if not frames:
         raise InputError(path, "unreadable video (no frames could be decoded)")
     if not fps > 0:
@@ -61,16 +68,9 @@ class VideoInfo:
 def video_info(path: str | Path) -> VideoInfo:
     """The header's size, frame rate and frame count; InputError when the file cannot be opened as a video."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "video file not found")
-    cap = cv2.VideoCapture(str(path))
-    try:
-        if not cap.isOpened():
-            raise InputError(path, "unreadable video (OpenCV cannot open it)")
+    with opened_video(path) as cap:
         info = VideoInfo(int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
                          float(cap.get(cv2.CAP_PROP_FPS) or 0.0), int(cap.get(cv2.CAP_PROP_FRAME_COUNT)))
-    finally:
-        cap.release()
     if info.width <= 0 or info.height <= 0 or info.frames <= 0:
         raise InputError(path, "unreadable video (no frame size or frame count in its header)")
     if not info.fps > 0:
@@ -245,8 +245,8 @@ def check_wav_complete(path: Path) -> None:
 def _read_with_soundfile(path: Path) -> tuple[np.ndarray, int]:
     """Decode with libsndfile; integer PCM is scaled by 1/32768 (int16) like librosa."""
     try:
-        data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-    except (soundfile.SoundFileError, RuntimeError, ValueError) as exc:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.SoundFileError, RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         # libsndfile says "Error opening '<path>': <reason>"; the path is already in the error.
         raise InputError(path, f"not a readable audio file ({first.split(': ')[-1]})") from None
