@@ -22,6 +22,7 @@ from pipeline.judges.evaluator import load_evaluator
 from pipeline.judges.scores import f_lmd, m_lmd
 from stages.cli import app
 from tests.conftest import tiny_params_dict, tiny_section
+from tests.resume_helpers import Killed, kill_at, same_weights
 
 runner = CliRunner()
 OUTPUTS = ("evaluator.pt", "evaluator.json", "losses.csv", "losses.png", "confusion.png")
@@ -212,3 +213,25 @@ def test_without_dlib_the_regressor_reads_the_landmarks(monkeypatch, trained, tm
     evaluator.landmarks = None
     with pytest.raises(InputError, match="no landmark detector"):
         landmark_detector(evaluator)
+
+
+def test_a_killed_run_resumes_to_the_same_judges(trained, tiny_corpus, tmp_path, monkeypatch):
+    """Killed at step 4 of 6 (checkpoint every 2), resumed: the weights, report and log of the unbroken run."""
+    from stages.train_evaluator import run_train_evaluator
+
+    out, _ = trained
+
+    def train(**changes):
+        run_train_evaluator(tiny_corpus, *(tmp_path / n for n in OUTPUTS[:3]), tmp_path / "l.png", tmp_path / "c.png",
+                            tiny_section("base"), tiny_section("train_evaluator", eval_stride=1, checkpoint_every=2,
+                                                               **changes))
+
+    kill_at(monkeypatch, 4)
+    with pytest.raises(Killed):
+        train()
+    assert torch.load(tmp_path / "evaluator.pt", weights_only=True)["step"] == 4
+    monkeypatch.undo()
+    train(resume=True)
+    assert same_weights(out / "evaluator.pt", tmp_path / "evaluator.pt")
+    assert (out / "losses.csv").read_bytes() == (tmp_path / "losses.csv").read_bytes()
+    assert json.loads((out / "evaluator.json").read_text()) == json.loads((tmp_path / "evaluator.json").read_text())

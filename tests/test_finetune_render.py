@@ -15,6 +15,7 @@ from pipeline.training.loop import read_loss_csv
 from tests.conftest import tiny_section
 from tests.generate_fixtures import write_tiny_emmn, write_tiny_fomm
 from tests.lipsync_fixtures import tiny_audio  # noqa: F401
+from tests.resume_helpers import Killed, kill_at, same_weights
 
 
 def test_stage2_loss_eq15_by_hand():
@@ -233,3 +234,29 @@ def test_zero_steps_pass_fomm_pt_s_renderer_through_measured(tiny_audio, tmp_pat
     for module in ("kp_detector", "generator"):
         a, b = getattr(start, module).state_dict(), getattr(passed, module).state_dict()
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_killed_fine_tuning_resumes_to_the_same_renderer(tiny_audio, tmp_path, monkeypatch):  # noqa: F811
+    """GAN on (discriminator and both optimizers in the checkpoint): killed at step 2 of 3, resumed, equal."""
+    from stages.finetune_render import run_finetune_render
+
+    corpus, audio = tiny_audio
+    _tiny_fomm_with_discriminator(tmp_path / "fomm.pt")
+    write_tiny_emmn(tmp_path / "emmn.pt", num_kp=tiny_section("train_fomm").num_kp)
+
+    def train(name: str, **changes):
+        p = dataclasses.replace(tiny_section("finetune_render"), train_generator=True, gan_weight=0.1,
+                                checkpoint_every=1, **changes)
+        return run_finetune_render(corpus, audio, tmp_path / "emmn.pt", tmp_path / "fomm.pt", tmp_path / f"{name}.pt",
+                                   tmp_path / f"{name}.csv", tmp_path / f"{name}.png", tmp_path / f"{name}.json",
+                                   tiny_section("base"), p)
+
+    straight = train("straight")
+    kill_at(monkeypatch, 2)
+    with pytest.raises(Killed):
+        train("broken")
+    monkeypatch.undo()
+    assert torch.load(tmp_path / "broken.pt", weights_only=True)["step"] == 2
+    assert train("broken", resume=True) == straight
+    assert same_weights(tmp_path / "straight.pt", tmp_path / "broken.pt")
+    assert (tmp_path / "straight.csv").read_bytes() == (tmp_path / "broken.csv").read_bytes()

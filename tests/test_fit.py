@@ -18,6 +18,7 @@ class Knobs:
     resume: bool = False
     checkpoint_every: int = 2
     log_every: int = 2
+    threads: int = 0
 
 
 def run(tmp_path, name: str, p: Knobs, config=None, fresh=()):
@@ -28,7 +29,8 @@ def run(tmp_path, name: str, p: Knobs, config=None, fresh=()):
 
     def step_fn(step: int) -> dict[str, float]:
         _, gen = step_rngs(0, step)
-        loss = (critic(net(torch.randn(4, 3, generator=gen))) ** 2).mean()
+        keep = torch.nn.functional.dropout(torch.ones(4, 1), 0.5)  # the global generator, as dropout draws it
+        loss = (keep * critic(net(torch.randn(4, 3, generator=gen))) ** 2).mean()
         for opt in optimizers.values():
             opt.zero_grad()
         loss.backward()
@@ -44,6 +46,7 @@ def run(tmp_path, name: str, p: Knobs, config=None, fresh=()):
 
 
 def test_resume_equals_unbroken_and_takes_lr_from_params(tmp_path):
+    """Also what the steps draw from torch's global generator (dropout) continues where the checkpoint was."""
     straight, _, fitted = run(tmp_path, "a", Knobs())
     assert fitted.step == 6 and fitted.metrics["steps"] == 6
     run(tmp_path, "b", Knobs(steps=4))

@@ -42,6 +42,7 @@ from tests.memory_fixtures import (
 )
 from tests.memory_fixtures import tiny_audio as tiny_audio_encoders
 from tests.motion_fixtures import motion_inputs  # noqa: F401  (fixture)
+from tests.resume_helpers import Killed, kill_at, same_weights
 
 BASE = BaseParams(seed=3, device="cpu", workers=0)
 
@@ -277,3 +278,22 @@ def test_train_memory_on_the_tiny_pipeline(motion_inputs, tiny_audio, tiny_proso
                         mel=torch.randn(1, frames, 80, 16) if model.needs_mel else None,
                         prosody=torch.rand(1, frames, 4, 3) if model.needs_prosody else None)
     assert out["value"].shape == (1, frames, n, 2) and model.needs_prosody
+
+
+def test_a_killed_run_resumes_to_the_same_weights_report_and_log(stores, tmp_path, monkeypatch):
+    straight = tmp_path / "straight"
+    straight.mkdir()
+    report, outs = run(stores, straight, checkpoint_every=2)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    kill_at(monkeypatch, 4)
+    with pytest.raises(Killed):
+        run(stores, broken, checkpoint_every=2)
+    assert torch.load(broken / "emmn.pt", weights_only=True)["step"] == 4
+    monkeypatch.undo()
+    resumed, again = run(stores, broken, checkpoint_every=2, resume=True)
+    assert same_weights(outs["pt"], again["pt"]) and resumed == report
+    assert outs["csv"].read_bytes() == again["csv"].read_bytes()
+    assert load_emmn(again["pt"]).step == 6
+    with pytest.raises(InputError, match="cannot resume, model config differs from params .*slots"):
+        run(stores, broken, checkpoint_every=2, resume=True, slots=5)

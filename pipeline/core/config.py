@@ -262,6 +262,8 @@ class TrainEvaluatorParams:
     shift: int = 3  # random shift in px of image_size (landmark targets move along)
     jitter: float = 0.1  # per-channel gain and brightness offset range (unseen actors' colours)
     soften_fraction: float = 0.5  # share of each batch blurred 2x down/up (generated frames are softer)
+    resume: bool = False  # continue from evaluator.pt's step and optimizer states (same config)
+    checkpoint_every: int = 200
     log_every: int = 20
     threads: int = 0  # torch threads; 0 = torch's default
 
@@ -331,6 +333,8 @@ class TrainMemoryParams:
     latent_dim: int = 16  # ablations: D_m output size (emmn uses motion.pt's mouth_dim)
     mmn_keypoints: int = 3  # mmn: upper-face keypoints the expression memory stores
     eval_clips: int = 0  # held-out clips scored in memory.json (0 = all); as many training clips for comparison
+    resume: bool = False  # continue from the checkpoint's step and optimizer state (same config)
+    checkpoint_every: int = 500
     log_every: int = 20
     threads: int = 0  # torch threads; 0 = torch's default
 
@@ -355,6 +359,8 @@ class FinetuneRenderParams:
     # feature-matching terms beside Eq. 15, weighted relative to it (FOMM's 10:1:10 is 1 : 0.1 : 1 here)
     gan_weight: float = 0.0
     feature_matching_weight: float = 1.0
+    resume: bool = False  # continue from emmn_render.pt's step and optimizer states (same config)
+    checkpoint_every: int = 200
     log_every: int = 10
     threads: int = 0  # torch threads; 0 = torch's default
 

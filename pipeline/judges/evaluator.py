@@ -31,7 +31,6 @@ from pipeline.judges.mouth_landmarks import (
     conv_features,
     face_input,
 )
-from pipeline.training.loop import save_training_state
 
 ARCH = "evaluator"
 FACE_POINTS = 68
@@ -91,22 +90,11 @@ class Evaluator:
         return (fractions * np.array([frames_rgb.shape[2], frames_rgb.shape[1]], np.float64)).astype(np.float32)
 
 
-def evaluator_config(emotions: Sequence[str], image_size: int, width: int, frame_size: int,
-                     landmarks_err_px: float | None) -> dict[str, Any]:
+def evaluator_config(emotions: Sequence[str], image_size: int, width: int, frame_size: int) -> dict[str, Any]:
+    """What rebuilds the judges (frame_size 0: no landmark regressor). Fixed before training, so a resumed run
+    can check it; the regressor's held-out error is a result and lives in the metrics (landmark_error_px)."""
     return {"arch": ARCH, "emotions": list(emotions), "image_size": int(image_size), "width": int(width),
-            "frame_size": int(frame_size), "landmarks_heldout_err_px": landmarks_err_px}
-
-
-def save_evaluator(path: str | Path, evaluator: Evaluator, *, width: int, step: int,
-                   metrics: Mapping[str, Any]) -> None:
-    modules: dict[str, nn.Module] = {"emotion": evaluator.emotion_net}
-    frame_size = 0
-    err = None
-    if evaluator.landmarks is not None:
-        modules["landmarks"] = evaluator.landmarks.net
-        frame_size, err = evaluator.landmarks.frame_size, evaluator.landmarks.heldout_err_px
-    config = evaluator_config(evaluator.emotions, evaluator.image_size, width, frame_size, err)
-    save_training_state(path, modules=modules, config=config, step=step, metrics=metrics)
+            "frame_size": int(frame_size)}
 
 
 def load_evaluator(path: str | Path) -> Evaluator:
@@ -128,6 +116,9 @@ def load_evaluator(path: str | Path) -> Evaluator:
     if "landmarks" in model:
         net = face_landmark_net(width, size)
         load_strict(net, model["landmarks"], path)
-        landmarks = LandmarkRegressor(net.eval(), float(config.get("landmarks_heldout_err_px") or 0.0),
+        metrics = ckpt.get("metrics") or {}
+        # the held-out error: a metric since training can resume (older checkpoints kept it in the config)
+        err = metrics.get("landmark_error_px", config.get("landmarks_heldout_err_px"))
+        landmarks = LandmarkRegressor(net.eval(), float(err or 0.0),
                                       int(config["frame_size"]), int(ckpt["step"]), crop_top=0)
     return Evaluator(emotion_net.eval(), emotions, size, landmarks, dict(ckpt.get("metrics") or {}))

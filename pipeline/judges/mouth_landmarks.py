@@ -114,9 +114,9 @@ def budget_progress(step: int, max_steps: int, seconds: float, max_minutes: floa
 
 
 def set_cosine_lr(optimizer: torch.optim.Optimizer, lr: float, progress: float) -> None:
-    """Cosine decay from `lr` to 0 over whichever budget (steps or minutes) runs out first."""
+    """Cosine decay from `lr` to 0 as `progress` goes 0 -> 1 (a Python float: optimizer states load weights-only)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr * 0.5 * (1.0 + np.cos(np.pi * progress))
+        group["lr"] = float(lr * 0.5 * (1.0 + np.cos(np.pi * progress)))
 
 
 def landmark_loss(net: LandmarkNet, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

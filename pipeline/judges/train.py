@@ -33,13 +33,12 @@ from pipeline.core.errors import InputError
 from pipeline.core.media import faces_bgr
 from pipeline.core.precision import announce_precision, pick_device, resolve_precision
 from pipeline.core.store import open_store
-from pipeline.core.timings import write_timings
 from pipeline.corpus.manifest import read_manifest
 from pipeline.judges.evaluator import (
     EmotionNet,
     Evaluator,
+    evaluator_config,
     face_landmark_net,
-    save_evaluator,
 )
 from pipeline.judges.mouth_landmarks import (
     LandmarkRegressor,
@@ -57,17 +56,8 @@ from pipeline.judges.scores import (
     m_lmd,
     write_confusion_png,
 )
-from pipeline.training.loop import (
-    Budget,
-    LossLog,
-    autocast,
-    count_parameters,
-    run_loop,
-    seed_all,
-    step_rngs,
-    torch_threads,
-    training_timings,
-)
+from pipeline.training.fit import fit
+from pipeline.training.loop import autocast, count_parameters, seed_all, step_rngs, torch_threads
 
 
 @dataclass
@@ -166,19 +156,18 @@ def _train(corpus_dir: Path, model_out: Path, losses_csv: Path, confusion_png: P
     emotion_net = EmotionNet(p.width, len(emotions)).to(device)
     landmark_net = face_landmark_net(p.width, p.image_size).to(device) if with_landmarks else None
     nets = [n for n in (emotion_net, landmark_net) if n is not None]
-    optimizers = [torch.optim.Adam(n.parameters(), lr=p.lr) for n in nets]
+    optimizers = {name: torch.optim.Adam(n.parameters(), lr=p.lr)
+                  for name, n in (("emotion", emotion_net), ("landmarks", landmark_net)) if n is not None}
     targets = torch.from_numpy(train.landmarks / frame_size) if with_landmarks else None
     labels = torch.from_numpy(train.labels)
-    budget = Budget(p.steps, p.max_minutes)
-    loss_log = LossLog(losses_csv)
     soften_count = int(round(p.soften_fraction * p.batch_size))
     for net in nets:
         net.train()
 
     def step_fn(step: int) -> dict[str, float]:
         rng, _ = step_rngs(base.seed, step)
-        for opt in optimizers:  # over steps only, so a run that reaches `steps` is reproducible
-            set_cosine_lr(opt, p.lr, step / budget.steps)
+        for opt in optimizers.values():  # over steps only, so a run that reaches `steps` is reproducible
+            set_cosine_lr(opt, p.lr, step / p.steps)
         idx = rng.integers(len(train.faces), size=p.batch_size)
         x, target = augment(face_input(train.faces[idx]), targets[idx] if targets is not None else None, rng,
                             p.shift, p.jitter, soften_count)
@@ -193,40 +182,41 @@ def _train(corpus_dir: Path, model_out: Path, losses_csv: Path, confusion_png: P
                 lm_loss = landmark_loss(landmark_net, x, target.to(device))
             total = total + lm_loss
             losses["landmark_smooth_l1"] = lm_loss
-        for opt in optimizers:
+        for opt in optimizers.values():
             opt.zero_grad(set_to_none=True)
         total.backward()  # the nets share no parameters: one backward gives each its own gradient
-        for opt in optimizers:
+        for opt in optimizers.values():
             opt.step()
         return {k: float(v.detach()) for k, v in losses.items()}
 
-    steps = run_loop(step_fn, start_step=0, budget=budget, log=loss_log, log_every=p.log_every,
-                     description="train_evaluator")
-    timings = training_timings(budget, 0, steps)
-    stopped_by = "steps" if steps >= p.steps else "max_minutes"
-    if stopped_by == "max_minutes":
-        log(f"train_evaluator: max_minutes stopped training at step {steps} of {p.steps}: the judges depend on "
-            f"this machine's speed (raise max_minutes or lower steps for a reproducible run)")
-    emotion_net.eval().cpu()
-    landmarks = None
-    if landmark_net is not None:
-        landmarks = LandmarkRegressor(landmark_net.eval().cpu(), 0.0, frame_size, steps, crop_top=0)
-    evaluator = Evaluator(emotion_net, emotions, p.image_size, landmarks)
+    heldout: dict[str, Any] = {}
 
-    test = load_frame_set(corpus_dir, test_clips, emotions, p.image_size, p.eval_stride, with_landmarks)
-    metrics = heldout_metrics(evaluator, test, frame_size, confusion_png)
-    if landmarks is not None:
-        landmarks.heldout_err_px = metrics["landmark_error_px"]
-    metrics.update({"steps": int(steps), "stopped_by": stopped_by, "precision": precision.resolved,
-                    "train_frames": int(len(train.faces)),
-                    "train_clips": int(len(train_clips)), "image_size": p.image_size, "frame_size": frame_size,
-                    "parameters": count_parameters(*nets), "final_losses": loss_log.recent_means()})
-    save_evaluator(model_out, evaluator, width=p.width, step=steps, metrics=metrics)
-    write_timings(model_out, {**timings, "stage_seconds": round(time.monotonic() - started, 1)})
-    log(f"train_evaluator: {steps} steps in {timings['train_seconds']:.0f}s; held-out clip accuracy "
-        f"{metrics['emotion_clip_accuracy']:.3f} (chance {metrics['chance_accuracy']:.3f}), landmark error "
-        f"{metrics['landmark_error_px']} px")
-    return metrics
+    def finish(step: int) -> None:
+        """Measure the trained judges on the held-out actors' real frames (the final checkpoint's metrics)."""
+        if step < p.steps:
+            log(f"train_evaluator: max_minutes stopped training at step {step} of {p.steps}: the judges depend on "
+                f"this machine's speed (raise max_minutes or lower steps for a reproducible run)")
+        emotion_net.eval().cpu()
+        landmarks = None
+        if landmark_net is not None:
+            landmarks = LandmarkRegressor(landmark_net.eval().cpu(), 0.0, frame_size, step, crop_top=0)
+        test = load_frame_set(corpus_dir, test_clips, emotions, p.image_size, p.eval_stride, with_landmarks)
+        heldout.update(heldout_metrics(Evaluator(emotion_net, emotions, p.image_size, landmarks), test, frame_size,
+                                       confusion_png))
+
+    def metrics(step: int, recent: dict[str, float]) -> dict[str, Any]:
+        return {**heldout, "steps": int(step), "stopped_by": "steps" if step >= p.steps else "max_minutes",
+                "precision": precision.resolved, "train_frames": int(len(train.faces)),
+                "train_clips": int(len(train_clips)), "image_size": p.image_size, "frame_size": frame_size,
+                "parameters": count_parameters(*nets), "final_losses": recent}
+
+    modules = {"emotion": emotion_net, **({"landmarks": landmark_net} if landmark_net is not None else {})}
+    config = evaluator_config(emotions, p.image_size, p.width, frame_size if with_landmarks else 0)
+    fitted = fit(step_fn, stage="train_evaluator", out=model_out, losses_csv=losses_csv, config=config,
+                 modules=modules, optimizers=optimizers, p=p, metrics=metrics, finish=finish, log=log)
+    log(f"train_evaluator: held-out clip accuracy {fitted.metrics['emotion_clip_accuracy']:.3f} (chance "
+        f"{fitted.metrics['chance_accuracy']:.3f}), landmark error {fitted.metrics['landmark_error_px']} px")
+    return fitted.metrics
 
 
 def heldout_metrics(evaluator: Evaluator, test: FrameSet, frame_size: int, confusion_png: Path) -> dict[str, Any]:

@@ -29,7 +29,6 @@ from pipeline.core.config import MEAD_EMOTIONS, BaseParams, TrainMemoryParams
 from pipeline.core.errors import InputError
 from pipeline.core.precision import pick_device
 from pipeline.core.store import open_store, read_index
-from pipeline.core.timings import write_timings
 from pipeline.fomm.io import frames_to_tensor
 from pipeline.models.emmn import (
     EmmnConfig,
@@ -37,7 +36,6 @@ from pipeline.models.emmn import (
     EmmnOutput,
     frozen_entry,
     keypoint_displacement,
-    save_emmn,
 )
 from pipeline.models.memory import (
     a2m_loss,
@@ -46,16 +44,8 @@ from pipeline.models.memory import (
     keypoint_loss,
     stage1_loss,
 )
-from pipeline.training.loop import (
-    Budget,
-    LossLog,
-    count_parameters,
-    run_loop,
-    seed_all,
-    step_rngs,
-    torch_threads,
-    training_timings,
-)
+from pipeline.training.fit import fit
+from pipeline.training.loop import count_parameters, seed_all, step_rngs, torch_threads
 
 # ----------------------------------------------------------------------------------------------- data
 
@@ -618,43 +608,42 @@ def _train(corpus_dir: Path, keypoints: Path, motion_store: Path, audio_store: P
         f"window {trainer.window} frames; {trainable / 1e6:.2f}M trainable parameters; device {device}"
         + (f"; mmn keypoints {list(upper)}" if upper else ""))
 
-    loss_log = LossLog(losses_csv)
-    budget = Budget(p.steps, p.max_minutes)
-
     def step_fn(step: int) -> dict[str, float]:
         rng, _ = step_rngs(base.seed, step)
         return trainer.train_step(trainer.sample(rng))
 
-    steps = run_loop(step_fn, start_step=0, budget=budget, log=loss_log, log_every=p.log_every,
-                     description="train_memory")
-    timings = training_timings(budget, 0, steps)
-    trainer.fill_emotion_table()
+    report: dict[str, Any] = {}
 
-    from pipeline.corpus.manifest import select_evenly
+    def finish(step: int) -> None:
+        """The emotion table from the training clips, then memory.json's numbers (held-out and training actors)."""
+        from pipeline.corpus.manifest import select_evenly
 
-    test = data.split("test")
-    test = test[test.clip_id.isin(select_evenly(list(test.clip_id), p.eval_clips))]
-    means = training_means(trainer)
-    heldout = score_clips(trainer, test, means)
-    train_scored = train_clips[train_clips.clip_id.isin(select_evenly(list(train_clips.clip_id), len(test)))]
-    train = score_clips(trainer, train_scored, means)
-    has_memory = config.variant != "baseline"
-    retrieval_space = {"emmn": "f_e (motion.zarr)", "mmn": f"(p - p_neu, j - j_neu) of keypoints {list(upper)}",
-                       "baseline": None}[p.variant]
-    info = {"variant": p.variant, "slots": config.slots if has_memory else 0, "temperature": config.temperature,
-            "read_temperature": config.read_temperature,
-            "slots_used_is": SLOTS_USED if has_memory else None, "retrieval_space": retrieval_space,
-            "upper_keypoints": list(upper), "steps": steps,
-            "window": trainer.window, "heldout_actors": sorted(test.actor.unique()),
-            "emotions": list(model.emotions)}
-    report = build_report(heldout, train, info)
-    metrics = {"steps": steps, "parameters": trainable,
-               **{f"final_{k}": round(v, 6) for k, v in loss_log.recent_means().items()},
-               **{k: report[k] for k in ("slots_used", "align_kl", "retrieval_err", "keypoint_l1")}}
-    save_emmn(model_out, model, step=steps, metrics=metrics,
-              frozen={"audio": audio_ckpt, **({"motion": motion_ckpt} if motion_ckpt is not None else {})})
-    write_timings(model_out, timings)
-    log(f"train_memory: {steps} steps in {timings['train_seconds']:.0f}s -> {model_out}")
+        trainer.fill_emotion_table()
+        test = data.split("test")
+        test = test[test.clip_id.isin(select_evenly(list(test.clip_id), p.eval_clips))]
+        means = training_means(trainer)
+        heldout = score_clips(trainer, test, means)
+        train_scored = train_clips[train_clips.clip_id.isin(select_evenly(list(train_clips.clip_id), len(test)))]
+        train = score_clips(trainer, train_scored, means)
+        has_memory = config.variant != "baseline"
+        retrieval_space = {"emmn": "f_e (motion.zarr)", "mmn": f"(p - p_neu, j - j_neu) of keypoints {list(upper)}",
+                           "baseline": None}[p.variant]
+        info = {"variant": p.variant, "slots": config.slots if has_memory else 0, "temperature": config.temperature,
+                "read_temperature": config.read_temperature,
+                "slots_used_is": SLOTS_USED if has_memory else None, "retrieval_space": retrieval_space,
+                "upper_keypoints": list(upper), "steps": step,
+                "window": trainer.window, "heldout_actors": sorted(test.actor.unique()),
+                "emotions": list(model.emotions)}
+        report.update(build_report(heldout, train, info))
+
+    def metrics(step: int, recent: dict[str, float]) -> dict[str, Any]:
+        return {"steps": step, "parameters": trainable, **{f"final_{k}": round(v, 6) for k, v in recent.items()},
+                **{k: report[k] for k in ("slots_used", "align_kl", "retrieval_err", "keypoint_l1") if report}}
+
+    frozen = {"audio": audio_ckpt, **({"motion": motion_ckpt} if motion_ckpt is not None else {})}
+    fit(step_fn, stage="train_memory", out=model_out, losses_csv=losses_csv, config=config.to_dict(),
+        modules=model.trainable_modules(), optimizers={"optimizer": trainer.optimizer}, p=p, metrics=metrics,
+        finish=finish, checkpoint_extra={"frozen": frozen}, log=log)
     return report
 
 

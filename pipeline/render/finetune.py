@@ -20,7 +20,7 @@ feature-matching terms ask for a face the discriminator takes for real.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,6 @@ from pipeline.core.config import BaseParams, FinetuneRenderParams
 from pipeline.core.errors import InputError
 from pipeline.core.precision import announce_precision, pick_device, resolve_precision
 from pipeline.core.store import open_store, read_index
-from pipeline.core.timings import write_timings
 from pipeline.fomm.adversary import Adversary
 from pipeline.fomm.io import detect_keypoints, fomm_from_checkpoint, frames_to_tensor
 from pipeline.fomm.losses import MIN_VGG_SIZE
@@ -45,17 +44,8 @@ from pipeline.fomm.report import psnr
 from pipeline.models.fomm import FommConfig, ImagePyramid
 from pipeline.models.vgg19 import Vgg19Features, load_vgg19
 from pipeline.render.generate import check_keypoint_count, predict_keypoints
-from pipeline.training.loop import (
-    Budget,
-    LossLog,
-    autocast,
-    run_loop,
-    save_training_state,
-    seed_all,
-    step_rngs,
-    torch_threads,
-    training_timings,
-)
+from pipeline.training.fit import Fitted, fit
+from pipeline.training.loop import LossLog, autocast, save_training_state, seed_all, step_rngs, torch_threads
 
 
 def stage2_loss(real_maps: Sequence[torch.Tensor], fake_maps: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -328,54 +318,61 @@ def finetune_render(corpus_dir: str | Path, audio_store: str | Path, emmn_path: 
         before = evaluate(generator, eval_sampler, device)
         log(f"finetune_render: held-out ({len(heldout.clip_ids)} clips) before: L1 {before['l1']:.4f}, "
             f"PSNR {before['psnr']:.2f} dB, sharpness {before['sharpness']:.3f}")
+        def report(steps: int, recent: Mapping[str, float], after: Mapping[str, Any]) -> dict[str, Any]:
+            return {
+                "loss": render_loss_kind(bool(p.vgg19)), "vgg19": p.vgg19, "train_dense_motion": p.train_dense_motion,
+                "train_generator": p.train_generator, "real_keypoint_share": p.real_keypoint_share,
+                "gan_weight": p.gan_weight, "feature_matching_weight": p.feature_matching_weight,
+                "discriminator": origin, "precision": precision.resolved if train is not None else None,
+                "steps": steps, "train_clips": 0 if train is None else len(train.clip_ids),
+                "heldout_clips": len(heldout.clip_ids), "heldout_frames": after["frames"],
+                "heldout_l1_before": before["l1"], "heldout_l1_after": after["l1"],
+                "heldout_psnr_before": before["psnr"], "heldout_psnr_after": after["psnr"],
+                "heldout_sharpness_before": before["sharpness"], "heldout_sharpness_after": after["sharpness"],
+                "fomm": str(fomm_path), "fomm_step": fomm.step, "emmn": str(emmn_path),
+                **{f"final_{k}": round(v, 6) for k, v in recent.items()},
+            }
+
         if train is None:
             log("finetune_render: steps 0: no fine-tuning, the renderer is fomm.pt's as it is")
-            loss_log, steps, timings, after = LossLog(losses_csv), 0, {}, before
-        else:
-            log(f"finetune_render: loss = Eq. 15 on {loss_fn.kind}"
-                + (f" (VGG19 weights {p.vgg19})" if p.vgg19
-                   else " (no finetune_render.vgg19 weights given: no pretrained VGG here, so the equation is "
-                        "applied to the pixels of an image pyramid)")
-                + f"; image generator {'fine-tuned' if p.train_generator else 'frozen'}"
-                + f"; dense motion {'fine-tuned' if p.train_dense_motion else 'frozen'}; device {device}"
-                + (f"; {p.real_keypoint_share:.0%} of frames driven by their own detected keypoints"
-                   if p.real_keypoint_share > 0 else "")
-                + (f"; + LSGAN ({p.gan_weight}) and feature matching ({p.feature_matching_weight}) of the "
-                   f"{origin} discriminator" if adversary is not None else ""))
-            announce_precision(precision, "finetune_render", log)
-            log(f"finetune_render: {len(train.clip_ids)} training clips ({train.num_frames} frames), "
-                f"{1 - p.real_keypoint_share:.0%} of their frames driven by EmmnNet keypoints")
-            detected = detected_keypoints(Path(keypoints_store), train) if p.real_keypoint_share > 0 else None
-            train_sampler = FrameSampler(corpus_dir, train, refs, size, detected)
-            loss_log = LossLog(losses_csv)
-            steps, timings = fine_tune(generator, train_sampler, loss_fn, adversary, loss_log, base, p, device,
-                                       precision.bf16)
-            after = evaluate(generator, eval_sampler, device)
-            log(f"finetune_render: held-out after {steps} steps: L1 {after['l1']:.4f}, PSNR {after['psnr']:.2f} dB, "
+            LossLog(losses_csv).flush()
+            metrics = report(0, {}, before)
+            save_training_state(model_out, modules={"kp_detector": kp_detector, "generator": generator.eval()},
+                                config=fomm.config.to_dict(), step=0, metrics=metrics)
+            return metrics
+        log(f"finetune_render: loss = Eq. 15 on {loss_fn.kind}"
+            + (f" (VGG19 weights {p.vgg19})" if p.vgg19
+               else " (no finetune_render.vgg19 weights given: no pretrained VGG here, so the equation is "
+                    "applied to the pixels of an image pyramid)")
+            + f"; image generator {'fine-tuned' if p.train_generator else 'frozen'}"
+            + f"; dense motion {'fine-tuned' if p.train_dense_motion else 'frozen'}; device {device}"
+            + (f"; {p.real_keypoint_share:.0%} of frames driven by their own detected keypoints"
+               if p.real_keypoint_share > 0 else "")
+            + (f"; + LSGAN ({p.gan_weight}) and feature matching ({p.feature_matching_weight}) of the "
+               f"{origin} discriminator" if adversary is not None else ""))
+        announce_precision(precision, "finetune_render", log)
+        log(f"finetune_render: {len(train.clip_ids)} training clips ({train.num_frames} frames), "
+            f"{1 - p.real_keypoint_share:.0%} of their frames driven by EmmnNet keypoints")
+        detected = detected_keypoints(Path(keypoints_store), train) if p.real_keypoint_share > 0 else None
+        train_sampler = FrameSampler(corpus_dir, train, refs, size, detected)
+        after: dict[str, Any] = {}
+
+        def finish(step: int) -> None:
+            after.update(evaluate(generator.eval(), eval_sampler, device))
+            log(f"finetune_render: held-out after {step} steps: L1 {after['l1']:.4f}, PSNR {after['psnr']:.2f} dB, "
                 f"sharpness {after['sharpness']:.3f}")
-        metrics = {
-            "loss": render_loss_kind(bool(p.vgg19)), "vgg19": p.vgg19, "train_dense_motion": p.train_dense_motion,
-            "train_generator": p.train_generator, "real_keypoint_share": p.real_keypoint_share,
-            "gan_weight": p.gan_weight, "feature_matching_weight": p.feature_matching_weight,
-            "discriminator": origin, "precision": precision.resolved if train is not None else None, "steps": steps,
-            "train_clips": 0 if train is None else len(train.clip_ids),
-            "heldout_clips": len(heldout.clip_ids), "heldout_frames": after["frames"],
-            "heldout_l1_before": before["l1"], "heldout_l1_after": after["l1"],
-            "heldout_psnr_before": before["psnr"], "heldout_psnr_after": after["psnr"],
-            "heldout_sharpness_before": before["sharpness"], "heldout_sharpness_after": after["sharpness"],
-            "fomm": str(fomm_path), "fomm_step": fomm.step, "emmn": str(emmn_path),
-            **{f"final_{k}": round(v, 6) for k, v in loss_log.recent_means().items()},
-        }
-        save_training_state(model_out, modules={"kp_detector": kp_detector, "generator": generator.eval()},
-                            config=fomm.config.to_dict(), step=steps, metrics=metrics)
-        write_timings(model_out, timings)
-    return metrics
+
+        return fine_tune(generator, kp_detector, fomm.config, train_sampler, loss_fn, adversary, Path(model_out),
+                         Path(losses_csv), base, p, device, precision.bf16, log, finish=finish,
+                         metrics=lambda step, recent: report(step, recent, after) if after else {"steps": step}).metrics
 
 
-def fine_tune(generator: nn.Module, sampler: FrameSampler, loss_fn: RenderLoss, adversary: Adversary | None,
-              loss_log: LossLog, base: BaseParams, p: FinetuneRenderParams, device: torch.device, bf16: bool = False
-              ) -> tuple[int, dict[str, float]]:
-    """The stage-2 loop on the generator (the parts `p` names) in place; return (steps, timings)."""
+def fine_tune(generator: nn.Module, kp_detector: nn.Module, config: FommConfig, sampler: FrameSampler,
+              loss_fn: RenderLoss, adversary: Adversary | None, model_out: Path, losses_csv: Path, base: BaseParams,
+              p: FinetuneRenderParams, device: torch.device, bf16: bool = False, log=print, *,
+              finish: Callable[[int], None], metrics: Callable[[int, Mapping[str, float]], dict[str, Any]]) -> Fitted:
+    """The stage-2 loop on the generator (the parts `p` names) in place, through `fit` (checkpoints of
+    `model_out` in fomm.pt's layout, with the optimizer and discriminator states a resumed run reads)."""
     generator.requires_grad_(p.train_generator)
     generator.dense_motion_network.requires_grad_(p.train_dense_motion)
     trainable = [q for q in generator.parameters() if q.requires_grad]
@@ -402,7 +399,8 @@ def fine_tune(generator: nn.Module, sampler: FrameSampler, loss_fn: RenderLoss, 
             logged["discriminator"] = adversary.update(prediction, target)
         return logged
 
-    budget = Budget(p.steps, p.max_minutes)
-    steps = run_loop(step_fn, start_step=0, budget=budget, log=loss_log, log_every=p.log_every,
-                     description="finetune_render")
-    return steps, training_timings(budget, 0, steps)
+    optimizers = {"optimizer": optimizer, **({"optimizer_d": adversary.optimizer} if adversary is not None else {})}
+    extra = {"discriminator": adversary.discriminator} if adversary is not None else {}
+    return fit(step_fn, stage="finetune_render", out=model_out, losses_csv=losses_csv, config=config.to_dict(),
+               modules={"kp_detector": kp_detector, "generator": generator}, optimizers=optimizers,
+               extra_modules=extra, p=p, metrics=metrics, finish=finish, log=log)

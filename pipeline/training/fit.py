@@ -2,16 +2,17 @@
 
 The trainer brings its step (`step_fn(step) -> losses`, which draws its own batch and updates its own
 networks), its modules and optimizers, and the checkpoint's `config` and `metrics`. `fit` owns the rest:
-resume (config check, restore, lr from params, the running train_seconds), the loss log, the step/minute
-budget, periodic checkpoints, the final save and the timings file.
+resume (config check, restore of weights, optimizers and torch's global generators, lr from params, the running
+train_seconds), the loss log, the step/minute budget, periodic checkpoints, the final save and the timings file.
+A run killed after a checkpoint and resumed ends with the weights and log of an unbroken run.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
@@ -29,8 +30,10 @@ from pipeline.training.loop import (
 )
 
 
-class Knobs(Protocol):
-    """The params fields `fit` reads (every train_* params class has them)."""
+@dataclass(frozen=True)
+class TrainKnobs:
+    """The knobs every trainer has, as `fit` reads them from a stage's params section (each train_* section and
+    finetune_render carry these keys; `threads` is applied by the trainer around its data loading too)."""
 
     steps: int
     max_minutes: float
@@ -38,6 +41,14 @@ class Knobs(Protocol):
     resume: bool
     checkpoint_every: int
     log_every: int
+    threads: int
+
+    @classmethod
+    def of(cls, params: Any) -> TrainKnobs:
+        missing = [f.name for f in fields(cls) if not hasattr(params, f.name)]
+        if missing:
+            raise TypeError(f"{type(params).__name__} lacks the trainer knobs {missing}")
+        return cls(**{f.name: getattr(params, f.name) for f in fields(cls)})
 
 
 @dataclass
@@ -59,20 +70,40 @@ def first_difference(a: Any, b: Any, where: str = "") -> str:
     return f"{where}: checkpoint {a!r}, params {b!r}"
 
 
+def global_rng_state() -> dict[str, Any]:
+    """torch's global generators (CPU, and each CUDA device once CUDA is up): what dropout and any other
+    draw outside `step_rngs` consumes, saved so a resumed run continues the same stream."""
+    state: dict[str, Any] = {"torch_rng_state": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["torch_cuda_rng_states"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_global_rng(train_state: Mapping[str, Any]) -> None:
+    """Undo of `global_rng_state` (a checkpoint without it leaves the generators as they are)."""
+    if "torch_rng_state" in train_state:
+        torch.set_rng_state(train_state["torch_rng_state"])
+    if "torch_cuda_rng_states" in train_state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(train_state["torch_cuda_rng_states"])
+
+
 def fit(step_fn: Callable[[int], Mapping[str, float]], *, stage: str, out: Path, losses_csv: str | Path,
-        config: Mapping[str, Any], modules: Mapping[str, nn.Module], p: Knobs,
+        config: Mapping[str, Any], modules: Mapping[str, nn.Module], p: Any,
         metrics: Callable[[int, Mapping[str, float]], dict[str, Any]],
         optimizers: Mapping[str, torch.optim.Optimizer] | None = None,
         extra_modules: Mapping[str, nn.Module] | None = None,
         fresh_on_resume: Callable[[Mapping[str, Any]], Collection[str]] | None = None,
-        finish: Callable[[int], None] | None = None, final_save: bool = True, log=print) -> Fitted:
+        finish: Callable[[int], None] | None = None, final_save: bool = True,
+        checkpoint_extra: Mapping[str, Any] | None = None, log=print) -> Fitted:
     """Train with `step_fn` until `p.steps` (or `p.max_minutes`), resuming from `out` when `p.resume`.
 
     `metrics(step, recent_losses)` fills each checkpoint's metrics. `fresh_on_resume(ckpt)` names the
     optimizers / extra modules a resume leaves as initialised. `finish(step)` runs after the last step,
     before the final save; with `final_save` false the caller saves `out` itself (timings are written
-    either way).
+    either way). `checkpoint_extra`: further top-level checkpoint entries (emmn.pt's embedded frozen parts).
+    `p` is the stage's params section; its `TrainKnobs` fields drive the loop.
     """
+    p = TrainKnobs.of(p)
     optimizers, extra_modules = dict(optimizers or {}), dict(extra_modules or {})
     start_step, seconds_before = 0, 0.0
     if p.resume and out.is_file():
@@ -84,6 +115,7 @@ def fit(step_fn: Callable[[int], Mapping[str, float]], *, stage: str, out: Path,
         start_step = restore_training_state(
             ckpt, out, modules=modules, optimizers={k: v for k, v in optimizers.items() if k not in fresh},
             extra_modules={k: v for k, v in extra_modules.items() if k not in fresh})
+        restore_global_rng(ckpt.get("train_state") or {})
         for opt in optimizers.values():  # a changed lr in params applies to the resumed run
             for group in opt.param_groups:
                 group["lr"] = p.lr
@@ -95,7 +127,8 @@ def fit(step_fn: Callable[[int], Mapping[str, float]], *, stage: str, out: Path,
     def save(step: int) -> None:
         save_training_state(out, modules=modules, config=config, step=step,
                             metrics=metrics(step, loss_log.recent_means()), optimizers=optimizers,
-                            extra_modules=extra_modules)
+                            extra_modules=extra_modules, train_extra=global_rng_state(),
+                            **dict(checkpoint_extra or {}))
         write_timings(out, training_timings(budget, start_step, step, seconds_before))
 
     step = run_loop(step_fn, start_step=start_step, budget=budget, log=loss_log, log_every=p.log_every,

@@ -190,16 +190,18 @@ def _write_png(path: str | Path, rgb: np.ndarray) -> None:
 def save_training_state(path: str | Path, *, modules: Mapping[str, nn.Module], config: Mapping[str, Any],
                         step: int, metrics: Mapping[str, Any] | None = None,
                         optimizers: Mapping[str, torch.optim.Optimizer] | None = None,
-                        extra_modules: Mapping[str, nn.Module] | None = None) -> None:
-    """{model: {name: state_dict}, config, step, metrics, train_state: {...}} via `save_checkpoint`.
+                        extra_modules: Mapping[str, nn.Module] | None = None,
+                        train_extra: Mapping[str, Any] | None = None, **extra: Any) -> None:
+    """{model: {name: state_dict}, config, step, metrics, train_state: {...}, **extra} via `save_checkpoint`.
 
-    `modules` are what inference needs (`model`); `extra_modules` (e.g. a discriminator) and optimizer
-    states go under `train_state`, which only resuming reads.
+    `modules` are what inference needs (`model`); `extra_modules` (e.g. a discriminator), optimizer states and
+    `train_extra` (e.g. RNG states) go under `train_state`, which only resuming reads.
     """
     train_state: dict[str, Any] = {name: opt.state_dict() for name, opt in (optimizers or {}).items()}
     train_state.update({name: _cpu_state(m) for name, m in (extra_modules or {}).items()})
+    train_state.update(train_extra or {})
     save_checkpoint(path, model={name: _cpu_state(m) for name, m in modules.items()}, config=config, step=step,
-                    metrics=metrics, train_state=train_state)
+                    metrics=metrics, train_state=train_state, **extra)
 
 
 def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
