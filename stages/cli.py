@@ -20,6 +20,7 @@ from stages import (
     finetune_render,
     generate,
     keypoints,
+    loss_curves,
     motion_report,
     prosody,
     pseudo_pairs,
@@ -68,6 +69,7 @@ app.command("motion_report")(motion_report.motion_report)
 app.command("motion-report", hidden=True)(motion_report.motion_report)
 app.command("table2")(table2.table2)
 app.command("emotion_ceiling")(emotion_ceiling.emotion_ceiling)
+app.command("loss_curves")(loss_curves.loss_curves)
 
 
 @app.command("env")

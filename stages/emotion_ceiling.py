@@ -20,12 +20,9 @@ import typer
 from pipeline.audio.prosody import DEFAULT_STORE as DEFAULT_PROSODY_STORE
 from pipeline.core.config import EmotionCeilingParams, load_section
 from pipeline.core.parallel import progress_bar
-from pipeline.core.store import write_json
+from pipeline.core.store import write_json, write_png
 from pipeline.evaluation.emotion_ceiling import EmmnRow, emotion_ceilings
 from pipeline.judges.evaluator import load_evaluator
-from pipeline.training.loop import (
-    _write_png as write_png,  # the pipeline's one PNG writer (RGB in)
-)
 from pipeline.training.loop import torch_threads
 from stages.common import ParamsOption, one_line_errors, stage_app
 

@@ -5,7 +5,7 @@
 Reads the corpus, audio.zarr, data/models/emmn.pt (frozen: predicts the driving keypoints) and
 data/models/fomm.pt (the starting renderer). Writes data/models/emmn_render.pt (fomm.pt layout: E_k
 unchanged + the fine-tuned generator, so `load_fomm` reads it), the loss log
-data/reports/finetune_render_losses.csv + PNG, and data/reports/finetune_render.json (which loss was
+data/reports/finetune_render_losses.csv, and data/reports/finetune_render.json (which loss was
 used, held-out L1/PSNR before and after).
 """
 
@@ -21,20 +21,18 @@ from pipeline.audio.prosody import DEFAULT_STORE as DEFAULT_PROSODY_STORE
 from pipeline.core.config import BaseParams, FinetuneRenderParams, load_section
 from pipeline.core.store import write_json
 from pipeline.render.finetune import finetune_render as finetune
-from pipeline.training.loop import plot_loss_curves
 from stages.common import ParamsOption, one_line_errors, stage_app
 
 app = stage_app()
 
 
 def run_finetune_render(corpus_dir: Path, audio_store: Path, emmn: Path, fomm: Path, model_out: Path,
-                        losses_csv: Path, losses_png: Path, report: Path, base: BaseParams,
+                        losses_csv: Path, report: Path, base: BaseParams,
                         p: FinetuneRenderParams, prosody_store: Path = DEFAULT_PROSODY_STORE,
                         keypoints_store: Path = Path("data/features/keypoints.zarr")) -> dict:
     """Fine-tune, draw the loss curves, write the report; return the metrics."""
     metrics = finetune(corpus_dir, audio_store, emmn, fomm, model_out, losses_csv, base, p,
                        prosody_store=prosody_store, keypoints_store=keypoints_store)
-    plot_loss_curves(losses_csv, losses_png, title=f"finetune_render: Eq. 15 on {metrics['loss']}")
     write_json(report, metrics)
     return metrics
 
@@ -53,12 +51,11 @@ def finetune_render(
     out: Annotated[Path, typer.Option(help="fine-tuned renderer to write")] = Path("data/models/emmn_render.pt"),
     losses: Annotated[Path, typer.Option(help="loss log CSV (DVC plot)")] = Path(
         "data/reports/finetune_render_losses.csv"),
-    losses_png: Annotated[Path, typer.Option(help="loss curves PNG")] = Path("data/reports/finetune_render_losses.png"),
     report: Annotated[Path, typer.Option(help="report JSON")] = Path("data/reports/finetune_render.json"),
 ) -> None:
     """Stage 2 (Eq. 15): fine-tune the FOMM renderer on frames driven by EmmnNet's predicted keypoints."""
     base, p = load_section("base", params), load_section("finetune_render", params)
-    metrics = run_finetune_render(corpus, audio_features, emmn, fomm, out, losses, losses_png, report, base, p,
+    metrics = run_finetune_render(corpus, audio_features, emmn, fomm, out, losses, report, base, p,
                                   prosody, keypoints)
     typer.echo(json.dumps({k: metrics[k] for k in ("loss", "steps", "heldout_psnr_before", "heldout_psnr_after")}))
 

@@ -8,7 +8,7 @@ renders each row's self-reconstructions of held-out frames through the renderer 
 else data/models/fomm.pt) next to the target's own E_k keypoints rendered (the renderer's ceiling), and
 scores them against the real frames (pipeline/evaluation/table2.py says exactly how). Writes data/reports/table2.json
 (one object per row: psnr, ssim, m_lmd, f_lmd, kp_error, kp_error_px, steps, clips, frames),
-data/reports/table2.md, and data/ablations/motion/ (per row: motion.pt, losses.csv/png, motion.json;
+data/reports/table2.md, and data/ablations/motion/ (per row: motion.pt, losses.csv, motion.json;
 clips.csv with every clip's scores; sheet.png).
 """
 

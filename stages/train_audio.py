@@ -5,7 +5,7 @@
 Writes data/models/audio.pt (AudioEncoders: E_c, E_e, decoder, classifier; `load_audio_encoders`), the
 held-out report data/reports/audio.json (emotion_acc_from_ee, emotion_acc_from_ec, reconstruction errors,
 per-emotion accuracy), its confusion matrix data/reports/audio_confusion.png, the loss log
-data/reports/audio_losses.csv (DVC plot, x = step) and its PNG. `train_audio.pretrained: <EVP
+data/reports/audio_losses.csv (DVC plot, x = step). `train_audio.pretrained: <EVP
 <epoch>_pretrain.pth>` imports EVP's released weights instead of training (then only evaluated).
 """
 
@@ -29,14 +29,14 @@ from pipeline.core.timings import read_timings, write_timings
 from pipeline.corpus.manifest import read_manifest
 from pipeline.lipsync.data import real_clips
 from pipeline.models.audio import ARCH
-from pipeline.training.loop import plot_loss_curves, save_training_state, torch_threads
+from pipeline.training.loop import save_training_state, torch_threads
 from stages.common import ParamsOption, one_line_errors, stage_app
 
 app = stage_app()
 
 
 def run_train_audio(corpus_dir: Path, audio_store: Path, model_out: Path, report: Path, losses_csv: Path,
-                    losses_png: Path, confusion_png: Path, base: BaseParams, p: TrainAudioParams, log=print,
+                    confusion_png: Path, base: BaseParams, p: TrainAudioParams, log=print,
                     prosody_store: Path = Path("data/features/prosody.zarr")) -> dict:
     """Align, train (or import), evaluate on the held-out actors; write checkpoint, report and pictures."""
     if p.voice_baseline not in ("speaker", "default"):
@@ -75,7 +75,6 @@ def run_train_audio(corpus_dir: Path, audio_store: Path, model_out: Path, report
     save_training_state(model_out, modules={ARCH: model}, config=checkpoint_config(model.config, base), step=step,
                         metrics=metrics, optimizers=optimizers)  # optimizer state kept so `resume` can continue
     write_timings(model_out, {**read_timings(model_out), "dtw_seconds": round(dtw_seconds, 1)})
-    plot_loss_curves(losses_csv, losses_png, title="train_audio losses (reconstructions in MFCC units)")
     plot_confusion(confusion, model.emotions, confusion_png,
                    f"held-out emotion from e_e: acc {metrics['emotion_acc_from_ee']:.3f} "
                    f"(chance {metrics['chance']:.3f})")
@@ -98,13 +97,12 @@ def train_audio(
     out: Annotated[Path, typer.Option(help="checkpoint to write")] = Path("data/models/audio.pt"),
     report: Annotated[Path, typer.Option(help="held-out metrics JSON")] = Path("data/reports/audio.json"),
     losses: Annotated[Path, typer.Option(help="loss log CSV (DVC plot)")] = Path("data/reports/audio_losses.csv"),
-    losses_png: Annotated[Path, typer.Option(help="loss curves PNG")] = Path("data/reports/audio_losses.png"),
     confusion_png: Annotated[Path, typer.Option(help="held-out confusion matrix PNG")] = Path(
         "data/reports/audio_confusion.png"),
 ) -> None:
     """Train the audio content/emotion encoders (EVP disentanglement) or import EVP's weights; held-out report."""
     base, p = load_section("base", params), load_section("train_audio", params)
-    metrics = run_train_audio(corpus, audio, out, report, losses, losses_png, confusion_png, base, p,
+    metrics = run_train_audio(corpus, audio, out, report, losses, confusion_png, base, p,
                               prosody_store=prosody)
     typer.echo(json.dumps({k: metrics[k] for k in ("emotion_acc_from_ee", "emotion_acc_from_ec", "cross_rec_err")}))
 

@@ -7,7 +7,7 @@ Trains, on the real clips of the TRAIN actors only, an emotion classifier (singl
 real clips: the classifier's clip accuracy there is the ceiling of the emotion-accuracy column, the
 regressor's error against the exact landmarks the floor of the LMD columns. Writes
 data/models/evaluator.pt, data/reports/evaluator.json, the loss log data/reports/evaluator_losses.csv
-(+ PNG) and the held-out confusion matrix data/reports/evaluator_confusion.png.
+and the held-out confusion matrix data/reports/evaluator_confusion.png.
 """
 
 from __future__ import annotations
@@ -21,17 +21,15 @@ import typer
 from pipeline.core.config import BaseParams, TrainEvaluatorParams, load_section
 from pipeline.core.store import write_json
 from pipeline.judges.train import train_evaluator_models
-from pipeline.training.loop import plot_loss_curves
 from stages.common import ParamsOption, one_line_errors, stage_app
 
 app = stage_app()
 
 
-def run_train_evaluator(corpus_dir: Path, model_out: Path, report: Path, losses_csv: Path, losses_png: Path,
-                        confusion_png: Path, base: BaseParams, p: TrainEvaluatorParams) -> dict:
+def run_train_evaluator(corpus_dir: Path, model_out: Path, report: Path, losses_csv: Path, confusion_png: Path,
+                        base: BaseParams, p: TrainEvaluatorParams) -> dict:
     """Train and measure both judges; write the checkpoint, the report, the loss curves and the confusion PNG."""
     metrics = train_evaluator_models(corpus_dir, model_out, losses_csv, confusion_png, base, p)
-    plot_loss_curves(losses_csv, losses_png, title="train_evaluator losses")
     write_json(report, metrics)
     return metrics
 
@@ -44,13 +42,12 @@ def train_evaluator(
     out: Annotated[Path, typer.Option(help="checkpoint to write")] = Path("data/models/evaluator.pt"),
     report: Annotated[Path, typer.Option(help="held-out metrics JSON")] = Path("data/reports/evaluator.json"),
     losses: Annotated[Path, typer.Option(help="loss log CSV (DVC plot)")] = Path("data/reports/evaluator_losses.csv"),
-    losses_png: Annotated[Path, typer.Option(help="loss curves PNG")] = Path("data/reports/evaluator_losses.png"),
     confusion: Annotated[Path, typer.Option(help="held-out confusion matrix PNG")] = Path(
         "data/reports/evaluator_confusion.png"),
 ) -> None:
     """Train the emotion classifier and landmark regressor that score generated clips; held-out ceiling/floor."""
     base, p = load_section("base", params), load_section("train_evaluator", params)
-    metrics = run_train_evaluator(corpus, out, report, losses, losses_png, confusion, base, p)
+    metrics = run_train_evaluator(corpus, out, report, losses, confusion, base, p)
     typer.echo(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}))
 
 

@@ -3,7 +3,7 @@
     python -m stages.train_fomm                  # what dvc repro runs
     emmn train_fomm --params params.yaml
 Writes data/models/fomm.pt ({model: {kp_detector, generator}, config, step, metrics}), the loss log
-data/reports/fomm_losses.csv (DVC plot, x = step) and its PNG rendering. `train_fomm.resume: true`
+data/reports/fomm_losses.csv (DVC plot, x = step). `train_fomm.resume: true`
 continues from an existing fomm.pt; `train_fomm.pretrained: <vox-cpk.pth.tar>` imports instead.
 """
 
@@ -17,18 +17,16 @@ import typer
 
 from pipeline.core.config import BaseParams, TrainFommParams, load_section
 from pipeline.fomm.train import train_fomm_model
-from pipeline.training.loop import plot_loss_curves
 from stages.common import ParamsOption, one_line_errors, stage_app
 
 app = stage_app()
 
 
-def run_train_fomm(corpus_dir: Path, model_out: Path, losses_csv: Path, losses_png: Path, base: BaseParams,
+def run_train_fomm(corpus_dir: Path, model_out: Path, losses_csv: Path, base: BaseParams,
                    p: TrainFommParams) -> dict:
     """Train (or import) FOMM, then draw the loss curves; return the checkpoint's metrics."""
     summary = train_fomm_model(corpus_dir, model_out, losses_csv, base, p)
     kind = summary.get("reconstruction_loss", "imported, not trained")
-    plot_loss_curves(losses_csv, losses_png, title=f"train_fomm losses ({kind})")
     return summary
 
 
@@ -39,11 +37,10 @@ def train_fomm(
     corpus: Annotated[Path, typer.Option(help="corpus folder")] = Path("data/corpus"),
     out: Annotated[Path, typer.Option(help="checkpoint to write")] = Path("data/models/fomm.pt"),
     losses: Annotated[Path, typer.Option(help="loss log CSV (DVC plot)")] = Path("data/reports/fomm_losses.csv"),
-    losses_png: Annotated[Path, typer.Option(help="loss curves PNG")] = Path("data/reports/fomm_losses.png"),
 ) -> None:
     """Train FOMM (keypoint detector + dense motion + generator) on corpus frames, or import official weights."""
     base, p = load_section("base", params), load_section("train_fomm", params)
-    summary = run_train_fomm(corpus, out, losses, losses_png, base, p)
+    summary = run_train_fomm(corpus, out, losses, base, p)
     typer.echo(json.dumps(summary))
 
 

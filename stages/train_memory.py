@@ -5,7 +5,7 @@
     python -m stages.train_memory --variant mmn --out data/models/emmn_mmn.pt --report data/reports/memory_mmn.json
 Writes data/models/emmn.pt (EmmnNet with the frozen audio encoders and D_em embedded: `load_emmn` needs nothing
 else), data/reports/memory.json (held-out actors: slots_used, align_kl, retrieval_err, keypoint errors) and the
-loss log data/reports/memory_losses.csv (DVC plot) with its PNG. `--variant` overrides train_memory.variant, for
+loss log data/reports/memory_losses.csv (DVC plot). `--variant` overrides train_memory.variant, for
 the paper's ablations (baseline, mmn) from the same code.
 """
 
@@ -20,25 +20,23 @@ import typer
 from pipeline.audio.prosody import DEFAULT_STORE as DEFAULT_PROSODY_STORE
 from pipeline.core.config import BaseParams, TrainMemoryParams, load_section, with_field
 from pipeline.core.errors import InputError
-from pipeline.fomm.report import write_report
+from pipeline.core.store import write_json
 from pipeline.memory.train import train_memory_model
 from pipeline.models.emmn import VARIANTS
-from pipeline.training.loop import plot_loss_curves
 from stages.common import ParamsOption, one_line_errors, stage_app
 
 app = stage_app()
 
 
 def run_train_memory(corpus_dir: Path, keypoints: Path, motion_store: Path, audio_store: Path, audio_model: Path,
-                     motion_model: Path, model_out: Path, report: Path, losses_csv: Path, losses_png: Path,
-                     base: BaseParams, p: TrainMemoryParams, prosody_store: Path = DEFAULT_PROSODY_STORE) -> dict:
+                     motion_model: Path, model_out: Path, report: Path, losses_csv: Path, base: BaseParams,
+                     p: TrainMemoryParams, prosody_store: Path = DEFAULT_PROSODY_STORE) -> dict:
     """Train, write the checkpoint, the report and the loss curves; return the report."""
     if p.variant not in VARIANTS:
         raise InputError("params.yaml", f"train_memory.variant must be one of {list(VARIANTS)}, not '{p.variant}'")
     summary = train_memory_model(corpus_dir, keypoints, motion_store, audio_store, audio_model, motion_model,
                                  model_out, losses_csv, base, p, prosody_store=prosody_store)
-    write_report(summary, report)
-    plot_loss_curves(losses_csv, losses_png, title=f"train_memory losses ({p.variant}, Eq. 14 terms unweighted)")
+    write_json(report, summary)
     return summary
 
 
@@ -60,14 +58,13 @@ def train_memory(
     out: Annotated[Path, typer.Option(help="checkpoint to write")] = Path("data/models/emmn.pt"),
     report: Annotated[Path, typer.Option(help="report JSON")] = Path("data/reports/memory.json"),
     losses: Annotated[Path, typer.Option(help="loss log CSV (DVC plot)")] = Path("data/reports/memory_losses.csv"),
-    losses_png: Annotated[Path, typer.Option(help="loss curves PNG")] = Path("data/reports/memory_losses.png"),
 ) -> None:
     """Train E_i, D_m and the Motion Memory-Net (Eq. 14) on the training actors; report on held-out actors."""
     base, p = load_section("base", params), load_section("train_memory", params)
     if variant is not None:
         p = with_field(p, variant=variant)
     summary = run_train_memory(corpus, keypoints, motion_store, audio_store, audio_model, motion_model, out, report,
-                               losses, losses_png, base, p, prosody_store)
+                               losses, base, p, prosody_store)
     typer.echo(json.dumps({k: summary[k] for k in ("slots_used", "align_kl", "retrieval_err", "keypoint_l1")}))
 
 

@@ -7,7 +7,7 @@ data/pseudo/pairs.parquet, restricted by data/pseudo/sync.parquet to the quadrup
 clips sync_filter kept (`use_filter: false` = the paper's "w/o filter"; with `labels: counterfactual`
 the filter decides which re-dub targets count next to the exact renders). Writes data/models/motion.pt
 ({model: {motion}, config, step, metrics, train_state}), the loss log data/reports/motion_losses.csv
-(DVC plot, x = step) and its PNG. `resume: true` continues from an existing motion.pt.
+(DVC plot, x = step). `resume: true` continues from an existing motion.pt.
 """
 
 from __future__ import annotations
@@ -35,11 +35,10 @@ def train_motion(
         "data/pseudo"),
     out: Annotated[Path, typer.Option(help="checkpoint to write")] = Path("data/models/motion.pt"),
     losses: Annotated[Path, typer.Option(help="loss log CSV (DVC plot)")] = Path("data/reports/motion_losses.csv"),
-    losses_png: Annotated[Path, typer.Option(help="loss curves PNG")] = Path("data/reports/motion_losses.png"),
 ) -> None:
     """Train E_e, E_m, D_em (Eq. 1-5) on keypoints of the kept pseudo-pair quadruples."""
     base, p = load_section("base", params), load_section("train_motion", params)
-    summary = run_train_motion(keypoints, pseudo, out, losses, losses_png, base, p)
+    summary = run_train_motion(keypoints, pseudo, out, losses, base, p)
     typer.echo(json.dumps({k: v for k, v in summary.items() if k != "train_params"}))
 
 

@@ -6,7 +6,7 @@ Wav2Lip is trained to please the expert of `train_syncnet`, so that expert's con
 output is biased upwards; the paper filters with SyncNet, a model Wav2Lip never saw. This stage trains
 the same architecture from `base.seed + seed_offset` (other initial weights, other batches) and is the
 default scorer of `sync_filter` and `emmn sync-score`. Writes data/models/sync_scorer.pt, the held-out
-report data/reports/sync_scorer.json and the loss log data/reports/sync_scorer_losses.csv (+ PNG).
+report data/reports/sync_scorer.json and the loss log data/reports/sync_scorer_losses.csv.
 """
 
 from __future__ import annotations
@@ -34,11 +34,10 @@ def train_sync_scorer(
     report: Annotated[Path, typer.Option(help="held-out metrics JSON")] = Path("data/reports/sync_scorer.json"),
     losses: Annotated[Path, typer.Option(help="loss log CSV (DVC plot)")] = Path(
         "data/reports/sync_scorer_losses.csv"),
-    losses_png: Annotated[Path, typer.Option(help="loss curves PNG")] = Path("data/reports/sync_scorer_losses.png"),
 ) -> None:
     """Train the independent SyncNet_color that scores pseudo clips (sync_filter, sync-score)."""
     base, p = load_section("base", params), load_section("train_sync_scorer", params)
-    metrics = run_train_syncnet(corpus, audio, out, report, losses, losses_png, base, p, stage="train_sync_scorer")
+    metrics = run_train_syncnet(corpus, audio, out, report, losses, base, p, stage="train_sync_scorer")
     typer.echo(json.dumps(metrics))
 
 

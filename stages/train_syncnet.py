@@ -4,7 +4,7 @@
     emmn train_syncnet --params params.yaml
 Writes data/models/syncnet.pt, the held-out report data/reports/syncnet.json (heldout_accuracy,
 in_sync_accuracy, off_sync_accuracy, offset_recovery, ...), the loss log data/reports/syncnet_losses.csv
-(DVC plot, x = step) and its PNG. `train_syncnet.pretrained: <lipsync_expert.pth>` imports instead.
+(DVC plot, x = step). `train_syncnet.pretrained: <lipsync_expert.pth>` imports instead.
 """
 
 from __future__ import annotations
@@ -18,17 +18,15 @@ import typer
 from pipeline.core.config import BaseParams, TrainSyncnetParams, load_section
 from pipeline.core.store import write_json
 from pipeline.lipsync.syncnet_train import train_syncnet_model
-from pipeline.training.loop import plot_loss_curves
 from stages.common import ParamsOption, one_line_errors, stage_app
 
 app = stage_app()
 
 
 def run_train_syncnet(corpus_dir: Path, audio_store: Path, model_out: Path, report: Path, losses_csv: Path,
-                      losses_png: Path, base: BaseParams, p: TrainSyncnetParams, stage: str = "train_syncnet") -> dict:
+                      base: BaseParams, p: TrainSyncnetParams, stage: str = "train_syncnet") -> dict:
     """Train (or import) and evaluate a SyncNet_color; write the report and the loss curves."""
     metrics = train_syncnet_model(corpus_dir, audio_store, model_out, losses_csv, base, p, stage=stage)
-    plot_loss_curves(losses_csv, losses_png, title=f"{stage} losses")
     write_json(report, metrics)
     return metrics
 
@@ -42,11 +40,10 @@ def train_syncnet(
     out: Annotated[Path, typer.Option(help="checkpoint to write")] = Path("data/models/syncnet.pt"),
     report: Annotated[Path, typer.Option(help="held-out metrics JSON")] = Path("data/reports/syncnet.json"),
     losses: Annotated[Path, typer.Option(help="loss log CSV (DVC plot)")] = Path("data/reports/syncnet_losses.csv"),
-    losses_png: Annotated[Path, typer.Option(help="loss curves PNG")] = Path("data/reports/syncnet_losses.png"),
 ) -> None:
     """Train the SyncNet_color lip-sync expert on corpus windows (or import official weights); held-out report."""
     base, p = load_section("base", params), load_section("train_syncnet", params)
-    metrics = run_train_syncnet(corpus, audio, out, report, losses, losses_png, base, p)
+    metrics = run_train_syncnet(corpus, audio, out, report, losses, base, p)
     typer.echo(json.dumps(metrics))
 
 

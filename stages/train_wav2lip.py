@@ -4,7 +4,7 @@
     emmn train_wav2lip --params params.yaml
 Reads the expert data/models/syncnet.pt. Writes data/models/wav2lip.pt, the held-out report
 data/reports/wav2lip.json (heldout_l1, heldout_psnr, sync_conf_real / generated / redub /
-original_mouth, ...), the loss log data/reports/wav2lip_losses.csv (DVC plot) and its PNG.
+original_mouth, ...), the loss log data/reports/wav2lip_losses.csv (DVC plot).
 `train_wav2lip.pretrained: <wav2lip.pth>` imports the official generator instead of training.
 """
 
@@ -19,17 +19,15 @@ import typer
 from pipeline.core.config import BaseParams, TrainWav2lipParams, load_section
 from pipeline.core.store import write_json
 from pipeline.lipsync.wav2lip_train import train_wav2lip_model
-from pipeline.training.loop import plot_loss_curves
 from stages.common import ParamsOption, one_line_errors, stage_app
 
 app = stage_app()
 
 
 def run_train_wav2lip(corpus_dir: Path, audio_store: Path, expert: Path, model_out: Path, report: Path,
-                      losses_csv: Path, losses_png: Path, base: BaseParams, p: TrainWav2lipParams) -> dict:
+                      losses_csv: Path, base: BaseParams, p: TrainWav2lipParams) -> dict:
     """Train (or import) and evaluate the generator; write the report and the loss curves."""
     metrics = train_wav2lip_model(corpus_dir, audio_store, expert, model_out, losses_csv, base, p)
-    plot_loss_curves(losses_csv, losses_png, title="train_wav2lip losses")
     write_json(report, metrics)
     return metrics
 
@@ -45,11 +43,10 @@ def train_wav2lip(
     out: Annotated[Path, typer.Option(help="checkpoint to write")] = Path("data/models/wav2lip.pt"),
     report: Annotated[Path, typer.Option(help="held-out metrics JSON")] = Path("data/reports/wav2lip.json"),
     losses: Annotated[Path, typer.Option(help="loss log CSV (DVC plot)")] = Path("data/reports/wav2lip_losses.csv"),
-    losses_png: Annotated[Path, typer.Option(help="loss curves PNG")] = Path("data/reports/wav2lip_losses.png"),
 ) -> None:
     """Train the Wav2Lip generator (L1 + expert sync loss) on corpus windows, or import official weights."""
     base, p = load_section("base", params), load_section("train_wav2lip", params)
-    metrics = run_train_wav2lip(corpus, audio, expert, out, report, losses, losses_png, base, p)
+    metrics = run_train_wav2lip(corpus, audio, expert, out, report, losses, base, p)
     typer.echo(json.dumps(metrics))
 
 

@@ -91,11 +91,36 @@ def is_code(dep: str) -> bool:
     return dep.split("/")[0] in CODE_ROOTS
 
 
+def stage_bodies(dvc_yaml: Path = ROOT / "dvc.yaml") -> dict[str, dict]:
+    """stage name -> its definition; a `foreach` stage's `do` template stands for all its items (they share
+    cmd module, deps and params)."""
+    stages = yaml.safe_load(dvc_yaml.read_text())["stages"]
+    return {name: stage.get("do", stage) for name, stage in stages.items()}
+
+
+def expanded_stages(dvc_yaml: Path = ROOT / "dvc.yaml") -> dict[str, dict]:
+    """Every stage as `dvc repro` names it: a `foreach` stage becomes `name@key` per item, its `do` template
+    filled in (${key}, ${item.field})."""
+    import json
+
+    out = {}
+    for name, stage in yaml.safe_load(dvc_yaml.read_text())["stages"].items():
+        if "foreach" not in stage:
+            out[name] = stage
+            continue
+        items = stage["foreach"]
+        for key, item in (items.items() if isinstance(items, dict) else ((i, i) for i in items)):
+            text = json.dumps(stage["do"]).replace("${key}", str(key)).replace("${item}", str(item))
+            for field, value in (item.items() if isinstance(item, dict) else ()):
+                text = text.replace("${item.%s}" % field, str(value))
+            out[f"{name}@{key}"] = json.loads(text)
+    return out
+
+
 def disagreements(dvc_yaml: Path = ROOT / "dvc.yaml") -> dict[str, dict[str, list[str]]]:
     """stage -> {"missing": imported but not a dep, "unused": a code dep nothing imports}."""
-    stages = yaml.safe_load(dvc_yaml.read_text())["stages"]
     out = {}
-    for name, stage in stages.items():
+    for name, stage in stage_bodies(dvc_yaml).items():
         required = set(required_deps(stage["cmd"]))
         listed = {d for d in stage.get("deps", []) if is_code(d)}
         covered = {r for r in required if any(r == d or r.startswith(d.rstrip("/") + "/") for d in listed)}
@@ -114,9 +139,8 @@ def section_keys(section: str, params_yaml: Path = ROOT / "params.yaml") -> list
 
 def params_problems(dvc_yaml: Path = ROOT / "dvc.yaml") -> dict[str, list[str]]:
     """stage -> params entries that are whole sections (hashed whole, run-only knobs included) or run-only keys."""
-    stages = yaml.safe_load(dvc_yaml.read_text())["stages"]
     out = {}
-    for name, stage in stages.items():
+    for name, stage in stage_bodies(dvc_yaml).items():
         bad = [p for p in stage.get("params", []) if isinstance(p, str)
                and ("." not in p or p.split(".", 1)[1] in RUN_ONLY)]
         if bad:
@@ -126,7 +150,7 @@ def params_problems(dvc_yaml: Path = ROOT / "dvc.yaml") -> dict[str, list[str]]:
 
 def rewrite(dvc_yaml: Path = ROOT / "dvc.yaml") -> None:
     """Replace each stage's code deps by its import closure (files, sorted), after its data deps."""
-    stages = yaml.safe_load(dvc_yaml.read_text())["stages"]
+    stages = stage_bodies(dvc_yaml)
     lines = dvc_yaml.read_text().split("\n")
     out, stage, i = [], None, 0
     while i < len(lines):
@@ -134,15 +158,17 @@ def rewrite(dvc_yaml: Path = ROOT / "dvc.yaml") -> None:
         head = re.match(r"^  (\w+):", line)
         if head:
             stage = head.group(1)
-        if stage and re.match(r"^    deps:\s*(&\w+)?\s*$", line):
+        deps = re.match(r"^(    |      )deps:\s*(&\w+)?\s*$", line)  # a plain stage's, or a foreach's `do`
+        if stage and deps:
+            item = " " * (len(deps.group(1)) + 2) + "- "
             out.append(line)
             i += 1
             block = []
-            while i < len(lines) and re.match(r"^      (- |#)", lines[i]):
+            while i < len(lines) and (lines[i].startswith(item) or lines[i].strip().startswith("#")):
                 block.append(lines[i])
                 i += 1
-            data = [b for b in block if not (b.startswith("      - ") and is_code(b[8:].strip()))]
-            out.extend(data + [f"      - {d}" for d in required_deps(stages[stage]["cmd"])])
+            data = [b for b in block if not (b.startswith(item) and is_code(b[len(item):].strip()))]
+            out.extend(data + [f"{item}{d}" for d in required_deps(stages[stage]["cmd"])])
             continue
         whole = re.match(r"^      - (\w+)\s*$", line)
         if stage and whole and out and any(re.match(r"^    params:", o) for o in out[-40:]) and \
@@ -150,7 +176,7 @@ def rewrite(dvc_yaml: Path = ROOT / "dvc.yaml") -> None:
             out.extend(f"      - {key}" for key in section_keys(whole.group(1)))  # a whole section -> its keys
             i += 1
             continue
-        run_only = re.match(r"^      - \w+\.(\w+)\s*$", line)
+        run_only = re.match(r"^ {6,8}- \w+\.(\w+)\s*$", line)
         if stage and run_only and run_only.group(1) in RUN_ONLY:
             i += 1
             continue

@@ -56,7 +56,7 @@ def motion_inputs(tiny_corpus, tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("motion_inputs")
     write_perfect_pseudo(tiny_corpus, out / "pseudo")
     with torch_threads(1):
-        run_train_fomm(tiny_corpus, out / "fomm.pt", out / "fomm_losses.csv", out / "fomm_losses.png", BASE,
+        run_train_fomm(tiny_corpus, out / "fomm.pt", out / "fomm_losses.csv", BASE,
                        tiny_section("train_fomm"))
         build_keypoints(tiny_corpus, out / "fomm.pt", out / "keypoints.zarr", BASE,
                         tiny_section("keypoints", extra_frames=(str(out / "pseudo" / "frames.zarr"),)))

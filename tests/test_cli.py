@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import numpy as np
 from typer.testing import CliRunner
 
 from stages.cli import app

@@ -25,12 +25,12 @@ from tests.conftest import tiny_params_dict, tiny_section
 from tests.resume_helpers import Killed, kill_at, same_weights
 
 runner = CliRunner()
-OUTPUTS = ("evaluator.pt", "evaluator.json", "losses.csv", "losses.png", "confusion.png")
+OUTPUTS = ("evaluator.pt", "evaluator.json", "losses.csv", "confusion.png")
 
 
 def stage_args(out) -> list[str]:
     return ["--out", str(out / "evaluator.pt"), "--report", str(out / "evaluator.json"), "--losses",
-            str(out / "losses.csv"), "--losses-png", str(out / "losses.png"), "--confusion", str(out / "confusion.png")]
+            str(out / "losses.csv"), "--confusion", str(out / "confusion.png")]
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def test_training_is_seeded(trained, tiny_corpus, tmp_path):
     from stages.train_evaluator import run_train_evaluator
 
     out, _ = trained
-    run_train_evaluator(tiny_corpus, *(tmp_path / n for n in OUTPUTS[:3]), tmp_path / "l.png", tmp_path / "c.png",
+    run_train_evaluator(tiny_corpus, *(tmp_path / n for n in OUTPUTS[:3]), tmp_path / "c.png",
                         tiny_section("base"), tiny_section("train_evaluator", eval_stride=1))
     first, second = torch.load(out / "evaluator.pt"), torch.load(tmp_path / "evaluator.pt")
     for net in ("emotion", "landmarks"):
@@ -222,7 +222,7 @@ def test_a_killed_run_resumes_to_the_same_judges(trained, tiny_corpus, tmp_path,
     out, _ = trained
 
     def train(**changes):
-        run_train_evaluator(tiny_corpus, *(tmp_path / n for n in OUTPUTS[:3]), tmp_path / "l.png", tmp_path / "c.png",
+        run_train_evaluator(tiny_corpus, *(tmp_path / n for n in OUTPUTS[:3]), tmp_path / "c.png",
                             tiny_section("base"), tiny_section("train_evaluator", eval_stride=1, checkpoint_every=2,
                                                                **changes))
 

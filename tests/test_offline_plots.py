@@ -139,12 +139,19 @@ def test_vendored_vega_renders_the_spec_dvc_wrote(plots_page, tmp_path):
 
 
 def test_every_training_loss_log_is_plotted():
+    """... as a DVC plot (top-level `plots`) and as a PNG the `loss_curves` stage draws from it."""
+    from tests.dvc_closure import expanded_stages
+
     dvc_yaml = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    stages = expanded_stages()
     out_paths = [next(iter(out)) if isinstance(out, dict) else out
-                 for stage in dvc_yaml["stages"].values() for out in stage.get("outs", [])]
+                 for stage in stages.values() for out in stage.get("outs", [])]
     loss_logs = {path for path in out_paths if path.endswith("_losses.csv")}
     plotted = {path: props for entry in dvc_yaml["plots"] for path, props in entry.items()}
-    assert len(loss_logs) >= 9
+    drawn = stages["loss_curves"]
+    pngs = {next(iter(out)) for out in drawn["plots"]}
+    assert len(loss_logs) >= 11
     for path in sorted(loss_logs):
         assert path in plotted, f"{path} is not in dvc.yaml's top-level plots"
         assert plotted[path]["x"] == "step" and "seconds" not in plotted[path]["y"]
+        assert path in drawn["deps"] and path in drawn["cmd"] and path.replace(".csv", ".png") in pngs, path

@@ -23,10 +23,10 @@ import zarr
 
 from pipeline.core.media import has_audio_stream, read_video
 from tests.conftest import ROOT, tiny_params_dict
+from tests.dvc_closure import expanded_stages
 
 DVC = str(Path(sys.executable).with_name("dvc"))
-DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())
-STAGES: dict = DVC_YAML["stages"]
+STAGES: dict = expanded_stages()  # foreach stages as name@item, as dvc names them
 METRIC_KEYS = ("psnr", "ssim", "m_lmd", "f_lmd", "sync_conf", "lse_d", "emotion_acc")
 
 
@@ -174,11 +174,17 @@ def test_whole_repro_noop_and_param_changes(repo):
     set_param(repo, "base", "workers", 1)
     assert "Data and pipelines are up to date" in run([DVC, "status"], repo)
 
+    # restyling the loss plots re-runs the drawing stage alone, no training
+    curves = repo / "pipeline/training/curves.py"
+    curves.write_text(curves.read_text() + "\n# restyled\n")
+    assert ran_stages(run([DVC, "repro"], repo)) == {"loss_curves"}
+
     # a train_memory param: train_memory, its two ablation variants and everything downstream; nothing before
     set_param(repo, "train_memory", "lr", 2.0e-3)
     changed = ran_stages(run([DVC, "repro"], repo))
     assert changed == affected_by("train_memory")
-    assert {"train_memory", "finetune_render", "generate", "evaluate"} <= changed
+    assert {"train_memory@emmn", "train_memory@baseline", "train_memory@mmn", "finetune_render", "generate",
+            "evaluate"} <= changed
     assert not changed & {"corpus", "audio_features", "train_fomm", "keypoints", "train_motion"}
 
     # an audio-feature param: audio_features re-runs, corpus does not

@@ -45,7 +45,7 @@ def evaluator(tiny_corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("judges")
     with torch_threads(1):
         run_train_evaluator(tiny_corpus, out / "evaluator.pt", out / "evaluator.json", out / "losses.csv",
-                            out / "losses.png", out / "confusion.png", BASE, tiny_section("train_evaluator"))
+                            out / "confusion.png", BASE, tiny_section("train_evaluator"))
     return out / "evaluator.pt"
 
 

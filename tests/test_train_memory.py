@@ -65,10 +65,10 @@ def stores(tmp_path_factory):
 
 def run(stores, out_dir, **changes):
     p = with_field(tiny_section("train_memory"), **{"max_minutes": 0, **changes})
-    outs = {k: out_dir / f"{p.variant}.{k}" for k in ("pt", "json", "csv", "png")}
+    outs = {k: out_dir / f"{p.variant}.{k}" for k in ("pt", "json", "csv")}
     report = run_train_memory(stores["corpus"], stores["keypoints"], stores["motion"], stores["audio"],
                               stores["audio_model"], stores["motion_model"], outs["pt"], outs["json"], outs["csv"],
-                              outs["png"], BASE, p)
+                              BASE, p)
     return report, outs
 
 
@@ -166,7 +166,6 @@ def test_train_memory_end_to_end(stores, tmp_path, variant):
     assert written["info"]["heldout_actors"] == ["A3"]
     rows = read_loss_csv(outs["csv"])
     assert rows[-1]["step"] == 6 and set(rows[0]) >= {"total", "a2m", "exp_mem", "align", "pj"}
-    assert outs["png"].stat().st_size > 0
     model = load_emmn(outs["pt"])
     assert model.step == 6 and model.emotions == ["neutral", "happy", "sad"]
     if variant == "baseline":
@@ -194,7 +193,7 @@ def test_an_encoder_that_hears_prosody_hears_each_clip_against_its_actors_voice(
     p = with_field(tiny_section("train_memory"), max_minutes=0)
     report = run_train_memory(stores["corpus"], stores["keypoints"], stores["motion"], stores["audio"],
                               tmp_path / "audio.pt", stores["motion_model"], tmp_path / "emmn.pt", tmp_path / "m.json",
-                              tmp_path / "m.csv", tmp_path / "m.png", BASE, p, prosody_store=stores["prosody"])
+                              tmp_path / "m.csv", BASE, p, prosody_store=stores["prosody"])
     assert np.isfinite(report["retrieval_err"])
     model = load_emmn(tmp_path / "emmn.pt")
     trainer = MemoryTrainer(model, data, p, torch.device("cpu"))
@@ -207,7 +206,7 @@ def test_an_encoder_that_hears_prosody_hears_each_clip_against_its_actors_voice(
     with pytest.raises(InputError, match="absent.zarr: not a Zarr store"):
         run_train_memory(stores["corpus"], stores["keypoints"], stores["motion"], stores["audio"],
                          tmp_path / "audio.pt", stores["motion_model"], tmp_path / "x.pt", tmp_path / "x.json",
-                         tmp_path / "x.csv", tmp_path / "x.png", BASE, p, prosody_store=tmp_path / "absent.zarr")
+                         tmp_path / "x.csv", BASE, p, prosody_store=tmp_path / "absent.zarr")
 
 
 def test_read_temperature_sweep_rescores_at_each_tau_and_restores_the_config(stores, tmp_path):
@@ -257,16 +256,16 @@ def test_train_memory_on_the_tiny_pipeline(motion_inputs, tiny_audio, tiny_proso
     corpus, audio_store = tiny_audio
     base = tiny_section("base")
     run_train_motion(motion_inputs["keypoints"], motion_inputs["pseudo"], tmp_path / "motion.pt",
-                     tmp_path / "motion_losses.csv", tmp_path / "motion_losses.png", base,
+                     tmp_path / "motion_losses.csv", base,
                      tiny_section("train_motion"), log=lambda *_: None)
     build_motion_store(motion_inputs["keypoints"], tmp_path / "motion.pt", corpus, tmp_path / "motion.zarr", base,
                        tiny_section("decompose"))
     run_train_audio(corpus, audio_store, tmp_path / "audio.pt", tmp_path / "audio.json", tmp_path / "audio.csv",
-                    tmp_path / "audio.png", tmp_path / "confusion.png", base, tiny_section("train_audio"),
+                    tmp_path / "confusion.png", base, tiny_section("train_audio"),
                     log=lambda *_: None, prosody_store=tiny_prosody)
     report = run_train_memory(corpus, motion_inputs["keypoints"], tmp_path / "motion.zarr", audio_store,
                               tmp_path / "audio.pt", tmp_path / "motion.pt", tmp_path / "emmn.pt",
-                              tmp_path / "memory.json", tmp_path / "memory.csv", tmp_path / "memory.png", base,
+                              tmp_path / "memory.json", tmp_path / "memory.csv", base,
                               tiny_section("train_memory"), prosody_store=tiny_prosody)
     assert 1.0 <= report["slots_used"] <= tiny_section("train_memory").slots
     assert report["align_kl"] >= 0 and report["retrieval_err"] > 0

@@ -22,8 +22,8 @@ import torch
 
 from pipeline.audio.data import AudioBank, eval_quads
 from pipeline.core.probes import fit_ridge
+from pipeline.core.store import write_png
 from pipeline.models.audio import AudioEncoders
-from pipeline.training.loop import _write_png
 
 
 def emotion_mel(model: AudioEncoders, bank: AudioBank, k: int) -> torch.Tensor | None:
@@ -171,4 +171,4 @@ def plot_confusion(confusion: np.ndarray, names: Sequence[str], path: str | Path
                 colour = (255, 255, 255) if share[i, j] > 0.6 else (0, 0, 0)
                 cv2.putText(img, str(int(confusion[i, j])), (x0 + cell // 2 - 8, y0 + cell // 2 + 5), font, 0.45,
                             colour, 1, cv2.LINE_AA)
-    _write_png(path, img)
+    write_png(path, img)

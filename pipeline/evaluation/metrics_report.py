@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.core.store import write_png
 from pipeline.evaluation.metrics import json_number
 from pipeline.judges.scores import confusion_image
-from pipeline.training.loop import _write_png  # the pipeline's one PNG writer (RGB in)
 
 ROWS = ("ground_truth", "static", "wav2lip_only", "baseline", "mmn", "emmn")
 METRICS = ("psnr", "ssim", "m_lmd", "f_lmd", "sync_conf", "lse_d", "emotion_acc")
@@ -112,4 +112,4 @@ def table1_markdown(rows: Mapping[str, Mapping[str, float | None]], *, title: st
 
 def write_confusion_sheet(matrices: Mapping[str, np.ndarray], classes: Sequence[str], path: str | Path) -> None:
     """Several confusion matrices (e.g. one per table row) side by side in one PNG, titled by their keys."""
-    _write_png(path, np.concatenate([confusion_image(m, classes, title) for title, m in matrices.items()], axis=1))
+    write_png(path, np.concatenate([confusion_image(m, classes, title) for title, m in matrices.items()], axis=1))

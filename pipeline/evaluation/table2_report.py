@@ -12,10 +12,10 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from pipeline.core.store import write_png
 from pipeline.evaluation.metrics import json_number
 from pipeline.evaluation.metrics_report import aggregate_rows
 from pipeline.motion.ablation import FOMM_ROW, ROW_LABELS, RowPlan
-from pipeline.training.loop import _write_png  # the pipeline's one PNG writer (RGB in)
 
 IMAGE_METRICS = ("psnr", "ssim", "m_lmd", "f_lmd", "emotion_acc")
 KEYPOINT_METRICS = ("kp_error", "kp_error_px")
@@ -190,7 +190,7 @@ def write_sheet(path: str | Path, truth: Sequence[np.ndarray], rendered: Mapping
         cv2.putText(sheet, label[:26], (4, y + h // 2 + 4), font, 0.38, (0, 0, 0), 1, cv2.LINE_AA)
         for j, frame in enumerate(frames[:len(truth)]):
             sheet[y:y + h, label_width + j * w:label_width + (j + 1) * w] = frame
-    _write_png(path, sheet)
+    write_png(path, sheet)
 
 
 __all__ = ["IMAGE_METRICS", "KEYPOINT_METRICS", "METRICS", "comparison_notes", "paired_difference", "row_table",

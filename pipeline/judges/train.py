@@ -57,7 +57,13 @@ from pipeline.judges.scores import (
     write_confusion_png,
 )
 from pipeline.training.fit import fit
-from pipeline.training.loop import autocast, count_parameters, seed_all, step_rngs, torch_threads
+from pipeline.training.loop import (
+    autocast,
+    count_parameters,
+    seed_all,
+    step_rngs,
+    torch_threads,
+)
 
 
 @dataclass

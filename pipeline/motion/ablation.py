@@ -135,15 +135,14 @@ def corpus_features(net: MotionNet, bank: KeypointBank, manifest: pd.DataFrame) 
 def train_row(plan: RowPlan, kp_store: Path, bank: KeypointBank, pseudo_dir: Path, corpus_dir: Path, out_dir: Path,
               base: BaseParams, report_params: MotionReportParams, cross_set: tuple[pd.DataFrame, str], log=print
               ) -> tuple[MotionNet, dict[str, Any]]:
-    """Train one row into out_dir (motion.pt, losses.csv/png, motion.json); return the model and its
+    """Train one row into out_dir (motion.pt, losses.csv, motion.json); return the model and its
     keypoint-space report (motion.json: `cross_set` is one evaluation set shared by every row)."""
     from pipeline.motion.train import run_train_motion
 
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = loss_weights(plan.params)
     log(f"table2: {plan.label}: Eq. 5 weights {weights}, {plan.quadruples} quadruples, {plan.params.steps} steps")
-    run_train_motion(kp_store, pseudo_dir, out_dir / "motion.pt", out_dir / "losses.csv", out_dir / "losses.png",
-                     base, plan.params, log=log)
+    run_train_motion(kp_store, pseudo_dir, out_dir / "motion.pt", out_dir / "losses.csv", base, plan.params, log=log)
     net = load_motion(out_dir / "motion.pt")
     f_e, f_m = corpus_features(net, bank, read_manifest(corpus_dir))
     pairs, description = cross_set

@@ -44,7 +44,6 @@ from pipeline.motion.losses import (
 from pipeline.training.fit import fit
 from pipeline.training.loop import (
     count_parameters,
-    plot_loss_curves,
     seed_all,
     step_rngs,
     torch_threads,
@@ -257,17 +256,14 @@ def _train(config: MotionConfig, bank: KeypointBank, quads: QuadrupleFrames, all
 __all__ = ["MotionTrainer", "loss_weights", "motion_config", "real_rows", "train_motion_model", "training_quadruples"]
 
 
-def run_train_motion(kp_store: Path, pseudo_dir: Path, model_out: Path, losses_csv: Path, losses_png: Path,
-                     base: BaseParams, p: TrainMotionParams, log=print) -> dict:
-    """Train Motion Reconstruction, then draw the loss curves; return the checkpoint's metrics.
+def run_train_motion(kp_store: Path, pseudo_dir: Path, model_out: Path, losses_csv: Path, base: BaseParams,
+                     p: TrainMotionParams, log=print) -> dict:
+    """Train Motion Reconstruction from the keypoints and pseudo-pair folder; return the checkpoint's metrics.
 
-    Callable with any params (e.g. `with_field(p, use_rec=False)`): scripts/table2_motion.py runs the
-    Table 2 rows through it in one process.
+    Callable with any params (e.g. `with_field(p, use_rec=False)`): Table 2 trains its rows through it.
     """
     pairs = read_pairs(pseudo_dir)
     sync = read_sync(pseudo_dir) if p.use_filter else None  # counterfactual labels: it judges the re-dub targets
     summary = train_motion_model(kp_store, pairs, sync, model_out, losses_csv, base, p,
                                  sync_path=Path(pseudo_dir) / "sync.parquet", log=log)
-    switches = ", ".join(f"{k}={getattr(p, k)}" for k in ("labels", "use_rec", "use_self", "use_con", "use_filter"))
-    plot_loss_curves(losses_csv, losses_png, title=f"train_motion losses (unweighted; {switches})")
     return summary

@@ -45,7 +45,14 @@ from pipeline.models.fomm import FommConfig, ImagePyramid
 from pipeline.models.vgg19 import Vgg19Features, load_vgg19
 from pipeline.render.generate import check_keypoint_count, predict_keypoints
 from pipeline.training.fit import Fitted, fit
-from pipeline.training.loop import LossLog, autocast, save_training_state, seed_all, step_rngs, torch_threads
+from pipeline.training.loop import (
+    LossLog,
+    autocast,
+    save_training_state,
+    seed_all,
+    step_rngs,
+    torch_threads,
+)
 
 
 def stage2_loss(real_maps: Sequence[torch.Tensor], fake_maps: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -29,10 +29,7 @@ import pandas as pd
 from pipeline.core.config import MEAD_EMOTIONS, BaseParams, GenerateParams
 from pipeline.core.errors import InputError
 from pipeline.core.precision import resolve_precision
-from pipeline.core.store import open_store, read_index
-from pipeline.training.loop import (
-    _write_png as write_png,  # the pipeline's one PNG writer (RGB in)
-)
+from pipeline.core.store import open_store, read_index, write_png
 
 CHEAP_ROWS = ("ground_truth", "static")
 MODEL_ROWS = ("emmn", "baseline", "mmn")

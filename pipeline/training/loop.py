@@ -3,8 +3,8 @@
 * `pick_device`: `base.device` (auto | cpu | cuda) -> torch.device; on GPU deterministic algorithms on.
 * `seed_all`, `step_rngs`: global seeding and per-step generators, so a resumed run draws the same
   batches and augmentations as an uninterrupted one.
-* `LossLog`: a CSV of (step, each loss) that DVC plots read, written atomically, truncated on resume, plus
-  `plot_loss_curves`, a PNG fallback drawn with OpenCV (no matplotlib here).
+* `LossLog`: a CSV of (step, each loss) that DVC plots read, written atomically, truncated on resume (its
+  PNG is drawn by the `loss_curves` stage, `pipeline.training.curves`, so restyling a plot re-trains nothing).
 * `save_training_state` / `load_training_state` / `restore_training_state`: plain-dict checkpoints
   through `pipeline.core.checkpoints`, optimizer state included so training can resume.
 * `Budget` + `run_loop`: a loop bounded by steps AND wall-clock minutes (CPU runs must fit the hour),
@@ -25,14 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
 
 from pipeline.core.checkpoints import save_checkpoint
 from pipeline.core.errors import CheckpointError
-from pipeline.core.store import write_png, write_text
+from pipeline.core.store import write_text
 
 # ------------------------------------------------------------------------------------ device, seeds
 
@@ -122,66 +121,6 @@ def read_loss_csv(path: str | Path) -> list[dict[str, float]]:
     for r in rows:
         r["step"] = int(r["step"])
     return rows
-
-
-_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-            (227, 119, 194), (127, 127, 127)]  # RGB
-
-
-def plot_loss_curves(csv_path: str | Path, png_path: str | Path, title: str = "losses",
-                     size: tuple[int, int] = (720, 420)) -> None:
-    """Every loss column of the log against step, log10 y axis, one colour per loss, drawn with OpenCV."""
-    rows = read_loss_csv(csv_path) if Path(csv_path).is_file() and Path(csv_path).stat().st_size else []
-    width, height = size
-    left, right, top, bottom = 70, 200, 36, 40
-    img = np.full((height, width, 3), 255, np.uint8)
-    cv2.putText(img, title, (left, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
-    x0, x1, y0, y1 = left, width - right, top, height - bottom
-    cv2.rectangle(img, (x0, y0), (x1, y1), (0, 0, 0), 1)
-    names = [k for k in (rows[0] if rows else {}) if k not in ("step", "seconds")]  # seconds: logs of old runs
-    series = {n: np.array([r[n] for r in rows], float) for n in names}
-    positive = np.concatenate([v[v > 0] for v in series.values()]) if series else np.array([])
-    if len(rows) == 0 or positive.size == 0:
-        cv2.putText(img, "no training steps logged", (x0 + 20, (y0 + y1) // 2), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
-                    (0, 0, 0), 1, cv2.LINE_AA)
-        _write_png(png_path, img)
-        return
-    steps = np.array([r["step"] for r in rows], float)
-    lo, hi = math.floor(np.log10(positive.min())), math.ceil(np.log10(positive.max()))
-    hi = max(hi, lo + 1)
-    s_lo, s_hi = steps.min(), max(steps.max(), steps.min() + 1)
-
-    def to_px(s: np.ndarray, v: np.ndarray) -> np.ndarray:
-        px = x0 + (s - s_lo) / (s_hi - s_lo) * (x1 - x0)
-        py = y1 - (np.log10(np.maximum(v, 10.0 ** lo)) - lo) / (hi - lo) * (y1 - y0)
-        return np.stack([px, py], axis=1).round().astype(np.int32)
-
-    for decade in range(lo, hi + 1):
-        y = int(round(y1 - (decade - lo) / (hi - lo) * (y1 - y0)))
-        cv2.line(img, (x0, y), (x1, y), (225, 225, 225), 1)
-        cv2.putText(img, f"1e{decade}", (8, y + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
-    for frac in (0.0, 0.5, 1.0):
-        x = int(round(x0 + frac * (x1 - x0)))
-        cv2.putText(img, f"{int(s_lo + frac * (s_hi - s_lo))}", (x - 12, y1 + 16), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
-                    (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.putText(img, "step", ((x0 + x1) // 2 - 14, height - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1,
-                cv2.LINE_AA)
-    for i, name in enumerate(names):
-        colour = _COLOURS[i % len(_COLOURS)]
-        values = series[name]
-        keep = values > 0  # log axis: zeros (e.g. a disabled loss) are not drawn
-        if keep.sum() >= 2:
-            cv2.polylines(img, [to_px(steps[keep], values[keep])], False, colour, 1, cv2.LINE_AA)
-        elif keep.sum() == 1:
-            cv2.circle(img, tuple(int(c) for c in to_px(steps[keep], values[keep])[0]), 2, colour, -1)
-        y = y0 + 14 + 18 * i
-        cv2.line(img, (x1 + 10, y - 4), (x1 + 30, y - 4), colour, 2)
-        cv2.putText(img, name[:22], (x1 + 36, y), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
-    _write_png(png_path, img)
-
-
-def _write_png(path: str | Path, rgb: np.ndarray) -> None:
-    write_png(path, rgb)  # temp name + rename (pipeline.core.store)
 
 
 # ----------------------------------------------------------------------------------------- checkpoints
