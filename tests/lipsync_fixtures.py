@@ -12,7 +12,7 @@ from tests.conftest import tiny_section
 @pytest.fixture(scope="session")
 def tiny_audio(tiny_corpus, tmp_path_factory) -> tuple[Path, Path]:
     """(corpus folder, audio.zarr) of the tiny profile."""
-    from stages.audio_features import build_audio_features
+    from pipeline.audio.features import build_audio_features
 
     store = tmp_path_factory.mktemp("features") / "audio.zarr"
     build_audio_features(tiny_corpus, store, tiny_section("base"), tiny_section("audio_features"))
