@@ -22,9 +22,9 @@ from pipeline.core.probes import (
 from pipeline.core.store import ArraySpec, RaggedStoreWriter, read_clip, read_index
 from pipeline.corpus.manifest import select_evenly
 from pipeline.fomm.io import detect_keypoints, load_fomm
+from pipeline.fomm.keypoints import build_keypoints, run_keypoints
 from pipeline.fomm.report import mouth_boxes, mouth_l1, psnr, ssim
 from pipeline.training.loop import torch_threads
-from stages.keypoints import build_keypoints, run_keypoints
 from stages.train_fomm import run_train_fomm
 from tests.conftest import tiny_section
 

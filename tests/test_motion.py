@@ -330,8 +330,8 @@ def test_train_motion_bad_inputs_fail_in_one_line(trained, tmp_path):
 
 
 def _train_without_pseudo_keypoints(trained, tmp_path, p):
+    from pipeline.fomm.keypoints import build_keypoints
     from pipeline.motion.train import run_train_motion
-    from stages.keypoints import build_keypoints
 
     build_keypoints(trained["corpus"], trained["dir"] / "fomm.pt", tmp_path / "kp.zarr", BASE,
                     tiny_section("keypoints", extra_frames=()))
