@@ -34,7 +34,7 @@ def chain(tiny_audio, tmp_path_factory):  # noqa: F811
 
 
 def _run_chain(corpus, audio, out, base) -> dict:
-    from stages.pseudo_pairs import build_pseudo_pairs
+    from pipeline.lipsync.pseudo_pairs import build_pseudo_pairs
     from stages.sync_filter import run_sync_filter
     from stages.train_evaluator import run_train_evaluator
     from stages.train_syncnet import run_train_syncnet
@@ -195,7 +195,7 @@ def test_paste_lower_keeps_the_upper_half():
 
 def test_pseudo_pairs_names_a_missing_evaluator(chain, tmp_path):
     from pipeline.core.errors import InputError
-    from stages.pseudo_pairs import build_pseudo_pairs
+    from pipeline.lipsync.pseudo_pairs import build_pseudo_pairs
 
     missing = tmp_path / "evaluator.pt"
     with pytest.raises(InputError, match="evaluator checkpoint not found"):
