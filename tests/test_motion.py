@@ -217,8 +217,8 @@ def test_normalization_uses_the_relative_statistics_for_relative_encoders():
 def trained(motion_inputs, tmp_path_factory):  # noqa: F811
     """train_motion (6 steps, filtered quadruples), decompose and motion_report through the stage workers."""
     from pipeline.motion.decompose import build_motion_store
+    from pipeline.motion.report import run_motion_report
     from pipeline.motion.train import run_train_motion
-    from stages.motion_report import run_motion_report
 
     out = tmp_path_factory.mktemp("motion")
     p = tiny_section("train_motion", use_filter=True)
