@@ -109,7 +109,7 @@ def plan_tasks(outputs_store: Path, corpus_dir: Path, rows: tuple[str, ...], eva
 
 def score_output_clip(task: EvalTask) -> dict:
     """Every metric of one generated clip (`pipeline.evaluation.metrics.clip_metrics`), with its row, clip and label."""
-    from pipeline.lipsync.sync_filter import cached_scorer
+    from pipeline.lipsync.sync_scorers import cached_scorer
 
     mtime = Path(task.evaluator).stat().st_mtime
     evaluator, detector = cached_evaluator(task.evaluator, mtime), cached_detector(task.evaluator, mtime,

@@ -8,7 +8,6 @@ audio (what the clip would score without the re-dub). A clip is kept when its co
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,8 +15,7 @@ import pandas as pd
 
 from pipeline.core.media import load_audio
 from pipeline.core.store import open_store
-from pipeline.lipsync.io import load_syncnet_any
-from pipeline.lipsync.sync_scorers import SyncScorer, make_scorer, score_clip
+from pipeline.lipsync.sync_scorers import cached_scorer, score_clip
 
 
 @dataclass(frozen=True)
@@ -29,12 +27,6 @@ class ScoreTask:
     source: tuple[int, int]  # rows of x^{i,a} in the corpus frames
     wav: str
     weights: str
-
-
-@functools.lru_cache(maxsize=2)
-def cached_scorer(path: str, mtime: float) -> SyncScorer:
-    """One scorer per worker process (keyed by mtime so a rewritten file is re-read)."""
-    return make_scorer(load_syncnet_any(path))
 
 
 def score_pseudo_clip(task: ScoreTask) -> dict:
