@@ -35,7 +35,7 @@ def chain(tiny_audio, tmp_path_factory):  # noqa: F811
 
 def _run_chain(corpus, audio, out, base) -> dict:
     from pipeline.lipsync.pseudo_pairs import build_pseudo_pairs
-    from stages.sync_filter import run_sync_filter
+    from pipeline.lipsync.sync_filter import run_sync_filter
     from stages.train_evaluator import run_train_evaluator
     from stages.train_syncnet import run_train_syncnet
     from stages.train_wav2lip import run_train_wav2lip
