@@ -7,17 +7,13 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from pipeline.core.config import load_section
-from pipeline.core.store import write_json
-from pipeline.core.timings import write_timings
-from pipeline.corpus.build import build_corpus
-from pipeline.corpus.sheet import corpus_contact_sheet
+from pipeline.corpus.build import run_corpus
 from stages.common import ParamsOption, one_line_errors, stage_app
 
 app = stage_app()
@@ -33,11 +29,7 @@ def corpus(
 ) -> None:
     """Build the corpus (built-in synthetic or MEAD ingest): frames Zarr, wavs, landmarks, manifest."""
     base, p = load_section("base", params), load_section("corpus", params)
-    t0 = time.monotonic()
-    summary = build_corpus(out, base, p, params)
-    write_timings(out, {"seconds": round(time.monotonic() - t0, 1)})  # not in the report: DVC tracks it
-    corpus_contact_sheet(out, sheet)
-    write_json(report, summary)
+    summary = run_corpus(out, sheet, report, base, p, params)
     typer.echo(json.dumps(summary))
 
 

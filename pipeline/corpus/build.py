@@ -1,16 +1,20 @@
 """The corpus stage's work: the built-in MEAD-shaped corpus (pipeline.corpus.builtin) or a real MEAD folder
-(pipeline.corpus.mead) written atomically into the corpus folder, and its summary."""
+(pipeline.corpus.mead) written atomically into the corpus folder (`build_corpus`); `run_corpus` adds its timings,
+contact sheet and summary report."""
 
 from __future__ import annotations
 
 import random
+import time
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.core.config import BaseParams, CorpusParams
 from pipeline.core.errors import InputError
-from pipeline.core.store import atomic_output, dir_size
+from pipeline.core.store import atomic_output, dir_size, write_json
+from pipeline.core.timings import write_timings
+from pipeline.corpus.sheet import corpus_contact_sheet
 
 
 def seed_everything(seed: int) -> None:
@@ -53,3 +57,14 @@ def build_corpus(out_dir: Path, base: BaseParams, p: CorpusParams, params_path: 
         "size": p.size,
         "bytes_on_disk": dir_size(out_dir),
     }
+
+
+def run_corpus(out_dir: Path, sheet: Path, report: Path, base: BaseParams, p: CorpusParams,
+               params_path: Path = Path("params.yaml")) -> dict:
+    """`build_corpus`, then its timings file, the contact sheet and the summary report; return the summary."""
+    t0 = time.monotonic()
+    summary = build_corpus(out_dir, base, p, params_path)
+    write_timings(out_dir, {"seconds": round(time.monotonic() - t0, 1)})  # not in the report: DVC tracks it
+    corpus_contact_sheet(out_dir, sheet)
+    write_json(report, summary)
+    return summary
