@@ -4,6 +4,10 @@ held-out PSNR, the Wav2Lip report).
 The standard protocol (skimage's `peak_signal_noise_ratio` called frame by frame, as EAT's evaluation does): PSNR
 is computed per image, 10 log10(data_range^2 / MSE) with the MSE over every pixel and channel of that image, and a
 set of frames is reported as the mean of those per-frame values (not as one PSNR of the pooled MSE).
+
+SSIM is not here: evaluation.metrics.ssim (NumPy float64, (T,H,W,3) uint8 frames, the Table 1 protocol) and
+fomm.report.ssim (torch float32, [B,C,H,W] in [0, 1], the window shrunk for tiny images) differ in layout,
+precision and edge rule, so one of them would change its report's numbers if merged.
 """
 
 from __future__ import annotations
