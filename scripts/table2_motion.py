@@ -24,9 +24,9 @@ from pipeline.core.config import (
     read_yaml,
     with_field,
 )
+from pipeline.evaluation.table2 import run_table2
 from pipeline.motion.ablation import ROW_NAMES
 from stages.common import one_line_errors
-from stages.table2 import run_table2
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 

@@ -1,15 +1,13 @@
-"""What every stage command shares: params loading, seeding, and one-line errors with exit code 2."""
+"""What every stage command shares: the --params option, one-line errors with exit code 2, the Typer app."""
 
 from __future__ import annotations
 
 import functools
-import random
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
 import typer
 
 from pipeline.core.errors import InputError
@@ -17,17 +15,6 @@ from pipeline.core.malloc import keep_freed_memory
 from pipeline.core.store import exit_on_signals
 
 ParamsOption = Annotated[Path, typer.Option("--params", help="params.yaml to read (sections base + this stage)")]
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    try:
-        import torch
-
-        torch.manual_seed(seed)
-    except ImportError:
-        pass
 
 
 def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:

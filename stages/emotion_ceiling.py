@@ -18,34 +18,11 @@ from typing import Annotated
 import typer
 
 from pipeline.audio.prosody import DEFAULT_STORE as DEFAULT_PROSODY_STORE
-from pipeline.core.config import EmotionCeilingParams, load_section
-from pipeline.core.parallel import progress_bar
-from pipeline.core.store import write_json, write_png
-from pipeline.evaluation.emotion_ceiling import EmmnRow, emotion_ceilings
-from pipeline.judges.evaluator import load_evaluator
-from pipeline.training.loop import torch_threads
+from pipeline.core.config import load_section
+from pipeline.evaluation.emotion_ceiling import run_emotion_ceiling
 from stages.common import ParamsOption, one_line_errors, stage_app
 
 app = stage_app()
-
-
-def run_emotion_ceiling(corpus_dir: Path, audio_store: Path, prosody_store: Path, evaluator: Path, fomm: Path,
-                        emmn: Path, renderer: Path, report: Path, sheet: Path, p: EmotionCeilingParams) -> dict:
-    """Judge every version of the held-out clips; write the report and the sheet; return the report."""
-    with torch_threads(p.threads):
-        judge = load_evaluator(evaluator)
-        emmn_row = EmmnRow(emmn, renderer, corpus_dir, audio_store, prosody_store, p.read_temperature)
-        with progress_bar() as bar:
-            task = bar.add_task("emotion_ceiling", total=None)
-            metrics, picture = emotion_ceilings(
-                corpus_dir, judge, fomm, p.stride, p.sheet_actor, p.sheet_sentence, emmn_row=emmn_row,
-                progress=lambda done, total: bar.update(task, completed=done, total=total))
-    metrics.update(fomm=str(fomm), emmn_checkpoint=str(emmn), renderer=str(renderer),
-                   read_temperature=emmn_row.emmn.config.read_temperature)
-    if picture is not None:
-        write_png(sheet, picture)
-    write_json(report, metrics)
-    return metrics
 
 
 @app.command()

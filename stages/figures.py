@@ -17,27 +17,11 @@ from typing import Annotated
 
 import typer
 
-from pipeline.core.config import BaseParams, FiguresParams, load_section
-from pipeline.core.errors import InputError
-from pipeline.evaluation.figures import fig6_sheet, side_by_side
+from pipeline.core.config import load_section
+from pipeline.evaluation.figures import run_figures
 from stages.common import ParamsOption, one_line_errors, stage_app
 
 app = stage_app()
-
-
-def run_figures(outputs: Path, corpus_dir: Path, sheet_png: Path, video_mp4: Path, base: BaseParams,
-                p: FiguresParams, log=print) -> dict:
-    """Both pictures; returns what they show (actor, sentence, rows, skipped rows, clips)."""
-    if not (Path(outputs) / "zarr.json").is_file():
-        raise InputError(outputs, "generated outputs not found (run generate first)")
-    if not (Path(corpus_dir) / "manifest.parquet").is_file():
-        raise InputError(Path(corpus_dir) / "manifest.parquet", "corpus manifest not found (run corpus first)")
-    sheet = fig6_sheet(Path(outputs), Path(corpus_dir), Path(sheet_png), p, log)
-    video = side_by_side(Path(outputs), Path(corpus_dir), Path(video_mp4), base, p, log)
-    log(f"figures: sheet {len(sheet['rows'])} rows x {len(sheet['emotions'])} emotions ({sheet['actor']}, sentence "
-        f"{sheet['sentence_id']}) -> {sheet_png}; video {len(video['columns'])} columns, {video['frames']} frames "
-        f"-> {video_mp4}")
-    return {"sheet": sheet, "video": video}
 
 
 @app.command()

@@ -30,7 +30,7 @@ def run_finetune_render(corpus_dir: Path, audio_store: Path, emmn: Path, fomm: P
                         losses_csv: Path, report: Path, base: BaseParams,
                         p: FinetuneRenderParams, prosody_store: Path = DEFAULT_PROSODY_STORE,
                         keypoints_store: Path = Path("data/features/keypoints.zarr")) -> dict:
-    """Fine-tune, draw the loss curves, write the report; return the metrics."""
+    """Fine-tune, write the report; return the metrics."""
     metrics = finetune(corpus_dir, audio_store, emmn, fomm, model_out, losses_csv, base, p,
                        prosody_store=prosody_store, keypoints_store=keypoints_store)
     write_json(report, metrics)

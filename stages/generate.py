@@ -19,13 +19,9 @@ data/reports/emotions_sheet.png and emotions_sheet_told.png (one neutral speech 
 from __future__ import annotations
 
 import json
-import sys
-import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
-import pandas as pd
 import typer
 
 from pipeline.audio.prosody import DEFAULT_STORE as DEFAULT_PROSODY_STORE
@@ -37,161 +33,13 @@ from pipeline.core.config import (
     with_field,
 )
 from pipeline.core.errors import InputError
-from pipeline.core.parallel import dask_client, ordered_map
-from pipeline.core.precision import announce_precision, pick_device, resolve_precision
-from pipeline.core.store import (
-    ArraySpec,
-    RaggedStoreWriter,
-    atomic_output,
-    open_store,
-    read_index,
-    write_json,
-)
-from pipeline.core.timings import write_timings
-from pipeline.render.generate_set import (
-    ClipTask,
-    emotions_sheet,
-    generate_clip,
-    heldout_clips,
-    output_clip_id,
-    plan_rows,
-    told_emotions_sheet,
-)
+from pipeline.core.precision import resolve_precision
+from pipeline.render.generate import generate_from_photo
+from pipeline.render.generate_set import build_outputs
 from stages.common import ParamsOption, one_line_errors, stage_app
 
-SCHEMA = "emmn.outputs/v1"
 DEFAULT_PARAMS = Path("params.yaml")
 app = stage_app()
-
-
-# ------------------------------------------------------------------------------------------ stage mode
-
-
-def _run_task(args: tuple) -> dict:
-    task, base, p = args
-    return generate_clip(task, base, p)
-
-
-def build_outputs(corpus_dir: Path, audio_store: Path, models_dir: Path, out_dir: Path, report: Path, sheet: Path,
-                  base: BaseParams, p: GenerateParams, log=print, told_sheet: Path | None = None,
-                  prosody_store: Path = DEFAULT_PROSODY_STORE) -> dict:
-    """Every (row, held-out clip) into out_dir (frames.zarr + mp4s, atomically), the sheet and the report; with
-    `told_sheet`, also the `--emotion` sheet (pipeline.render.generate_set.told_emotions_sheet)."""
-    manifest_path = corpus_dir / "manifest.parquet"
-    if not manifest_path.is_file():
-        raise InputError(manifest_path, "corpus manifest not found (run the corpus stage first)")
-    clips = heldout_clips(pd.read_parquet(manifest_path), p.max_clips, keep_sheet=True, sheet_actor=p.sheet_actor)
-    renderer = models_dir / "emmn_render.pt"
-    models = {"emmn": models_dir / "emmn.pt", "wav2lip_only": models_dir / "wav2lip.pt",
-              **{row: Path(path) for row, path in p.variant_models.items()}}
-    rows, skipped = plan_rows(p, models, log)
-    if any(r in ("emmn", "baseline", "mmn") for r in rows) and not renderer.is_file():
-        raise InputError(renderer, "stage-2 renderer not found (run finetune_render first)")
-    audio_index = read_index(audio_store).set_index("clip_id")
-    missing = sorted(set(clips.clip_id) - set(audio_index.index))
-    if missing:
-        raise InputError(audio_store, f"clip '{missing[0]}' has no audio features (re-run audio_features)")
-    size = int(open_store(corpus_dir / "frames.zarr")["frames"].shape[1])
-    clip_ids = [output_clip_id(row, c) for row in rows for c in clips.clip_id]
-    lengths = [int(f) for _ in rows for f in clips.frames]
-    attrs = {"schema": SCHEMA, "stage": "generate", "rows": rows, "skipped_rows": skipped,
-             "params": {"base": as_dict(base), "generate": as_dict(p)},
-             "frames": "RGB uint8 at the corpus frame size; clip id <row>/<corpus clip id>, as long as that clip"}
-    precision = resolve_precision(base.precision, pick_device(base.device))
-    announce_precision(precision, "generate", log)
-    attrs["precision"] = precision.resolved
-    t0 = time.monotonic()
-    seconds = {row: 0.0 for row in rows}
-    with atomic_output(out_dir) as tmp:
-        writer = RaggedStoreWriter(tmp / "frames.zarr", clip_ids, lengths,
-                                   {"frames": ArraySpec((size, size, 3), "uint8", ("y", "x", "channel"))},
-                                   attrs=attrs, chunk_frames=p.chunk_frames, shard_frames=p.shard_frames)
-        with dask_client(base.workers, base.scheduler_address) as client:
-            tasks = []
-            for row in rows:
-                for c in clips.itertuples():
-                    a = audio_index.loc[c.clip_id]
-                    model = models.get(row)
-                    tasks.append((ClipTask(
-                        row, c.clip_id, c.actor, int(c.start), int(c.stop), int(a.start), int(a.stop),
-                        str(corpus_dir / c.wav_path), str(corpus_dir), str(audio_store), str(prosody_store),
-                        None if model is None else str(model),
-                        str(renderer) if row in ("emmn", "baseline", "mmn") else None,
-                        str(tmp / row / f"{c.clip_id}.mp4"), base.device, client is not None), base, p))
-            for i, result in enumerate(ordered_map(_run_task, tasks, client=client,
-                                                   window=2 * max(base.workers, 1), description="generate")):
-                writer.write_clip(i, {"frames": result["frames"]})
-                seconds[tasks[i][0].row] += result["seconds"]
-        writer.close()
-        sheet_info = emotions_sheet(tmp / "frames.zarr", corpus_dir, clips, sheet, actor=p.sheet_actor,
-                                    columns=p.sheet_frames)
-    told_info = None
-    if told_sheet is not None:
-        from pipeline.render.generate import load_animator
-
-        animator = load_animator(models["emmn"], renderer, pick_device(base.device))
-        told_info = told_emotions_sheet(animator, corpus_dir, clips, told_sheet, base, p, actor=p.sheet_actor)
-    frames = int(clips.frames.sum())
-    summary = {
-        "rows": rows, "skipped_rows": skipped, "clips": len(clips), "frames_per_row": frames,
-        "actors": sorted(clips.actor.unique()), "renderer": str(renderer), "precision": precision.resolved,
-        "filter": p.filter, "sheet": sheet_info, "told_sheet": told_info,
-    }
-    timings = {"seconds": round(time.monotonic() - t0, 1),
-               "ms_per_frame": {row: round(1000 * s / max(frames, 1), 2) for row, s in seconds.items()}}
-    write_json(report, summary)
-    write_timings(report, timings)
-    log(f"generate: {len(rows)} rows x {len(clips)} clips ({frames} frames each) -> {out_dir} "
-        f"in {timings['seconds']}s; ms/frame {timings['ms_per_frame']}")
-    return summary
-
-
-# ------------------------------------------------------------------------------------------ photo mode
-
-
-def generate_from_photo(image: Path, audio: Path, out: Path, models_dir: Path, base: BaseParams, p: GenerateParams,
-                        emotion: str | None, intensity: float | None, device: str, voice: Sequence[Path] = ()
-                        ) -> dict:
-    """`emmn generate --image --audio --out`: one mp4, with a progress bar (plain lines off a terminal)."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    from pipeline.render.generate import (
-        EMMN_FILE,
-        PASTE_FRAMES,
-        check_output_path,
-        generate_video,
-        load_animator,
-        renderer_path,
-    )
-
-    check_output_path(out)  # the cheap checks first, before any model is loaded or frame rendered
-    if not Path(image).is_file():
-        raise InputError(image, "image file not found")
-    if not Path(audio).is_file():
-        raise InputError(audio, "audio file not found")
-    for path in voice:
-        if not Path(path).is_file():
-            raise InputError(path, "voice recording not found")
-    animator = load_animator(models_dir / EMMN_FILE, renderer_path(models_dir), pick_device(device))
-    interactive = sys.stderr.isatty()
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  disable=not interactive) as bar:
-        task = bar.add_task("generate: frames", total=None)
-
-        def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-            if not interactive and (done == total or done % 250 < PASTE_FRAMES):  # a log line every ~10 s of video
-                print(f"generate: {done}/{total} frames", file=sys.stderr, flush=True)
-
-        # stdout carries the JSON summary: the log (the resolved precision) goes to stderr
-        return generate_video(image, audio, out, animator, base, p, emotion=emotion, intensity=intensity,
-                              voice=voice, progress=progress, log=lambda line: print(line, file=sys.stderr, flush=True))
 
 
 @app.command()

@@ -28,7 +28,7 @@ app = stage_app()
 
 def run_train_evaluator(corpus_dir: Path, model_out: Path, report: Path, losses_csv: Path, confusion_png: Path,
                         base: BaseParams, p: TrainEvaluatorParams) -> dict:
-    """Train and measure both judges; write the checkpoint, the report, the loss curves and the confusion PNG."""
+    """Train and measure both judges; write the checkpoint, the report, the loss log and the confusion PNG."""
     metrics = train_evaluator_models(corpus_dir, model_out, losses_csv, confusion_png, base, p)
     write_json(report, metrics)
     return metrics

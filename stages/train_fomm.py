@@ -24,9 +24,8 @@ app = stage_app()
 
 def run_train_fomm(corpus_dir: Path, model_out: Path, losses_csv: Path, base: BaseParams,
                    p: TrainFommParams) -> dict:
-    """Train (or import) FOMM, then draw the loss curves; return the checkpoint's metrics."""
+    """Train (or import) FOMM; return the checkpoint's metrics."""
     summary = train_fomm_model(corpus_dir, model_out, losses_csv, base, p)
-    kind = summary.get("reconstruction_loss", "imported, not trained")
     return summary
 
 

@@ -31,7 +31,7 @@ app = stage_app()
 def run_train_memory(corpus_dir: Path, keypoints: Path, motion_store: Path, audio_store: Path, audio_model: Path,
                      motion_model: Path, model_out: Path, report: Path, losses_csv: Path, base: BaseParams,
                      p: TrainMemoryParams, prosody_store: Path = DEFAULT_PROSODY_STORE) -> dict:
-    """Train, write the checkpoint, the report and the loss curves; return the report."""
+    """Train, write the checkpoint, the report and the loss log; return the report."""
     if p.variant not in VARIANTS:
         raise InputError("params.yaml", f"train_memory.variant must be one of {list(VARIANTS)}, not '{p.variant}'")
     summary = train_memory_model(corpus_dir, keypoints, motion_store, audio_store, audio_model, motion_model,

@@ -25,7 +25,7 @@ app = stage_app()
 
 def run_train_syncnet(corpus_dir: Path, audio_store: Path, model_out: Path, report: Path, losses_csv: Path,
                       base: BaseParams, p: TrainSyncnetParams, stage: str = "train_syncnet") -> dict:
-    """Train (or import) and evaluate a SyncNet_color; write the report and the loss curves."""
+    """Train (or import) and evaluate a SyncNet_color; write the report and the loss log."""
     metrics = train_syncnet_model(corpus_dir, audio_store, model_out, losses_csv, base, p, stage=stage)
     write_json(report, metrics)
     return metrics

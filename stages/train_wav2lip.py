@@ -26,7 +26,7 @@ app = stage_app()
 
 def run_train_wav2lip(corpus_dir: Path, audio_store: Path, expert: Path, model_out: Path, report: Path,
                       losses_csv: Path, base: BaseParams, p: TrainWav2lipParams) -> dict:
-    """Train (or import) and evaluate the generator; write the report and the loss curves."""
+    """Train (or import) and evaluate the generator; write the report and the loss log."""
     metrics = train_wav2lip_model(corpus_dir, audio_store, expert, model_out, losses_csv, base, p)
     write_json(report, metrics)
     return metrics

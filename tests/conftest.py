@@ -25,7 +25,7 @@ def tiny_section(name: str, **changes):
 
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory) -> Path:
-    from stages.corpus import build_corpus
+    from pipeline.corpus.build import build_corpus
 
     out = tmp_path_factory.mktemp("corpus") / "corpus"
     build_corpus(out, tiny_section("base"), tiny_section("corpus"))

@@ -12,7 +12,7 @@ from tests.conftest import tiny_section
 @pytest.fixture(scope="session")
 def tiny_audio(tiny_corpus, tmp_path_factory) -> tuple[Path, Path]:
     """(corpus folder, audio.zarr) of the tiny profile."""
-    from stages.audio_features import build_audio_features
+    from pipeline.audio.features import build_audio_features
 
     store = tmp_path_factory.mktemp("features") / "audio.zarr"
     build_audio_features(tiny_corpus, store, tiny_section("base"), tiny_section("audio_features"))
@@ -22,7 +22,7 @@ def tiny_audio(tiny_corpus, tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture(scope="session")
 def tiny_prosody(tiny_corpus, tmp_path_factory) -> Path:
     """prosody.zarr of the tiny profile (pitch, loudness, each actor's voice baseline)."""
-    from stages.prosody import build_prosody
+    from pipeline.audio.prosody_features import build_prosody
 
     store = tmp_path_factory.mktemp("features") / "prosody.zarr"
     build_prosody(tiny_corpus, store, tiny_section("base"), tiny_section("prosody"))

@@ -50,7 +50,7 @@ def write_perfect_pseudo(corpus: Path, out: Path) -> pd.DataFrame:
 @pytest.fixture(scope="session")
 def motion_inputs(tiny_corpus, tmp_path_factory) -> dict[str, Path]:
     """corpus, pseudo folder, keypoints.zarr (corpus + pseudo clips + references) from a 6-step tiny FOMM."""
-    from stages.keypoints import build_keypoints
+    from pipeline.fomm.keypoints import build_keypoints
     from stages.train_fomm import run_train_fomm
 
     out = tmp_path_factory.mktemp("motion_inputs")

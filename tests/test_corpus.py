@@ -9,11 +9,11 @@ import pandas as pd
 import soundfile as sf
 import zarr
 
+from pipeline.corpus.build import build_corpus
 from pipeline.corpus.controls import ALL_CONTROLS
 from pipeline.corpus.sentences import SENTENCES
 from pipeline.corpus.speech import PhonemeEvent
 from pipeline.corpus.visemes import frame_phoneme_classes
-from stages.corpus import build_corpus
 from tests.conftest import tiny_section
 
 INNER_TOP, INNER_BOTTOM = 62, 66  # inner-lip midpoints (dlib order)
@@ -163,7 +163,7 @@ def test_render_params_and_landmarks_are_finite_and_in_frame(tiny_corpus):
 
 # --------------------------------------------------------------- same seed, same bytes, on another machine
 
-BUILD = ("import sys; from pathlib import Path; from stages.corpus import build_corpus; "
+BUILD = ("import sys; from pathlib import Path; from pipeline.corpus.build import build_corpus; "
          "from tests.conftest import tiny_section; "
          "build_corpus(Path(sys.argv[1]), tiny_section('base'), tiny_section('corpus'))")
 

@@ -11,6 +11,7 @@ import torch
 from sklearn.datasets import load_sample_image
 from typer.testing import CliRunner
 
+from pipeline.audio.features import frame_mfcc_windows
 from pipeline.audio.stream import (
     mel_windows,
     mfcc_window_blocks,
@@ -29,7 +30,6 @@ from pipeline.render.frames import (
     to_uint8_frames,
 )
 from pipeline.render.photo import FacePaster, feather_mask
-from stages.audio_features import frame_mfcc_windows
 from stages.cli import app
 from tests.conftest import tiny_params_dict, tiny_section
 from tests.generate_fixtures import photo_with_face, speech_like, tiny_models, write_png  # noqa: F401

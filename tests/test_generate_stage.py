@@ -33,7 +33,7 @@ def models(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def outputs(tiny_audio, models, tmp_path_factory):
-    from stages.generate import build_outputs
+    from pipeline.render.generate_set import build_outputs
 
     corpus, audio = tiny_audio
     out = tmp_path_factory.mktemp("gen")

@@ -11,6 +11,7 @@ import zarr
 
 from pipeline.core.config import BaseParams, with_field
 from pipeline.core.errors import InputError
+from pipeline.core.image_quality import psnr
 from pipeline.core.probes import (
     centre_per_group,
     fit_ridge,
@@ -22,9 +23,9 @@ from pipeline.core.probes import (
 from pipeline.core.store import ArraySpec, RaggedStoreWriter, read_clip, read_index
 from pipeline.corpus.manifest import select_evenly
 from pipeline.fomm.io import detect_keypoints, load_fomm
-from pipeline.fomm.report import mouth_boxes, mouth_l1, psnr, ssim
+from pipeline.fomm.keypoints import build_keypoints, run_keypoints
+from pipeline.fomm.report import mouth_boxes, mouth_l1, ssim
 from pipeline.training.loop import torch_threads
-from stages.keypoints import build_keypoints, run_keypoints
 from stages.train_fomm import run_train_fomm
 from tests.conftest import tiny_section
 
@@ -167,7 +168,7 @@ def test_alpha_selection_by_group_cross_validation():
 
 def test_psnr_ssim_and_mouth_region_by_hand():
     target = torch.full((1, 3, 32, 32), 0.5)
-    assert float(psnr(target + 0.1, target)[0]) == pytest.approx(20.0, abs=1e-4)  # MSE 0.01
+    assert float(psnr(target + 0.1, target, data_range=1.0, mse_floor=1e-10)[0]) == pytest.approx(20.0, abs=1e-4)  # MSE 0.01
     image = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(ssim(image, image), torch.ones(2), atol=1e-6)
     assert float(ssim(image, torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)))[0]) < 0.1

@@ -34,8 +34,8 @@ def chain(tiny_audio, tmp_path_factory):  # noqa: F811
 
 
 def _run_chain(corpus, audio, out, base) -> dict:
-    from stages.pseudo_pairs import build_pseudo_pairs
-    from stages.sync_filter import run_sync_filter
+    from pipeline.lipsync.pseudo_pairs import build_pseudo_pairs
+    from pipeline.lipsync.sync_filter import run_sync_filter
     from stages.train_evaluator import run_train_evaluator
     from stages.train_syncnet import run_train_syncnet
     from stages.train_wav2lip import run_train_wav2lip
@@ -193,7 +193,7 @@ def test_paste_lower_keeps_the_upper_half():
 
 def test_pseudo_pairs_names_a_missing_evaluator(chain, tmp_path):
     from pipeline.core.errors import InputError
-    from stages.pseudo_pairs import build_pseudo_pairs
+    from pipeline.lipsync.pseudo_pairs import build_pseudo_pairs
 
     missing = tmp_path / "evaluator.pt"
     with pytest.raises(InputError, match="evaluator checkpoint not found"):

@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 import scipy.ndimage
 
+from pipeline.core.image_quality import psnr
 from pipeline.evaluation.metrics import (
     clip_metrics,
     gaussian_window,
     match_lengths,
-    psnr,
     ssim,
     sync_metrics,
 )
@@ -42,15 +42,16 @@ def random_clip(t=3, h=24, w=20, seed=0, low=0, high=256) -> np.ndarray:
 
 def test_identical_frames_give_psnr_inf_and_ssim_one():
     clip = random_clip()
-    assert np.isinf(psnr(clip, clip)).all()
+    assert np.isinf(psnr(clip, clip, data_range=255.0)).all()
     np.testing.assert_allclose(ssim(clip, clip), 1.0, atol=1e-12)
 
 
 def test_constant_offset_gives_the_exact_psnr():
     clip = random_clip(low=10, high=240)
     shifted = clip + np.uint8(5)  # every pixel off by 5: MSE = 25
-    np.testing.assert_allclose(psnr(shifted, clip), 10 * math.log10(255 ** 2 / 25), rtol=1e-12)  # 34.151 dB
-    assert psnr(shifted, clip)[0] == pytest.approx(34.1514, abs=1e-4)
+    np.testing.assert_allclose(psnr(shifted, clip, data_range=255.0), 10 * math.log10(255 ** 2 / 25),
+                               rtol=1e-12)  # 34.151 dB
+    assert psnr(shifted, clip, data_range=255.0)[0] == pytest.approx(34.1514, abs=1e-4)
 
 
 def test_ssim_of_two_flat_frames_is_the_luminance_term():
@@ -100,7 +101,7 @@ def test_ssim_equals_skimage_gaussian_algorithm_on_larger_frames():
 
 def test_metrics_refuse_mismatched_clips():
     with pytest.raises(ValueError):
-        psnr(random_clip(3), random_clip(2))
+        psnr(random_clip(3), random_clip(2), data_range=255.0)
     with pytest.raises(ValueError, match="SSIM window"):
         ssim(random_clip(1, 8, 8), random_clip(1, 8, 8))
 
@@ -184,7 +185,8 @@ def test_clip_metrics_of_the_ground_truth_and_of_a_static_frame():
     static = np.repeat(random_clip(1, 24, 24, seed=6), 8, axis=0)  # a reference frame, not one of the clip's
     st = clip_metrics(static, truth, landmarks=lambda frames: np.repeat(points[:1], len(frames), axis=0),
                       truth_landmarks=points)
-    assert st["psnr"] == pytest.approx(float(np.mean(psnr(static, truth))), rel=1e-12) and st["psnr"] < 20
+    assert st["psnr"] == pytest.approx(float(np.mean(psnr(static, truth, data_range=255.0))), rel=1e-12)
+    assert st["psnr"] < 20
     assert st["ssim"] == pytest.approx(float(np.mean(ssim(static, truth))), rel=1e-12)
     assert st["m_lmd"] == pytest.approx(m_lmd(np.repeat(points[:1], 8, axis=0), points)) and st["m_lmd"] > 1
     assert st["emotion_pred"] is None

@@ -216,9 +216,9 @@ def test_normalization_uses_the_relative_statistics_for_relative_encoders():
 @pytest.fixture(scope="module")
 def trained(motion_inputs, tmp_path_factory):  # noqa: F811
     """train_motion (6 steps, filtered quadruples), decompose and motion_report through the stage workers."""
+    from pipeline.motion.decompose import build_motion_store
+    from pipeline.motion.report import run_motion_report
     from pipeline.motion.train import run_train_motion
-    from stages.decompose import build_motion_store
-    from stages.motion_report import run_motion_report
 
     out = tmp_path_factory.mktemp("motion")
     p = tiny_section("train_motion", use_filter=True)
@@ -328,8 +328,8 @@ def test_train_motion_bad_inputs_fail_in_one_line(trained, tmp_path):
 
 
 def _train_without_pseudo_keypoints(trained, tmp_path, p):
+    from pipeline.fomm.keypoints import build_keypoints
     from pipeline.motion.train import run_train_motion
-    from stages.keypoints import build_keypoints
 
     build_keypoints(trained["corpus"], trained["dir"] / "fomm.pt", tmp_path / "kp.zarr", BASE,
                     tiny_section("keypoints", extra_frames=()))

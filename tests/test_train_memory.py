@@ -249,8 +249,8 @@ def test_cli_bad_variant_is_a_one_line_error(stores, tmp_path):
 def test_train_memory_on_the_tiny_pipeline(motion_inputs, tiny_audio, tiny_prosody, tmp_path):  # noqa: F811
     """The real upstream workers on the tiny corpus (FOMM keypoints, train_motion, decompose, audio features,
     train_audio), then train_memory: the stores and checkpoints they write are what this stage reads."""
+    from pipeline.motion.decompose import build_motion_store
     from pipeline.motion.train import run_train_motion
-    from stages.decompose import build_motion_store
     from stages.train_audio import run_train_audio
 
     corpus, audio_store = tiny_audio

@@ -13,7 +13,8 @@ in speech emotion recognition; here the speaker's level is two numbers, its voic
 * `relative_prosody(prosody, voice, fallback)` (torch): what E_e reads: pitch in octaves and energy in 20 dB
   above the baseline (pitch zeroed where unvoiced), and a flag saying whether the voice was known (when it is
   not, `fallback`, the training voices' average, stands in).
-* `ProsodyStore`: the prosody stage's store read back (each clip's track, each actor's baseline).
+* `ProsodyStore`: the prosody stage's store (pipeline.audio.prosody_features) read back (each clip's track, each
+  actor's baseline).
 """
 
 from __future__ import annotations

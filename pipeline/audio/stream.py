@@ -1,7 +1,7 @@
 """EVP/EAMM MFCC windows of a long signal, computed a block of video frames at a time (+ mel windows).
 
-`frame_mfcc_windows(samples, n)` (the audio_features stage) runs the MFCC over the whole signal at once:
-its frame matrix is 400 float64 values per 10 ms row, about 1.2 GB for an hour of speech. Here the
+`frame_mfcc_windows(samples, n)` (pipeline.audio.features, the audio_features stage) runs the MFCC over the
+whole signal at once: its frame matrix is 400 float64 values per 10 ms row, about 1.2 GB for an hour of speech. Here the
 same windows come out block by block: block [k0, k1) needs only the padded samples under MFCC rows
 4*k0 .. 4*k1+23. Pre-emphasis is applied to the block with the sample before it (then the MFCC runs
 with pre-emphasis off), so each MFCC row sees exactly the samples the whole-signal computation gives it.

@@ -10,6 +10,7 @@ reads four versions of its frames:
 * `fomm_keypoints`: the reference driven by the detector's keypoints (E_k) of the frame, through FOMM;
 * `emmn`, with an `EmmnRow`: the reference driven by the keypoints EmmnNet predicts from the clip's audio
   (unfiltered), through a renderer (fomm.pt or emmn_render.pt): what the product shows, on all held-out clips.
+`run_emotion_ceiling` (the emotion_ceiling stage's work) writes the report and the contact sheet.
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pipeline.core.config import EmotionCeilingParams
 from pipeline.core.errors import InputError
-from pipeline.core.store import open_store
+from pipeline.core.parallel import progress_bar
+from pipeline.core.store import open_store, write_json, write_png
 from pipeline.fomm.io import (
     detect_keypoints,
     frames_to_tensor,
@@ -32,9 +35,11 @@ from pipeline.fomm.io import (
     load_fomm,
     reconstruct,
 )
+from pipeline.judges.evaluator import load_evaluator
 from pipeline.judges.scores import clip_emotion
 from pipeline.render.frames import to_uint8_frames
 from pipeline.render.generate_set import sheet_clips
+from pipeline.training.loop import torch_threads
 
 
 def border_points(size: int) -> np.ndarray:
@@ -203,3 +208,22 @@ def to_frame_size(images: np.ndarray, height: int, width: int) -> np.ndarray:
     if images.shape[1:3] == (height, width):
         return images
     return np.stack([cv2.resize(im, (width, height), interpolation=cv2.INTER_LINEAR) for im in images])
+
+
+def run_emotion_ceiling(corpus_dir: Path, audio_store: Path, prosody_store: Path, evaluator: Path, fomm: Path,
+                        emmn: Path, renderer: Path, report: Path, sheet: Path, p: EmotionCeilingParams) -> dict:
+    """Judge every version of the held-out clips; write the report and the sheet; return the report."""
+    with torch_threads(p.threads):
+        judge = load_evaluator(evaluator)
+        emmn_row = EmmnRow(emmn, renderer, corpus_dir, audio_store, prosody_store, p.read_temperature)
+        with progress_bar() as bar:
+            task = bar.add_task("emotion_ceiling", total=None)
+            metrics, picture = emotion_ceilings(
+                corpus_dir, judge, fomm, p.stride, p.sheet_actor, p.sheet_sentence, emmn_row=emmn_row,
+                progress=lambda done, total: bar.update(task, completed=done, total=total))
+    metrics.update(fomm=str(fomm), emmn_checkpoint=str(emmn), renderer=str(renderer),
+                   read_temperature=emmn_row.emmn.config.read_temperature)
+    if picture is not None:
+        write_png(sheet, picture)
+    write_json(report, metrics)
+    return metrics

@@ -282,3 +282,18 @@ def side_by_side(store: Path, corpus_dir: Path, out_mp4: Path, base: BaseParams,
         log(f"figures: video skips column(s) {skipped}: not in {store}")
     return {"columns": columns, "skipped_columns": skipped, "emotions": emotions, "clips": clips.clip_id.tolist(),
             "frames": int(clips.frames.sum()), "width": width, "height": height}
+
+
+def run_figures(outputs: Path, corpus_dir: Path, sheet_png: Path, video_mp4: Path, base: BaseParams,
+                p: FiguresParams, log=print) -> dict:
+    """Both pictures; returns what they show (actor, sentence, rows, skipped rows, clips)."""
+    if not (Path(outputs) / "zarr.json").is_file():
+        raise InputError(outputs, "generated outputs not found (run generate first)")
+    if not (Path(corpus_dir) / "manifest.parquet").is_file():
+        raise InputError(Path(corpus_dir) / "manifest.parquet", "corpus manifest not found (run corpus first)")
+    sheet = fig6_sheet(Path(outputs), Path(corpus_dir), Path(sheet_png), p, log)
+    video = side_by_side(Path(outputs), Path(corpus_dir), Path(video_mp4), base, p, log)
+    log(f"figures: sheet {len(sheet['rows'])} rows x {len(sheet['emotions'])} emotions ({sheet['actor']}, sentence "
+        f"{sheet['sentence_id']}) -> {sheet_png}; video {len(video['columns'])} columns, {video['frames']} frames "
+        f"-> {video_mp4}")
+    return {"sheet": sheet, "video": video}

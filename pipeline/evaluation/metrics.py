@@ -1,7 +1,7 @@
 """The paper's metrics (Table 1) under the standard protocol (field survey §4, EAT's `evaluation_eat`).
 
-* PSNR per frame over all pixels and channels (skimage `peak_signal_noise_ratio`, data range 255):
-  inf for identical frames.
+* PSNR per frame over all pixels and channels (skimage `peak_signal_noise_ratio`, data range 255;
+  `pipeline.core.image_quality.psnr`), the clip's value the mean over its frames: inf for identical frames.
 * SSIM per frame: Wang et al. 2004 with an 11x11 Gaussian window (sigma 1.5), K1 = 0.01, K2 = 0.03,
   L = 255, population (not sample) statistics, on the "valid" region only (windows fully inside the
   frame), computed on each RGB channel separately and averaged over the channels. This equals skimage's
@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 import cv2
 import numpy as np
 
+from pipeline.core.image_quality import psnr
 from pipeline.judges.scores import clip_emotion, f_lmd, m_lmd
 
 SSIM_WINDOW = 11
@@ -46,15 +47,6 @@ def _frames_pair(generated: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, 
     if generated.shape != truth.shape or generated.ndim != 4 or generated.shape[-1] != 3:
         raise ValueError(f"need two (T,H,W,3) clips of one shape, got {generated.shape} and {truth.shape}")
     return generated, truth
-
-
-def psnr(generated: np.ndarray, truth: np.ndarray, data_range: float = 255.0) -> np.ndarray:
-    """(T,) PSNR in dB of each frame pair: 10 log10(range^2 / MSE) over H, W and channels; inf if equal."""
-    generated, truth = _frames_pair(generated, truth)
-    diff = generated.astype(np.float64) - truth.astype(np.float64)
-    mse = (diff ** 2).reshape(len(diff), -1).mean(axis=1)
-    with np.errstate(divide="ignore"):
-        return 10.0 * np.log10(data_range ** 2 / mse)
 
 
 def gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> np.ndarray:
@@ -148,7 +140,8 @@ def clip_metrics(generated: np.ndarray, truth: np.ndarray, *, emotion: str | Non
     """
     gen_idx, truth_idx = match_lengths(len(generated), len(truth))
     gen, tru = np.asarray(generated)[gen_idx], np.asarray(truth)[truth_idx]
-    out: dict = {"frames": int(len(gen_idx)), "psnr": finite_mean(psnr(gen, tru)), "ssim": float(ssim(gen, tru).mean())}
+    out: dict = {"frames": int(len(gen_idx)), "psnr": finite_mean(psnr(gen, tru, data_range=255.0)),
+                 "ssim": float(ssim(gen, tru).mean())}
     out["m_lmd"] = out["f_lmd"] = None
     if landmarks is not None:
         pred = landmarks(gen)

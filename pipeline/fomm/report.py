@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from pipeline.core.config import BaseParams, KeypointsParams
 from pipeline.core.errors import InputError
+from pipeline.core.image_quality import psnr
 from pipeline.core.media import write_mp4
 from pipeline.core.probes import centre_per_group, grouped_probe_r2
 from pipeline.core.store import open_store, read_index, write_json, write_png
@@ -43,12 +44,6 @@ from pipeline.fomm.train import init_fomm
 MOUTH = slice(48, 68)  # dlib 68-point layout: outer + inner lips
 
 # ------------------------------------------------------------------------------------- image metrics
-
-
-def psnr(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB of [B,C,H,W] images in [0,1]."""
-    mse = ((prediction.float() - target.float()) ** 2).flatten(1).mean(dim=1)
-    return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
 
 
 def ssim(prediction: torch.Tensor, target: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
@@ -134,7 +129,8 @@ def heldout_reconstruction(model: FommModel, corpus_dir: Path, kp_store: Path, c
         source = source_image.expand_as(driving)
         if len(driving):
             boxes = mouth_boxes(landmarks[skip:], size) if np.isfinite(landmarks).all() else None
-            values = {"psnr": psnr(pred, driving), "psnr_copy_source": psnr(source, driving),
+            values = {"psnr": psnr(pred, driving, data_range=1.0, mse_floor=1e-10),
+                      "psnr_copy_source": psnr(source, driving, data_range=1.0, mse_floor=1e-10),
                       "ssim": ssim(pred, driving), "ssim_copy_source": ssim(source, driving)}
             if boxes is not None:
                 values["mouth_l1"] = mouth_l1(pred, driving, boxes)

@@ -8,11 +8,13 @@ embedding per 5-frame window v = 0..n-1, following each model's own input conven
 * `SyncNetV2Scorer` (syncnet_python): 224x224 BGR crops as raw 0..255 floats, [3,5,224,224]; MFCC of the
   int16-scale samples, columns 4v..4v+19. Un-normalised 1024-d outputs, batches of 20 as officially.
 
-`score_clip` then runs `pipeline.lipsync.av_sync.av_offset` (syncnet_python's offset/confidence rule).
+`score_clip` then runs `pipeline.lipsync.av_sync.av_offset` (syncnet_python's offset/confidence rule);
+`cached_scorer` loads a checkpoint's scorer once per worker process (sync_filter and evaluate workers).
 """
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -24,7 +26,7 @@ from pipeline.core.errors import InputError
 from pipeline.core.media import FACE_SIZE, faces_bgr
 from pipeline.lipsync.av_sync import VSHIFT, SyncResult, av_offset, sync_window_count
 from pipeline.lipsync.data import WINDOW, expert_face_windows, faces_tensor
-from pipeline.lipsync.io import LoadedModel
+from pipeline.lipsync.io import LoadedModel, load_syncnet_any
 from pipeline.models.syncnet_color import SyncNetColor
 from pipeline.models.syncnet_v2 import SyncNetV2
 
@@ -133,3 +135,9 @@ def score_clip(scorer: SyncScorer, frames_rgb: np.ndarray, samples: np.ndarray, 
         raise InputError(source, f"too short to score: {len(frames_rgb)} video frames, {frames_of_audio:.1f} frames "
                                  f"of audio; need at least {WINDOW + 1} of both")
     return av_offset(scorer.video_embeddings(frames_rgb, n), scorer.audio_embeddings(samples, n), vshift)
+
+
+@functools.lru_cache(maxsize=2)
+def cached_scorer(path: str, mtime: float) -> SyncScorer:
+    """One scorer per worker process (keyed by mtime so a rewritten file is re-read)."""
+    return make_scorer(load_syncnet_any(path))

@@ -9,9 +9,10 @@ generator's per-frame mel windows follow inference (row t of audio.zarr), one fr
 official trainer's f-1 start, so training and inference see the same alignment.
 
 Held-out (test split) report: L1 / PSNR of frames rebuilt from a reference half a clip away (so the
-mouth must come from the audio), against copying that reference; and syncnet_python-style confidence
-from the expert on real clips, generated clips, clips re-dubbed with another sentence's audio and the
-same clips with their original mouths against that audio.
+mouth must come from the audio), against copying that reference (a clip's PSNR is the mean of its per-frame
+PSNR, pipeline.core.image_quality); and syncnet_python-style confidence from the expert on real clips, generated
+clips, clips re-dubbed with another sentence's audio and the same clips with their original mouths against that
+audio.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 
 from pipeline.core.config import BaseParams, TrainWav2lipParams
 from pipeline.core.errors import InputError
+from pipeline.core.image_quality import psnr
 from pipeline.core.media import FACE_SIZE, load_audio
 from pipeline.core.precision import announce_precision, pick_device, resolve_precision
 from pipeline.corpus.manifest import read_manifest
@@ -142,20 +144,18 @@ def _train(corpus_dir: Path, audio_store: Path, expert: SyncNetColor, model_out:
 # ------------------------------------------------------------------------------------------ evaluation
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of uint8 images (peak 255)."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10.0 * np.log10(255.0 ** 2 / mse)
-
-
 def reconstruction_scores(generator: Wav2Lip, faces: np.ndarray, mel: np.ndarray) -> tuple[dict, np.ndarray]:
     """Rebuild every frame from a reference half a clip away; L1/PSNR (whole face and lower half)."""
     refs = faces[(np.arange(len(faces)) + len(faces) // 2) % len(faces)]
     generated = generate_faces(generator, faces, refs, mel)
     half = faces.shape[1] // 2
+
+    def mean_psnr(a: np.ndarray, b: np.ndarray) -> float:  # the mean of per-frame PSNR, as every report
+        return float(psnr(a, b, data_range=255.0).mean())
+
     return {"l1": float(np.abs(generated.astype(np.float32) - faces).mean() / 255.0),
-            "psnr": psnr(generated, faces), "psnr_lower": psnr(generated[:, half:], faces[:, half:]),
-            "psnr_reference_copy_lower": psnr(refs[:, half:], faces[:, half:])}, generated
+            "psnr": mean_psnr(generated, faces), "psnr_lower": mean_psnr(generated[:, half:], faces[:, half:]),
+            "psnr_reference_copy_lower": mean_psnr(refs[:, half:], faces[:, half:])}, generated
 
 
 def redub_partners(clips: pd.DataFrame) -> dict[str, str]:

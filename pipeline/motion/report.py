@@ -44,10 +44,10 @@ import pandas as pd
 from pipeline.core.config import MotionReportParams
 from pipeline.core.errors import InputError
 from pipeline.core.probes import fit_ridge, grouped_probe_r2
-from pipeline.core.store import open_store, write_json
+from pipeline.core.store import open_store, read_index, write_json
 from pipeline.lipsync.pseudo import relative_time_indices
-from pipeline.models.motion import MotionNet, decode_frames, encode_frames
-from pipeline.motion.data import KeypointBank, QuadrupleFrames, kept_mask
+from pipeline.models.motion import MotionNet, decode_frames, encode_frames, load_motion
+from pipeline.motion.data import KeypointBank, QuadrupleFrames, kept_mask, read_pairs
 
 NEUTRAL = "neutral"
 
@@ -380,5 +380,31 @@ def write_report(report: dict[str, Any], path: str | Path) -> None:
     write_json(path, report)
 
 
+def read_features(motion_store: Path, bank: KeypointBank) -> tuple[np.ndarray, np.ndarray]:
+    """f_e, f_m of motion.zarr, checked to have the keypoint store's corpus index."""
+    index = read_index(motion_store)
+    if not index.reset_index(drop=True).equals(bank.corpus_index()):
+        raise InputError(motion_store, "per-clip index differs from the keypoint store's corpus clips "
+                                       "(re-run decompose)")
+    root = open_store(motion_store)
+    return np.asarray(root["f_e"][:]), np.asarray(root["f_m"][:])
+
+
+def run_motion_report(model_path: Path, kp_store: Path, motion_store: Path, corpus_dir: Path, pseudo_dir: Path,
+                      report: Path, p: MotionReportParams) -> dict:
+    net = load_motion(model_path)
+    bank = KeypointBank(kp_store)
+    f_e, f_m = read_features(motion_store, bank)
+    pairs = read_pairs(pseudo_dir)
+    sync_path, clips_path = Path(pseudo_dir) / "sync.parquet", Path(pseudo_dir) / "clips.parquet"
+    sync = pd.read_parquet(sync_path) if sync_path.is_file() else None
+    if not clips_path.is_file():
+        raise InputError(clips_path, "pseudo clips table not found (run pseudo_pairs first)")
+    summary = build_motion_report(net, bank, f_e, f_m, corpus_dir, pairs, sync, pd.read_parquet(clips_path), p)
+    write_report(summary, report)
+    return summary
+
+
 __all__ = ["Reconstructor", "build_motion_report", "classifier_accuracy", "evaluation_quadruples",
-           "heldout_cross_rows", "linear_probes", "motion_errors", "value_errors_px", "write_report"]
+           "heldout_cross_rows", "linear_probes", "motion_errors", "read_features", "run_motion_report",
+           "value_errors_px", "write_report"]

@@ -35,12 +35,12 @@ from pipeline.audio.prosody import ProsodyStore
 from pipeline.core.checkpoints import load_training_state
 from pipeline.core.config import BaseParams, FinetuneRenderParams
 from pipeline.core.errors import InputError
+from pipeline.core.image_quality import psnr
 from pipeline.core.precision import announce_precision, pick_device, resolve_precision
 from pipeline.core.store import open_store, read_index
 from pipeline.fomm.adversary import Adversary
 from pipeline.fomm.io import detect_keypoints, fomm_from_checkpoint, frames_to_tensor
 from pipeline.fomm.losses import MIN_VGG_SIZE
-from pipeline.fomm.report import psnr
 from pipeline.models.fomm import FommConfig, ImagePyramid
 from pipeline.models.vgg19 import Vgg19Features, load_vgg19
 from pipeline.render.generate import check_keypoint_count, predict_keypoints
@@ -261,7 +261,7 @@ def evaluate(generator: nn.Module, sampler: FrameSampler, device: torch.device, 
             pred = render_batch(generator, batch, device).float().cpu()
             target = batch["target"]
             l1 += float((pred - target).abs().flatten(1).mean(1).sum())
-            db += float(psnr(pred, target).sum())
+            db += float(psnr(pred, target, data_range=1.0, mse_floor=1e-10).sum())
             sharp += float((sharpness(pred) / sharpness(target).clamp_min(1e-8)).sum())
             count += len(pred)
     generator.train(was_training)

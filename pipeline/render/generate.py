@@ -11,12 +11,14 @@ one-euro filter keeps its state across blocks. The emotion embedding is pooled o
 (the emotion encoder pools over the frames it is given), so a block is also the emotion's time scale.
 
 Bad input (no face, unreadable image, silent or too short audio, unknown emotion) raises InputError
-before any frame is made; the mp4 is written to a temp file and renamed only on success.
+before any frame is made; the mp4 is written to a temp file and renamed only on success. `generate_from_photo` is
+`emmn generate --image --audio --out` (photo mode): those checks, the models, `generate_video` with a progress bar.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +37,7 @@ from pipeline.core.config import BaseParams, GenerateParams
 from pipeline.core.errors import CheckpointError, InputError
 from pipeline.core.media import SAMPLE_RATE, load_audio
 from pipeline.core.mp4_stream import Mp4StreamWriter
-from pipeline.core.precision import announce_precision, resolve_precision
+from pipeline.core.precision import announce_precision, pick_device, resolve_precision
 from pipeline.fomm.io import detect_keypoints, frames_to_tensor, load_fomm
 from pipeline.models.fomm import KPDetector, OcclusionAwareGenerator
 from pipeline.render.frames import FilterSettings, KeypointSmoother, render_frames
@@ -268,3 +270,39 @@ def generate_video(image: str | Path, audio: str | Path, out: str | Path, animat
             "face_box": list(box), "emotion": emotion or "from audio", "intensity": intensity if emotion else None,
             "voice": None if baseline is None else [round(float(v), 2) for v in baseline],
             "renderer": str(animator.renderer_path), "precision": precision.resolved, "out": str(out)}
+
+
+def generate_from_photo(image: Path, audio: Path, out: Path, models_dir: Path, base: BaseParams, p: GenerateParams,
+                        emotion: str | None, intensity: float | None, device: str, voice: Sequence[Path] = ()
+                        ) -> dict:
+    """`emmn generate --image --audio --out`: one mp4, with a progress bar (plain lines off a terminal)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    check_output_path(out)  # the cheap checks first, before any model is loaded or frame rendered
+    if not Path(image).is_file():
+        raise InputError(image, "image file not found")
+    if not Path(audio).is_file():
+        raise InputError(audio, "audio file not found")
+    for path in voice:
+        if not Path(path).is_file():
+            raise InputError(path, "voice recording not found")
+    animator = load_animator(models_dir / EMMN_FILE, renderer_path(models_dir), pick_device(device))
+    interactive = sys.stderr.isatty()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  disable=not interactive) as bar:
+        task = bar.add_task("generate: frames", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+            if not interactive and (done == total or done % 250 < PASTE_FRAMES):  # a log line every ~10 s of video
+                print(f"generate: {done}/{total} frames", file=sys.stderr, flush=True)
+
+        # stdout carries the JSON summary: the log (the resolved precision) goes to stderr
+        return generate_video(image, audio, out, animator, base, p, emotion=emotion, intensity=intensity,
+                              voice=voice, progress=progress, log=lambda line: print(line, file=sys.stderr, flush=True))

@@ -26,10 +26,23 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from pipeline.core.config import MEAD_EMOTIONS, BaseParams, GenerateParams
+from pipeline.audio.prosody import DEFAULT_STORE as DEFAULT_PROSODY_STORE
+from pipeline.core.config import MEAD_EMOTIONS, BaseParams, GenerateParams, as_dict
 from pipeline.core.errors import InputError
-from pipeline.core.precision import resolve_precision
-from pipeline.core.store import open_store, read_index, write_png
+from pipeline.core.parallel import dask_client, ordered_map
+from pipeline.core.precision import announce_precision, pick_device, resolve_precision
+from pipeline.core.store import (
+    ArraySpec,
+    RaggedStoreWriter,
+    atomic_output,
+    open_store,
+    read_index,
+    write_json,
+    write_png,
+)
+from pipeline.core.timings import write_timings
+
+SCHEMA = "emmn.outputs/v1"
 
 CHEAP_ROWS = ("ground_truth", "static")
 MODEL_ROWS = ("emmn", "baseline", "mmn")
@@ -284,3 +297,82 @@ def _write_sheet(out_png: Path, corpus_dir: Path, chosen: pd.DataFrame, order: l
     for j, title in enumerate(titles):
         cv2.putText(header, title, (size * j + 3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
     write_png(out_png, np.concatenate([header, *lines], axis=0))
+
+
+def _run_task(args: tuple) -> dict:
+    task, base, p = args
+    return generate_clip(task, base, p)
+
+
+def build_outputs(corpus_dir: Path, audio_store: Path, models_dir: Path, out_dir: Path, report: Path, sheet: Path,
+                  base: BaseParams, p: GenerateParams, log=print, told_sheet: Path | None = None,
+                  prosody_store: Path = DEFAULT_PROSODY_STORE) -> dict:
+    """Every (row, held-out clip) into out_dir (frames.zarr + mp4s, atomically), the sheet and the report; with
+    `told_sheet`, also the `--emotion` sheet (pipeline.render.generate_set.told_emotions_sheet)."""
+    manifest_path = corpus_dir / "manifest.parquet"
+    if not manifest_path.is_file():
+        raise InputError(manifest_path, "corpus manifest not found (run the corpus stage first)")
+    clips = heldout_clips(pd.read_parquet(manifest_path), p.max_clips, keep_sheet=True, sheet_actor=p.sheet_actor)
+    renderer = models_dir / "emmn_render.pt"
+    models = {"emmn": models_dir / "emmn.pt", "wav2lip_only": models_dir / "wav2lip.pt",
+              **{row: Path(path) for row, path in p.variant_models.items()}}
+    rows, skipped = plan_rows(p, models, log)
+    if any(r in ("emmn", "baseline", "mmn") for r in rows) and not renderer.is_file():
+        raise InputError(renderer, "stage-2 renderer not found (run finetune_render first)")
+    audio_index = read_index(audio_store).set_index("clip_id")
+    missing = sorted(set(clips.clip_id) - set(audio_index.index))
+    if missing:
+        raise InputError(audio_store, f"clip '{missing[0]}' has no audio features (re-run audio_features)")
+    size = int(open_store(corpus_dir / "frames.zarr")["frames"].shape[1])
+    clip_ids = [output_clip_id(row, c) for row in rows for c in clips.clip_id]
+    lengths = [int(f) for _ in rows for f in clips.frames]
+    attrs = {"schema": SCHEMA, "stage": "generate", "rows": rows, "skipped_rows": skipped,
+             "params": {"base": as_dict(base), "generate": as_dict(p)},
+             "frames": "RGB uint8 at the corpus frame size; clip id <row>/<corpus clip id>, as long as that clip"}
+    precision = resolve_precision(base.precision, pick_device(base.device))
+    announce_precision(precision, "generate", log)
+    attrs["precision"] = precision.resolved
+    t0 = time.monotonic()
+    seconds = {row: 0.0 for row in rows}
+    with atomic_output(out_dir) as tmp:
+        writer = RaggedStoreWriter(tmp / "frames.zarr", clip_ids, lengths,
+                                   {"frames": ArraySpec((size, size, 3), "uint8", ("y", "x", "channel"))},
+                                   attrs=attrs, chunk_frames=p.chunk_frames, shard_frames=p.shard_frames)
+        with dask_client(base.workers, base.scheduler_address) as client:
+            tasks = []
+            for row in rows:
+                for c in clips.itertuples():
+                    a = audio_index.loc[c.clip_id]
+                    model = models.get(row)
+                    tasks.append((ClipTask(
+                        row, c.clip_id, c.actor, int(c.start), int(c.stop), int(a.start), int(a.stop),
+                        str(corpus_dir / c.wav_path), str(corpus_dir), str(audio_store), str(prosody_store),
+                        None if model is None else str(model),
+                        str(renderer) if row in ("emmn", "baseline", "mmn") else None,
+                        str(tmp / row / f"{c.clip_id}.mp4"), base.device, client is not None), base, p))
+            for i, result in enumerate(ordered_map(_run_task, tasks, client=client,
+                                                   window=2 * max(base.workers, 1), description="generate")):
+                writer.write_clip(i, {"frames": result["frames"]})
+                seconds[tasks[i][0].row] += result["seconds"]
+        writer.close()
+        sheet_info = emotions_sheet(tmp / "frames.zarr", corpus_dir, clips, sheet, actor=p.sheet_actor,
+                                    columns=p.sheet_frames)
+    told_info = None
+    if told_sheet is not None:
+        from pipeline.render.generate import load_animator
+
+        animator = load_animator(models["emmn"], renderer, pick_device(base.device))
+        told_info = told_emotions_sheet(animator, corpus_dir, clips, told_sheet, base, p, actor=p.sheet_actor)
+    frames = int(clips.frames.sum())
+    summary = {
+        "rows": rows, "skipped_rows": skipped, "clips": len(clips), "frames_per_row": frames,
+        "actors": sorted(clips.actor.unique()), "renderer": str(renderer), "precision": precision.resolved,
+        "filter": p.filter, "sheet": sheet_info, "told_sheet": told_info,
+    }
+    timings = {"seconds": round(time.monotonic() - t0, 1),
+               "ms_per_frame": {row: round(1000 * s / max(frames, 1), 2) for row, s in seconds.items()}}
+    write_json(report, summary)
+    write_timings(report, timings)
+    log(f"generate: {len(rows)} rows x {len(clips)} clips ({frames} frames each) -> {out_dir} "
+        f"in {timings['seconds']}s; ms/frame {timings['ms_per_frame']}")
+    return summary
