@@ -291,7 +291,7 @@ def test_ridge_classifier_probe_separates_and_does_not_invent():
 @pytest.fixture(scope="module")
 def tiny_bank(tiny_audio):  # noqa: F811
     from pipeline.corpus.manifest import read_manifest
-    from pipeline.lipsync.data import real_clips
+    from pipeline.corpus.manifest import real_clips
 
     corpus, store = tiny_audio
     return AudioBank.load(store, real_clips(read_manifest(corpus), "train", 2))
@@ -384,7 +384,7 @@ def stage_paths(root: Path) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def trained_audio(tiny_audio, tiny_prosody, tmp_path_factory):  # noqa: F811
-    from stages.train_audio import run_train_audio
+    from pipeline.audio.train import run_train_audio
 
     corpus, store = tiny_audio
     paths = stage_paths(tmp_path_factory.mktemp("train_audio"))
@@ -421,7 +421,7 @@ def test_stage_writes_checkpoint_report_and_pictures(trained_audio):
 def test_stage_metrics_are_reproducible_from_the_checkpoint(trained_audio, tiny_prosody):  # noqa: F811
     from pipeline.audio.report import evaluate_audio
     from pipeline.corpus.manifest import read_manifest
-    from pipeline.lipsync.data import real_clips
+    from pipeline.corpus.manifest import real_clips
 
     corpus, store, paths, metrics = trained_audio
     manifest = read_manifest(corpus)
@@ -439,7 +439,7 @@ def test_stage_resumes_where_it_stopped(trained_audio, tiny_prosody, tmp_path): 
     import shutil
 
     from pipeline.training.loop import read_loss_csv
-    from stages.train_audio import run_train_audio
+    from pipeline.audio.train import run_train_audio
 
     corpus, store, paths, _ = trained_audio
     resumed = stage_paths(tmp_path)
@@ -462,7 +462,7 @@ def test_losses_fall_when_fitting_one_batch(tiny_audio, tiny_prosody, emotion_in
         mfcc_statistics,
     )
     from pipeline.corpus.manifest import read_manifest
-    from pipeline.lipsync.data import real_clips
+    from pipeline.corpus.manifest import real_clips
 
     corpus, store = tiny_audio
     bank = AudioBank.load(store, real_clips(read_manifest(corpus), "train", 2), with_mel=emotion_input == "mel",
@@ -488,7 +488,7 @@ def test_losses_fall_when_fitting_one_batch(tiny_audio, tiny_prosody, emotion_in
 
 
 def test_stage_with_mel_emotion_input_and_no_prosody(tiny_audio, tmp_path):  # noqa: F811
-    from stages.train_audio import run_train_audio
+    from pipeline.audio.train import run_train_audio
 
     corpus, store = tiny_audio
     paths = stage_paths(tmp_path)

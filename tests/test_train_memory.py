@@ -251,7 +251,7 @@ def test_train_memory_on_the_tiny_pipeline(motion_inputs, tiny_audio, tiny_proso
     train_audio), then train_memory: the stores and checkpoints they write are what this stage reads."""
     from pipeline.motion.decompose import build_motion_store
     from pipeline.motion.train import run_train_motion
-    from stages.train_audio import run_train_audio
+    from pipeline.audio.train import run_train_audio
 
     corpus, audio_store = tiny_audio
     base = tiny_section("base")

@@ -24,3 +24,8 @@ def select_evenly(items: list[str], count: int) -> list[str]:
         return list(items)
     picks = np.unique(np.linspace(0, len(items) - 1, count).round().astype(int))
     return [items[i] for i in picks]
+
+
+def real_clips(manifest: pd.DataFrame, split: str, min_frames: int) -> pd.DataFrame:
+    """Real clips of a split with at least `min_frames` frames (a trainer's windows must fit)."""
+    return manifest[(manifest.split == split) & (manifest.kind == "real") & (manifest.frames >= min_frames)]

@@ -44,11 +44,6 @@ def mel_pad_mode(audio_store: Path) -> str:
     return params.get("audio_features", {}).get("mel_pad_mode", "reflect")
 
 
-def real_clips(manifest: pd.DataFrame, split: str, min_frames: int = 2 * WINDOW) -> pd.DataFrame:
-    """Real clips of a split long enough to hold two disjoint-ish windows."""
-    return manifest[(manifest.split == split) & (manifest.kind == "real") & (manifest.frames >= min_frames)]
-
-
 def check_aligned(corpus_dir: Path, audio_store: Path) -> None:
     """audio.zarr must have the corpus's per-clip index (row i = frame i), else windows would be misaligned."""
     frames_index = read_index(Path(corpus_dir) / "frames.zarr")

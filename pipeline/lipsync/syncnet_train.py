@@ -28,11 +28,11 @@ from pipeline.core.errors import InputError
 from pipeline.core.media import load_audio
 from pipeline.core.precision import announce_precision, pick_device, resolve_precision
 from pipeline.core.store import open_store
-from pipeline.corpus.manifest import read_manifest
+from pipeline.corpus.manifest import read_manifest, real_clips
 from pipeline.lipsync.data import (
+    WINDOW,
     ClipBank,
     mel_pad_mode,
-    real_clips,
     sample_expert_batch,
     sample_expert_blocks,
 )
@@ -137,7 +137,7 @@ def _train(corpus_dir: Path, audio_store: Path, model_out: Path, losses_csv: Pat
     seed_all(seed)
     model = SyncNetColor(config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=p.lr)
-    bank = ClipBank.load(corpus_dir, audio_store, real_clips(read_manifest(corpus_dir), "train"))
+    bank = ClipBank.load(corpus_dir, audio_store, real_clips(read_manifest(corpus_dir), "train", 2 * WINDOW))
     log(f"{stage}: {len(bank.clip_ids)} training clips, {len(bank.faces)} frames; "
         f"{count_parameters(model) / 1e6:.2f}M parameters (width {p.width}); device {device}")
     precision = resolve_precision(base.precision, device)
@@ -228,7 +228,7 @@ def evaluate_expert(model: SyncNetColor, corpus_dir: Path, audio_store: Path, ba
                     p: TrainSyncnetParams, *, stage: str = "train_syncnet", log=print) -> dict[str, Any]:
     """Held-out window accuracy and offset recovery on the test split's real clips."""
     manifest = read_manifest(corpus_dir)
-    test = real_clips(manifest, "test")
+    test = real_clips(manifest, "test", 2 * WINDOW)
     if test.empty:
         raise InputError(Path(corpus_dir) / "manifest.parquet", "no test-split clips to evaluate the expert on")
     bank = ClipBank.load(corpus_dir, audio_store, test)

@@ -30,13 +30,13 @@ from pipeline.core.errors import InputError
 from pipeline.core.image_quality import psnr
 from pipeline.core.media import FACE_SIZE, load_audio
 from pipeline.core.precision import announce_precision, pick_device, resolve_precision
-from pipeline.corpus.manifest import read_manifest
+from pipeline.corpus.manifest import read_manifest, real_clips
 from pipeline.lipsync.data import (
+    WINDOW,
     ClipBank,
     bgr_to_rgb,
     expert_face_windows,
     mel_pad_mode,
-    real_clips,
     sample_generator_batch,
 )
 from pipeline.lipsync.io import frozen, lipsync_config, load_expert, load_wav2lip_any
@@ -103,7 +103,7 @@ def _train(corpus_dir: Path, audio_store: Path, expert: SyncNetColor, model_out:
     generator = Wav2Lip(config).to(device)
     expert = expert.to(device)
     optimizer = torch.optim.Adam(generator.parameters(), lr=p.lr, betas=(0.5, 0.999))  # the official betas
-    bank = ClipBank.load(corpus_dir, audio_store, real_clips(read_manifest(corpus_dir), "train"))
+    bank = ClipBank.load(corpus_dir, audio_store, real_clips(read_manifest(corpus_dir), "train", 2 * WINDOW))
     log(f"train_wav2lip: {len(bank.clip_ids)} training clips, {len(bank.faces)} frames; "
         f"{count_parameters(generator) / 1e6:.2f}M parameters (width {p.width}); device {device}")
     precision = resolve_precision(base.precision, device)
