@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import shutil
@@ -140,6 +141,18 @@ def write_bytes(path: str | Path, data: bytes) -> None:
 
 def write_text(path: str | Path, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
+
+
+def report_values(value: Any) -> Any:
+    """A report's numbers as JSON wants them: floats (NumPy's too) rounded to 6 decimals, NaN/inf -> null,
+    NumPy integers -> int; dicts recursively, anything else as it is."""
+    if isinstance(value, dict):
+        return {k: report_values(v) for k, v in value.items()}
+    if isinstance(value, float | np.floating):
+        return None if not math.isfinite(float(value)) else round(float(value), 6)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
 
 
 def write_json(path: str | Path, obj: Any) -> None:

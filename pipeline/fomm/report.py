@@ -30,7 +30,13 @@ from pipeline.core.errors import InputError
 from pipeline.core.image_quality import psnr
 from pipeline.core.media import write_mp4
 from pipeline.core.probes import centre_per_group, grouped_probe_r2
-from pipeline.core.store import open_store, read_index, write_json, write_png
+from pipeline.core.store import (
+    open_store,
+    read_index,
+    report_values,
+    write_json,
+    write_png,
+)
 from pipeline.corpus.manifest import select_evenly
 from pipeline.fomm.io import (
     FommModel,
@@ -274,16 +280,6 @@ def write_pictures(first: dict[str, Any] | None, corpus_dir: Path, model_size: i
 # --------------------------------------------------------------------------------------------- report
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, float | np.floating):
-        return None if not math.isfinite(float(value)) else round(float(value), 6)
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
 def build_fomm_report(model: FommModel, corpus_dir: str | Path, kp_store: str | Path, base: BaseParams,
                       p: KeypointsParams, *, video_path: Path, strip_png: Path) -> dict[str, Any]:
     """Every number of fomm.json (NaN where the corpus lacks the ground truth, e.g. MEAD has no controls)."""
@@ -307,7 +303,7 @@ def build_fomm_report(model: FommModel, corpus_dir: str | Path, kp_store: str | 
                                                               model.metrics.get("pretrained", "unknown"))),
                  "video_clip": first["clip_id"] if first else None},
     }
-    return _jsonable(report)
+    return report_values(report)
 
 
 def write_report(report: dict[str, Any], path: str | Path) -> None:

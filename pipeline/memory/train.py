@@ -14,7 +14,6 @@ encoders run once per clip, through `EmmnNet.encode_audio` as inference does: e_
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from pipeline.core.checkpoints import load_file
 from pipeline.core.config import MEAD_EMOTIONS, BaseParams, TrainMemoryParams
 from pipeline.core.errors import InputError
 from pipeline.core.precision import pick_device
-from pipeline.core.store import open_store, read_index
+from pipeline.core.store import open_store, read_index, report_values
 from pipeline.fomm.io import frames_to_tensor
 from pipeline.models.emmn import (
     EmmnConfig,
@@ -564,15 +563,7 @@ def build_report(heldout: dict[str, Any], train: dict[str, Any], info: dict[str,
     """memory.json: the issue's keys on top (held-out actors), the details nested."""
     top = {k: heldout.get(k) for k in ("slots_used", "align_kl", "retrieval_err", "retrieval_err_mean_predictor",
                                        "keypoint_l1", "keypoint_l1_static")}
-    return _rounded({**top, "heldout": heldout, "train": train, "info": info})
-
-
-def _rounded(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _rounded(v) for k, v in value.items()}
-    if isinstance(value, float):
-        return round(value, 6) if math.isfinite(value) else None
-    return value
+    return report_values({**top, "heldout": heldout, "train": train, "info": info})
 
 
 def train_memory_model(corpus_dir: Path, keypoints: Path, motion_store: Path, audio_store: Path, audio_model: Path,

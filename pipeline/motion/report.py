@@ -44,7 +44,7 @@ import pandas as pd
 from pipeline.core.config import MotionReportParams
 from pipeline.core.errors import InputError
 from pipeline.core.probes import fit_ridge, grouped_probe_r2
-from pipeline.core.store import open_store, read_index, write_json
+from pipeline.core.store import open_store, read_index, report_values, write_json
 from pipeline.lipsync.pseudo import relative_time_indices
 from pipeline.models.motion import MotionNet, decode_frames, encode_frames, load_motion
 from pipeline.motion.data import KeypointBank, QuadrupleFrames, kept_mask, read_pairs
@@ -362,17 +362,7 @@ def build_motion_report(net: MotionNet, bank: KeypointBank, f_e: np.ndarray, f_m
                  "distance": "mean over keypoints of sqrt(|dp|^2 + |dj|_F^2); *_value_px: keypoint position error "
                              "in pixels of the FOMM input image"},
     }
-    return jsonable(report)
-
-
-def jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: jsonable(v) for k, v in value.items()}
-    if isinstance(value, float | np.floating):
-        return None if not math.isfinite(float(value)) else round(float(value), 6)
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
+    return report_values(report)
 
 
 def write_report(report: dict[str, Any], path: str | Path) -> None:
