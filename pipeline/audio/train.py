@@ -134,10 +134,10 @@ def _to(batch: QuadBatch, device: torch.device) -> QuadBatch:
 
 def train_audio_model(train_bank: AudioBank, emotions: tuple[str, ...], model_out: Path, losses_csv: Path,
                       base: BaseParams, p: TrainAudioParams, log=print
-                      ) -> tuple[AudioEncoders, int, dict[str, Any], dict[str, torch.optim.Optimizer]]:
+                      ) -> tuple[AudioEncoders, int, dict[str, Any], dict[str, torch.optim.Optimizer], dict[str, Any]]:
     """Train (or resume) the encoders on the training bank; the checkpoint is saved every `checkpoint_every`
     steps (the caller saves the final one with the held-out metrics). Returns (model, steps, metrics,
-    optimizers)."""
+    optimizers, the RNG state the final checkpoint carries)."""
     if p.batch_quads < 1 or p.segment_frames < 1 or p.emotion_frames < 1:
         raise InputError("params.yaml", "train_audio.batch_quads, segment_frames and emotion_frames must be >= 1")
     device = pick_device(base.device)
@@ -182,7 +182,7 @@ def train_audio_model(train_bank: AudioBank, emotions: tuple[str, ...], model_ou
     t1 = time.monotonic()
     recalibrated = recalibrate_batchnorm(model, train_bank, labels, base, p, device)
     log(f"train_audio: BatchNorm statistics recomputed over {recalibrated} batches in {time.monotonic() - t1:.0f}s")
-    return model.cpu().eval(), fitted.step, fitted.metrics, optimizers
+    return model.cpu().eval(), fitted.step, fitted.metrics, optimizers, fitted.rng_state
 
 
 def import_pretrained(path: str, emotions_needed: set[str], losses_csv: Path) -> tuple[AudioEncoders, dict[str, Any]]:
@@ -220,20 +220,21 @@ def run_train_audio(corpus_dir: Path, audio_store: Path, model_out: Path, report
         log(f"train_audio: {len(train_bank.warps) + len(test_bank.warps)} DTW alignments in {dtw_seconds:.1f}s")
         # alphabetical: on MEAD's eight emotions this is EVP's class order
         emotions = tuple(sorted({str(e) for e in train_bank.emotions}))
-        optimizers = None
+        optimizers = rng_state = None
         if p.pretrained:
             model, train_metrics = import_pretrained(p.pretrained, set(train_bank.emotions) | set(test_bank.emotions),
                                                      losses_csv)
             step = 0
         else:
-            model, step, train_metrics, optimizers = train_audio_model(train_bank, emotions, model_out, losses_csv,
-                                                                       base, p, log=log)
+            model, step, train_metrics, optimizers, rng_state = train_audio_model(
+                train_bank, emotions, model_out, losses_csv, base, p, log=log)
         heldout, confusion = evaluate_audio(model, train_bank, test_bank, seed=base.seed,
                                             eval_quads_count=p.eval_quads, probe_alphas=p.probe_alphas)
     metrics = {**heldout, **train_metrics,
                "dtw_mean_path_cost": round(float(sum(train_bank.dtw_costs) / max(len(train_bank.dtw_costs), 1)), 3)}
     save_training_state(model_out, modules={ARCH: model}, config=checkpoint_config(model.config, base), step=step,
-                        metrics=metrics, optimizers=optimizers)  # optimizer state kept so `resume` can continue
+                        metrics=metrics, optimizers=optimizers,  # optimizer, RNG states: `resume` can continue
+                        train_extra=rng_state)
     write_timings(model_out, {**read_timings(model_out), "dtw_seconds": round(dtw_seconds, 1)})
     plot_confusion(confusion, model.emotions, confusion_png,
                    f"held-out emotion from e_e: acc {metrics['emotion_acc_from_ee']:.3f} "

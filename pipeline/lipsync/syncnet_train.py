@@ -114,21 +114,23 @@ def _train_and_evaluate(corpus_dir: Path, audio_store: Path, model_out: Path, lo
         if loaded.arch != ARCH:
             raise InputError(p.pretrained, f"{stage}.pretrained must be a SyncNet_color expert "
                                            f"(lipsync_expert.pth), this is {loaded.arch}")
-        model, step, train_metrics, optimizers = loaded.module, 0, {"pretrained": str(p.pretrained)}, None
+        model, step, train_metrics = loaded.module, 0, {"pretrained": str(p.pretrained)}
+        optimizers = rng_state = None
         LossLog(losses_csv)  # empty log: the plot output exists, with no curve
     else:
-        model, step, train_metrics, optimizers = _train(corpus_dir, audio_store, model_out, losses_csv, base, p,
-                                                        stage, log)
+        model, step, train_metrics, optimizers, rng_state = _train(corpus_dir, audio_store, model_out, losses_csv,
+                                                                   base, p, stage, log)
     config = lipsync_config(ARCH, model.config, base.fps, mel_pad_mode(audio_store))
     metrics = {**train_metrics, **evaluate_expert(model.cpu().eval(), corpus_dir, audio_store, base, p, stage=stage,
                                                   log=log)}
     save_training_state(model_out, modules={ARCH: model}, config=config, step=step, metrics=metrics,
-                        optimizers=optimizers)  # optimizer state kept so `resume` can continue
+                        optimizers=optimizers,  # optimizer and RNG states kept so `resume` can continue
+                        train_extra=rng_state)
     return metrics
 
 
 def _train(corpus_dir: Path, audio_store: Path, model_out: Path, losses_csv: Path, base: BaseParams,
-           p: TrainSyncnetParams, stage: str, log) -> tuple[SyncNetColor, int, dict, dict]:
+           p: TrainSyncnetParams, stage: str, log) -> tuple[SyncNetColor, int, dict, dict, dict]:
     if p.windows_per_clip < 2 or p.batch_size % p.windows_per_clip:
         raise InputError("params.yaml", f"{stage}.batch_size must be a multiple of windows_per_clip (>= 2)")
     device = pick_device(base.device)
@@ -163,7 +165,7 @@ def _train(corpus_dir: Path, audio_store: Path, model_out: Path, losses_csv: Pat
     fitted = fit(step_fn, stage=stage, out=model_out, losses_csv=losses_csv,
                  config=lipsync_config(ARCH, config, base.fps, mel_pad_mode(audio_store)), modules={ARCH: model},
                  optimizers=optimizers, p=p, metrics=metrics, final_save=False, log=log)
-    return model, fitted.step, fitted.metrics, optimizers
+    return model, fitted.step, fitted.metrics, optimizers, fitted.rng_state
 
 
 # ------------------------------------------------------------------------------------------ evaluation

@@ -81,22 +81,23 @@ def _train_and_evaluate(corpus_dir: Path, audio_store: Path, expert_path: Path, 
                         base: BaseParams, p: TrainWav2lipParams, log) -> dict[str, Any]:
     expert = frozen(load_expert(expert_path).module)
     if p.pretrained:
-        generator, step, optimizers = load_wav2lip_any(p.pretrained).module, 0, None
+        generator, step, optimizers, rng_state = load_wav2lip_any(p.pretrained).module, 0, None, None
         train_metrics: dict[str, Any] = {"pretrained": str(p.pretrained)}
         LossLog(losses_csv)  # empty log: the plot output exists, with no curve
     else:
-        generator, step, train_metrics, optimizers = _train(corpus_dir, audio_store, expert, model_out, losses_csv,
-                                                            base, p, log)
+        generator, step, train_metrics, optimizers, rng_state = _train(corpus_dir, audio_store, expert, model_out,
+                                                                       losses_csv, base, p, log)
     config = lipsync_config(ARCH, generator.config, base.fps, mel_pad_mode(audio_store))
     metrics = {**train_metrics,
                **evaluate_generator(generator.cpu().eval(), expert.cpu(), corpus_dir, audio_store, base, p, log=log)}
     save_training_state(model_out, modules={ARCH: generator}, config=config, step=step, metrics=metrics,
-                        optimizers=optimizers)  # optimizer state kept so `resume` can continue
+                        optimizers=optimizers,  # optimizer and RNG states kept so `resume` can continue
+                        train_extra=rng_state)
     return metrics
 
 
 def _train(corpus_dir: Path, audio_store: Path, expert: SyncNetColor, model_out: Path, losses_csv: Path,
-           base: BaseParams, p: TrainWav2lipParams, log) -> tuple[Wav2Lip, int, dict, dict]:
+           base: BaseParams, p: TrainWav2lipParams, log) -> tuple[Wav2Lip, int, dict, dict, dict]:
     device = pick_device(base.device)
     config = generator_config(p)
     seed_all(base.seed)
@@ -138,7 +139,7 @@ def _train(corpus_dir: Path, audio_store: Path, expert: SyncNetColor, model_out:
     fitted = fit(step_fn, stage="train_wav2lip", out=model_out, losses_csv=losses_csv,
                  config=lipsync_config(ARCH, config, base.fps, mel_pad_mode(audio_store)), modules={ARCH: generator},
                  optimizers=optimizers, p=p, metrics=metrics, final_save=False, log=log)
-    return generator, fitted.step, fitted.metrics, optimizers
+    return generator, fitted.step, fitted.metrics, optimizers, fitted.rng_state
 
 
 # ------------------------------------------------------------------------------------------ evaluation

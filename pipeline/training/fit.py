@@ -59,6 +59,7 @@ class Fitted:
     start_step: int
     log: LossLog
     metrics: dict[str, Any]
+    rng_state: dict[str, Any]  # torch's global generators as the last step left them (before `finish`)
 
 
 def first_difference(a: Any, b: Any, where: str = "") -> str:
@@ -100,7 +101,8 @@ def fit(step_fn: Callable[[int], Mapping[str, float]], *, stage: str, out: Path,
     `metrics(step, recent_losses)` fills each checkpoint's metrics. `fresh_on_resume(ckpt)` names the
     optimizers / extra modules a resume leaves as initialised. `finish(step)` runs after the last step,
     before the final save; with `final_save` false the caller saves `out` itself (timings are written
-    either way). `checkpoint_extra`: further top-level checkpoint entries (emmn.pt's embedded frozen parts).
+    either way, and `Fitted.rng_state` is what its train_state should carry). `checkpoint_extra`: further
+    top-level checkpoint entries (emmn.pt's embedded frozen parts).
     `p` is the stage's params section; its `TrainKnobs` fields drive the loop.
     """
     p = TrainKnobs.of(p)
@@ -124,20 +126,21 @@ def fit(step_fn: Callable[[int], Mapping[str, float]], *, stage: str, out: Path,
     loss_log = LossLog(losses_csv, resume_step=start_step if start_step else None)
     budget = Budget(p.steps, p.max_minutes)
 
-    def save(step: int) -> None:
+    def save(step: int, rng_state: dict[str, Any] | None = None) -> None:
         save_training_state(out, modules=modules, config=config, step=step,
                             metrics=metrics(step, loss_log.recent_means()), optimizers=optimizers,
-                            extra_modules=extra_modules, train_extra=global_rng_state(),
+                            extra_modules=extra_modules, train_extra=rng_state or global_rng_state(),
                             **dict(checkpoint_extra or {}))
         write_timings(out, training_timings(budget, start_step, step, seconds_before))
 
     step = run_loop(step_fn, start_step=start_step, budget=budget, log=loss_log, log_every=p.log_every,
                     checkpoint_fn=save, checkpoint_every=p.checkpoint_every, description=stage)
+    rng_state = global_rng_state()  # what a longer run would continue from, whatever `finish` draws
     if finish is not None:
         finish(step)
     if final_save:
-        save(step)
+        save(step, rng_state)
     else:
         write_timings(out, training_timings(budget, start_step, step, seconds_before))
     log(f"{stage}: {step - start_step} steps in {budget.elapsed:.0f}s" + (f" -> {out}" if final_save else ""))
-    return Fitted(step, start_step, loss_log, metrics(step, loss_log.recent_means()))
+    return Fitted(step, start_step, loss_log, metrics(step, loss_log.recent_means()), rng_state)
