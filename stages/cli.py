@@ -35,6 +35,7 @@ from stages import (
     train_sync_scorer,
     train_syncnet,
     train_wav2lip,
+    wide_corpus,
 )
 from stages.common import one_line_errors
 
@@ -42,6 +43,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="EMMN: emotional talking faces from one photo and a speech clip (DVC pipeline stages + tools).")
 
 app.command("corpus")(corpus.corpus)
+app.command("wide_corpus")(wide_corpus.wide_corpus)
 app.command("audio_features")(audio_features.audio_features)
 app.command("prosody")(prosody.prosody)
 app.command("train_fomm")(train_fomm.train_fomm)

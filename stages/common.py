@@ -15,6 +15,8 @@ from pipeline.core.malloc import keep_freed_memory
 from pipeline.core.store import exit_on_signals
 
 ParamsOption = Annotated[Path, typer.Option("--params", help="params.yaml to read (sections base + this stage)")]
+WideOption = Annotated[Path, typer.Option(help="wide pre-training set folder (read when pretrain_wide is on)")]
+WideAudioOption = Annotated[Path, typer.Option(help="the wide set's audio feature store")]
 
 
 def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -17,16 +17,15 @@ import typer
 
 from pipeline.core.config import BaseParams, TrainFommParams, load_section
 from pipeline.fomm.train import train_fomm_model
-from stages.common import ParamsOption, one_line_errors, stage_app
+from stages.common import ParamsOption, WideOption, one_line_errors, stage_app
 
 app = stage_app()
 
 
 def run_train_fomm(corpus_dir: Path, model_out: Path, losses_csv: Path, base: BaseParams,
-                   p: TrainFommParams) -> dict:
+                   p: TrainFommParams, wide: Path | None = None) -> dict:
     """Train (or import) FOMM; return the checkpoint's metrics."""
-    summary = train_fomm_model(corpus_dir, model_out, losses_csv, base, p)
-    return summary
+    return train_fomm_model(corpus_dir, model_out, losses_csv, base, p, wide=wide)
 
 
 @app.command()
@@ -34,12 +33,13 @@ def run_train_fomm(corpus_dir: Path, model_out: Path, losses_csv: Path, base: Ba
 def train_fomm(
     params: ParamsOption = Path("params.yaml"),
     corpus: Annotated[Path, typer.Option(help="corpus folder")] = Path("data/corpus"),
+    wide: WideOption = Path("data/wide"),
     out: Annotated[Path, typer.Option(help="checkpoint to write")] = Path("data/models/fomm.pt"),
     losses: Annotated[Path, typer.Option(help="loss log CSV (DVC plot)")] = Path("data/reports/fomm_losses.csv"),
 ) -> None:
     """Train FOMM (keypoint detector + dense motion + generator) on corpus frames, or import official weights."""
     base, p = load_section("base", params), load_section("train_fomm", params)
-    summary = run_train_fomm(corpus, out, losses, base, p)
+    summary = run_train_fomm(corpus, out, losses, base, p, wide=wide)
     typer.echo(json.dumps(summary))
 
 

@@ -18,7 +18,7 @@ from typing import Annotated
 import typer
 
 from pipeline.core.config import load_section
-from stages.common import ParamsOption, one_line_errors, stage_app
+from stages.common import ParamsOption, WideAudioOption, WideOption, one_line_errors, stage_app
 from stages.train_syncnet import run_train_syncnet
 
 app = stage_app()
@@ -30,6 +30,8 @@ def train_sync_scorer(
     params: ParamsOption = Path("params.yaml"),
     corpus: Annotated[Path, typer.Option(help="corpus folder")] = Path("data/corpus"),
     audio: Annotated[Path, typer.Option(help="audio feature store (mel windows)")] = Path("data/features/audio.zarr"),
+    wide: WideOption = Path("data/wide"),
+    wide_audio: WideAudioOption = Path("data/features/wide_audio.zarr"),
     out: Annotated[Path, typer.Option(help="checkpoint to write")] = Path("data/models/sync_scorer.pt"),
     report: Annotated[Path, typer.Option(help="held-out metrics JSON")] = Path("data/reports/sync_scorer.json"),
     losses: Annotated[Path, typer.Option(help="loss log CSV (DVC plot)")] = Path(
@@ -37,7 +39,8 @@ def train_sync_scorer(
 ) -> None:
     """Train the independent SyncNet_color that scores pseudo clips (sync_filter, sync-score)."""
     base, p = load_section("base", params), load_section("train_sync_scorer", params)
-    metrics = run_train_syncnet(corpus, audio, out, report, losses, base, p, stage="train_sync_scorer")
+    metrics = run_train_syncnet(corpus, audio, out, report, losses, base, p, stage="train_sync_scorer",
+                                wide=(wide, wide_audio))
     typer.echo(json.dumps(metrics))
 
 

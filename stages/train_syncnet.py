@@ -18,15 +18,16 @@ import typer
 from pipeline.core.config import BaseParams, TrainSyncnetParams, load_section
 from pipeline.core.store import write_json
 from pipeline.lipsync.syncnet_train import train_syncnet_model
-from stages.common import ParamsOption, one_line_errors, stage_app
+from stages.common import ParamsOption, WideAudioOption, WideOption, one_line_errors, stage_app
 
 app = stage_app()
 
 
 def run_train_syncnet(corpus_dir: Path, audio_store: Path, model_out: Path, report: Path, losses_csv: Path,
-                      base: BaseParams, p: TrainSyncnetParams, stage: str = "train_syncnet") -> dict:
+                      base: BaseParams, p: TrainSyncnetParams, stage: str = "train_syncnet",
+                      wide: tuple[Path, Path] | None = None) -> dict:
     """Train (or import) and evaluate a SyncNet_color; write the report and the loss log."""
-    metrics = train_syncnet_model(corpus_dir, audio_store, model_out, losses_csv, base, p, stage=stage)
+    metrics = train_syncnet_model(corpus_dir, audio_store, model_out, losses_csv, base, p, stage=stage, wide=wide)
     write_json(report, metrics)
     return metrics
 
@@ -37,13 +38,15 @@ def train_syncnet(
     params: ParamsOption = Path("params.yaml"),
     corpus: Annotated[Path, typer.Option(help="corpus folder")] = Path("data/corpus"),
     audio: Annotated[Path, typer.Option(help="audio feature store (mel windows)")] = Path("data/features/audio.zarr"),
+    wide: WideOption = Path("data/wide"),
+    wide_audio: WideAudioOption = Path("data/features/wide_audio.zarr"),
     out: Annotated[Path, typer.Option(help="checkpoint to write")] = Path("data/models/syncnet.pt"),
     report: Annotated[Path, typer.Option(help="held-out metrics JSON")] = Path("data/reports/syncnet.json"),
     losses: Annotated[Path, typer.Option(help="loss log CSV (DVC plot)")] = Path("data/reports/syncnet_losses.csv"),
 ) -> None:
     """Train the SyncNet_color lip-sync expert on corpus windows (or import official weights); held-out report."""
     base, p = load_section("base", params), load_section("train_syncnet", params)
-    metrics = run_train_syncnet(corpus, audio, out, report, losses, base, p)
+    metrics = run_train_syncnet(corpus, audio, out, report, losses, base, p, wide=(wide, wide_audio))
     typer.echo(json.dumps(metrics))
 
 

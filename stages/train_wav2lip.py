@@ -19,15 +19,16 @@ import typer
 from pipeline.core.config import BaseParams, TrainWav2lipParams, load_section
 from pipeline.core.store import write_json
 from pipeline.lipsync.wav2lip_train import train_wav2lip_model
-from stages.common import ParamsOption, one_line_errors, stage_app
+from stages.common import ParamsOption, WideAudioOption, WideOption, one_line_errors, stage_app
 
 app = stage_app()
 
 
 def run_train_wav2lip(corpus_dir: Path, audio_store: Path, expert: Path, model_out: Path, report: Path,
-                      losses_csv: Path, base: BaseParams, p: TrainWav2lipParams) -> dict:
+                      losses_csv: Path, base: BaseParams, p: TrainWav2lipParams,
+                      wide: tuple[Path, Path] | None = None) -> dict:
     """Train (or import) and evaluate the generator; write the report and the loss log."""
-    metrics = train_wav2lip_model(corpus_dir, audio_store, expert, model_out, losses_csv, base, p)
+    metrics = train_wav2lip_model(corpus_dir, audio_store, expert, model_out, losses_csv, base, p, wide=wide)
     write_json(report, metrics)
     return metrics
 
@@ -38,6 +39,8 @@ def train_wav2lip(
     params: ParamsOption = Path("params.yaml"),
     corpus: Annotated[Path, typer.Option(help="corpus folder")] = Path("data/corpus"),
     audio: Annotated[Path, typer.Option(help="audio feature store (mel windows)")] = Path("data/features/audio.zarr"),
+    wide: WideOption = Path("data/wide"),
+    wide_audio: WideAudioOption = Path("data/features/wide_audio.zarr"),
     expert: Annotated[Path, typer.Option(help="SyncNet_color expert (syncnet.pt or lipsync_expert.pth)")] = Path(
         "data/models/syncnet.pt"),
     out: Annotated[Path, typer.Option(help="checkpoint to write")] = Path("data/models/wav2lip.pt"),
@@ -46,7 +49,7 @@ def train_wav2lip(
 ) -> None:
     """Train the Wav2Lip generator (L1 + expert sync loss) on corpus windows, or import official weights."""
     base, p = load_section("base", params), load_section("train_wav2lip", params)
-    metrics = run_train_wav2lip(corpus, audio, expert, out, report, losses, base, p)
+    metrics = run_train_wav2lip(corpus, audio, expert, out, report, losses, base, p, wide=(wide, wide_audio))
     typer.echo(json.dumps(metrics))
 
 

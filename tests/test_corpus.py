@@ -194,16 +194,16 @@ def test_corpus_bytes_do_not_depend_on_cpu_dispatch_or_threads(tiny_corpus, tmp_
     assert _file_digests(other) == _file_digests(tiny_corpus)
 
 
-def test_corpus_on_a_cpu_without_avx2_differs_by_one_level_at_most(tiny_corpus, tmp_path):
+def test_corpus_on_a_cpu_without_avx2_differs_by_two_levels_at_most(tiny_corpus, tmp_path):
     """OpenCV's own AVX2 code fuses multiply-adds (FMA) in GaussianBlur/resize; a CPU without AVX2/FMA
-    rounds some pixels the other way (README: 'Same seed, same bytes')."""
+    rounds some pixels the other way: 337 of 26.8M values by 1, one by 2 (tiny profile with speech nods)."""
     other = tmp_path / "other"
     _build_elsewhere(other, OPENCV_CPU_DISABLE="AVX2,FMA3,AVX,FP16", OPENCV_LOG_LEVEL="ERROR")
     a = zarr.open_group(tiny_corpus / "frames.zarr", mode="r")
     b = zarr.open_group(other / "frames.zarr", mode="r")
     for name in ("frames", "reference_frames"):
         diff = np.abs(a[name][:].astype(np.int16) - b[name][:].astype(np.int16))
-        assert diff.max() <= 1 and (diff > 0).mean() < 1e-4, name  # tiny profile: 333 of 26.8M values
+        assert diff.max() <= 2 and (diff > 1).sum() <= 4 and (diff > 0).mean() < 1e-4, name
     for name in ("landmarks", "landmarks_frontal", "render_params", "reference_landmarks"):
         np.testing.assert_array_equal(a[name][:], b[name][:])
     digests, theirs = _file_digests(tiny_corpus), _file_digests(other)

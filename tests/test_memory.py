@@ -109,3 +109,18 @@ def test_motion_memory_reads_the_matching_slot_when_sharp():
     assert memory.log_address_emo_mouth(torch.randn(5, 4)).exp().sum(-1).allclose(torch.ones(5))
     with pytest.raises(ValueError):
         MotionMemory(slots=3, value_dim=2, key_dim=4, temperature=0.0)
+
+
+def test_temporal_motion_and_mouth_keypoints_hand_computed():
+    """Two frames, four keypoints; the two lowest are the mouth. std is torch's (unbiased: |a - b| / sqrt 2)."""
+    from pipeline.memory.train import mouth_keypoints, temporal_motion
+
+    frames = torch.tensor([[[0, 0], [0, 0], [0, 1.0], [0, 1.0]],
+                           [[0, 0.2], [0, 0.2], [0, 1.2], [0, 1.6]]])
+    assert mouth_keypoints(frames[:1].numpy()) == (2, 3)
+    lips, head = temporal_motion(frames, (2, 3))
+    # centroid y: 0.5 -> 0.8, x still: head = (0 + 0.3 / sqrt 2) / 2
+    assert head == pytest.approx(0.3 / math.sqrt(2) / 2, abs=1e-6)
+    # relative to the centroid, keypoint 2's y: 0.5 -> 0.4, keypoint 3's: 0.5 -> 0.8
+    assert lips == pytest.approx((0.1 + 0.3) / math.sqrt(2) / 4, abs=1e-6)
+    assert temporal_motion(frames[[0, 0]], (2, 3)) == (0.0, 0.0)  # a still face

@@ -45,6 +45,7 @@ from pipeline.motion.report import (
 from pipeline.motion.train import loss_weights
 from pipeline.training.loop import read_loss_csv, torch_threads
 from tests.conftest import ROOT, tiny_section
+from tests.dvc_closure import expanded_stages
 from tests.motion_fixtures import BASE, motion_inputs  # noqa: F401  (fixture)
 
 REPORT_KEYS = {"probe": ("emotion_acc_from_fe", "emotion_acc_from_fm", "mouth_r2_from_fm", "mouth_r2_from_fe"),
@@ -422,7 +423,7 @@ def test_ridge_classifier_probe_by_hand():
 
 
 def test_dvc_wiring_lambda_changes_rerun_only_motion_and_later_stages():
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    stages = expanded_stages()  # foreach stages as name@item
     using = [name for name, s in stages.items() if any(str(x).split(".")[0] == "train_motion"
                                                         for x in s.get("params", []))]
     assert using == ["train_motion", "table2"]  # no upstream stage reads train_motion's params (table2 retrains
@@ -433,7 +434,7 @@ def test_dvc_wiring_lambda_changes_rerun_only_motion_and_later_stages():
     assert "data/pseudo/frames.zarr" in stages["keypoints"]["deps"]
     outs = {name: {next(iter(o)) if isinstance(o, dict) else o for o in s.get("outs", [])}
             for name, s in stages.items()}
-    upstream = {"corpus", "audio_features", "train_fomm", "keypoints", "train_syncnet", "train_sync_scorer",
+    upstream = {"corpus", "wide_corpus", "audio_features@corpus", "audio_features@wide", "train_fomm", "keypoints", "train_syncnet", "train_sync_scorer",
                 "train_wav2lip", "pseudo_pairs", "sync_filter"}
     motion_outputs = outs["train_motion"] | outs["decompose"]
     for name in upstream & set(stages):

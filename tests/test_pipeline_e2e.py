@@ -3,7 +3,7 @@
 What a user checks after `dvc repro`: every stage ran, a second repro is a no-op, Table 1 / Table 2 / the
 figures are there, `dvc metrics show` works, and a param change re-runs exactly the stages that depend on
 it (a train_memory param: train_memory and what follows, not the stages before; an audio-feature param:
-audio_features, not corpus).
+audio_features, not corpus; a wide_corpus param: the wide set and its audio features only).
 """
 
 from __future__ import annotations
@@ -185,9 +185,10 @@ def test_whole_repro_noop_and_param_changes(repo):
     assert changed == affected_by("train_memory")
     assert {"train_memory@emmn", "train_memory@baseline", "train_memory@mmn", "finetune_render", "generate",
             "evaluate"} <= changed
-    assert not changed & {"corpus", "audio_features", "train_fomm", "keypoints", "train_motion"}
+    assert not changed & {"corpus", "wide_corpus", "audio_features@corpus", "audio_features@wide", "train_fomm",
+                          "keypoints", "train_motion"}
 
-    # an audio-feature param: audio_features re-runs, corpus does not
+    # an audio-feature param: both audio_features items re-run, neither corpus does
     set_param(repo, "audio_features", "mel_pad_mode", "constant")
-    changed = ran_stages(run([DVC, "repro", "corpus", "audio_features"], repo))
-    assert "audio_features" in changed and "corpus" not in changed
+    changed = ran_stages(run([DVC, "repro", "corpus", "wide_corpus", "audio_features"], repo))
+    assert {"audio_features@corpus", "audio_features@wide"} <= changed and not changed & {"corpus", "wide_corpus"}

@@ -44,11 +44,36 @@ class CorpusParams:
     levels: tuple[int, ...] = (1, 3)
     counterfactuals: int = 1  # other-sentence renders per training clip
     blink_rate: float = 0.3  # blinks per second
+    head_speech_coupling: float = 1.0  # head nods on stressed syllables (corpus.tracks.speech_nods); 0 = sway only
     chunk_frames: int = 16
     shard_frames: int = 512
     mead_actors: tuple[str, ...] = ()  # empty = every actor found
     mead_test_actors: tuple[str, ...] = ()
     mead_max_clips_per_emotion: int = 0  # 0 = all
+
+
+@dataclass(frozen=True)
+class WideCorpusParams:
+    source: str = "builtin"  # builtin | lrw
+    lrw_root: str | None = None
+    lrw_words: tuple[str, ...] = ()  # empty = every word found
+    lrw_max_clips_per_word: int = 0  # per split; 0 = all
+    size: int = 128
+    train_identities: int = 240
+    test_identities: int = 24
+    clips_per_identity: int = 6
+    test_clips_per_identity: int = 4
+    max_frames: int = 40  # frames kept of each utterance (LRW: 29); 0 = the whole phrase
+    train_phrases: int = 2000
+    test_phrases: int = 120
+    test_voice_share: float = 0.15
+    emotions: tuple[str, ...] = MEAD_EMOTIONS
+    emotion_share: float = 0.2
+    levels: tuple[int, ...] = (1, 2, 3)
+    blink_rate: float = 0.3
+    head_speech_coupling: float = 1.0
+    chunk_frames: int = 16
+    shard_frames: int = 512
 
 
 @dataclass(frozen=True)
@@ -72,6 +97,7 @@ class ProsodyParams:
 @dataclass(frozen=True)
 class TrainFommParams:
     pretrained: str | None = None  # official FOMM checkpoint (vox-cpk.pth.tar): import it instead of training
+    pretrain_wide: bool = True  # the wide set's training identities join the corpus's (identity breadth)
     vgg19: str | None = None  # torchvision VGG19 weights file: perceptual loss; unset = multi-scale L1
     preset: str = "slim"  # slim | vox256 (FommConfig preset), then `model` overrides
     image_size: int = 128
@@ -120,6 +146,7 @@ class KeypointsParams:
 @dataclass(frozen=True)
 class TrainSyncnetParams:
     pretrained: str | None = None  # official lipsync_expert.pth: import it instead of training
+    pretrain_wide: bool = True  # the wide set's training clips join the corpus's (LRS2's role)
     width: float = 0.25  # channel multiplier of SyncNet_color (1.0 = the official layout)
     batch_size: int = 32  # windows per step
     windows_per_clip: int = 8  # windows drawn from each clip; every in-clip pairing is an example
@@ -151,6 +178,7 @@ class TrainSyncScorerParams(TrainSyncnetParams):
 @dataclass(frozen=True)
 class TrainWav2lipParams:
     pretrained: str | None = None  # official wav2lip.pth / wav2lip_gan.pth: import it instead of training
+    pretrain_wide: bool = True  # the wide set's training clips join the corpus's (LRS2's role)
     width: float = 0.25  # channel multiplier of the generator (1.0 = the official layout)
     batch_size: int = 8  # 5-frame windows per step
     steps: int = 1000
@@ -437,6 +465,7 @@ class EmotionCeilingParams:
 SECTIONS: dict[str, type] = {
     "base": BaseParams,
     "corpus": CorpusParams,
+    "wide_corpus": WideCorpusParams,
     "audio_features": AudioFeaturesParams,
     "prosody": ProsodyParams,
     "train_fomm": TrainFommParams,
@@ -516,7 +545,7 @@ def with_field(params: Any, **changes: Any) -> Any:
 
 
 __all__ = [
-    "AudioFeaturesParams", "BaseParams", "ProsodyParams", "CorpusParams", "MEAD_EMOTIONS", "SECTIONS",
+    "AudioFeaturesParams", "BaseParams", "ProsodyParams", "CorpusParams", "WideCorpusParams", "MEAD_EMOTIONS", "SECTIONS",
     "as_dict", "build_section", "deep_merge", "load_section", "read_yaml", "with_field",
     "TrainFommParams", "KeypointsParams",
     "TrainSyncnetParams", "TrainSyncScorerParams", "TrainWav2lipParams", "PseudoPairsParams", "SyncFilterParams",

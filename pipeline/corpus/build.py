@@ -1,6 +1,6 @@
 """The corpus stage's work: the built-in MEAD-shaped corpus (pipeline.corpus.builtin) or a real MEAD folder
 (pipeline.corpus.mead) written atomically into the corpus folder (`build_corpus`); `run_corpus` adds its timings,
-contact sheet and summary report."""
+contact sheet and summary report. (The wide set's equivalents are in pipeline.corpus.wide.)"""
 
 from __future__ import annotations
 
@@ -68,3 +68,4 @@ def run_corpus(out_dir: Path, sheet: Path, report: Path, base: BaseParams, p: Co
     corpus_contact_sheet(out_dir, sheet)
     write_json(report, summary)
     return summary
+

@@ -47,7 +47,9 @@ BOX_SAMPLES = 8  # frames per clip the crop box is placed on
 
 
 @dataclass(frozen=True)
-class MeadClip:
+class VideoClip:
+    """One real clip to ingest (MEAD or LRW): its video, its audio (the same file when the audio is muxed in)."""
+
     clip_id: str
     actor: str
     emotion: str
@@ -56,9 +58,10 @@ class MeadClip:
     video: Path
     audio: Path
     split: str
+    text: str = ""
 
 
-def scan_mead(root: str | Path, p: CorpusParams) -> tuple[list[MeadClip], pd.DataFrame]:
+def scan_mead(root: str | Path, p: CorpusParams) -> tuple[list[VideoClip], pd.DataFrame]:
     """Every clip with both video and audio, and a table of what is missing."""
     root = Path(root)
     if not root.is_dir():
@@ -100,7 +103,7 @@ def scan_mead(root: str | Path, p: CorpusParams) -> tuple[list[MeadClip], pd.Dat
                                         "missing": lacking, "reason": f"{there}: no matching {lacking} file"})
                         continue
                     split = "test" if actor in set(p.mead_test_actors) else "train"
-                    clips.append(MeadClip(clip_name(actor, emotion, level, n), actor, emotion, level, n,
+                    clips.append(VideoClip(clip_name(actor, emotion, level, n), actor, emotion, level, n,
                                           videos[n], audios[n], split))
     if not clips:
         raise InputError(root, "no MEAD clip with both video and audio found")
@@ -158,40 +161,56 @@ def ingest_clip(task: tuple) -> dict[str, np.ndarray]:
     return {"frames": out, "landmarks": nan, "landmarks_frontal": nan, "crop_box": np.asarray(box)}
 
 
-def ingest_mead(out_dir: str | Path, base: BaseParams, p: CorpusParams,
-                log=lambda line: print(line, file=sys.stderr)) -> pd.DataFrame:
-    out_dir = Path(out_dir)
+@dataclass
+class Ingested:
+    """What `ingest_videos` wrote: the usable clips in store order with their frame counts, store rows and
+    crop boxes, the reference frame of each actor and the table of skipped clips."""
+
+    clips: list[VideoClip]
+    lengths: list[int]
+    starts: list[int]
+    stops: list[int]
+    boxes: list[np.ndarray]
+    references: dict[str, np.ndarray]
+    missing: pd.DataFrame
+
+
+def ingest_videos(out_dir: Path, found: list[VideoClip], missing: pd.DataFrame, base: BaseParams, size: int,
+                  chunk_frames: int, shard_frames: int, attrs: dict, root: str | Path, name: str,
+                  log=lambda line: print(line, file=sys.stderr)) -> Ingested:
+    """Check, crop and write real clips into out_dir/frames.zarr and out_dir/wav (MEAD, LRW, ...); clips that
+    cannot be used join `missing` with the reason; an error only when none is usable. `name` prefixes
+    progress and log lines; `root` is the folder named by that error. References: the first frame of each
+    actor's first neutral clip, else of its first clip."""
     (out_dir / "wav").mkdir(parents=True, exist_ok=True)
-    found, missing = scan_mead(p.mead_root, p)
+    label = attrs["source"].upper()
     with dask_client(base.workers, base.scheduler_address) as client:
         probes = list(ordered_map(probe_clip, [(c, base.fps, base.sample_rate) for c in found], client=client,
-                                  description="corpus: checking MEAD clips"))
+                                  description=f"{name}: checking {label} clips"))
         unusable = [{"actor": c.actor, "emotion": c.emotion, "level": c.level, "clip": c.number,
                      "missing": "unusable", "reason": r["reason"]} for c, r in zip(found, probes) if "reason" in r]
         for row in unusable:
-            log(f"corpus: skipped {row['reason']}")
+            log(f"{name}: skipped {row['reason']}")
         if len(unusable) == len(found):
-            raise InputError(p.mead_root, f"no usable MEAD clip: all {len(found)} skipped "
-                                          f"(first: {unusable[0]['reason']})")
+            raise InputError(root, f"no usable {label} clip: all {len(found)} skipped (first: {unusable[0]['reason']})")
         if unusable:
             missing = pd.concat([missing, pd.DataFrame(unusable, columns=MISSING_COLUMNS)], ignore_index=True)
         clips = [c for c, r in zip(found, probes) if "reason" not in r]
         probes = [r for r in probes if "reason" not in r]
         lengths = [r["frames"] for r in probes]
-        attrs = {"schema": SCHEMA, "stage": "corpus", "params": {"base": as_dict(base), "corpus": as_dict(p)},
-                 "fps": base.fps, "size": p.size, "render_params": [], "source": "mead"}
         writer = RaggedStoreWriter(
             out_dir / "frames.zarr", [c.clip_id for c in clips], lengths,
-            {"frames": ArraySpec((p.size, p.size, 3), "uint8", ("y", "x", "rgb")),
+            {"frames": ArraySpec((size, size, 3), "uint8", ("y", "x", "rgb")),
              "landmarks": ArraySpec((68, 2), "float32", ("point", "xy")),
              "landmarks_frontal": ArraySpec((68, 2), "float32", ("point", "xy"))},
-            attrs=attrs, chunk_frames=p.chunk_frames, shard_frames=p.shard_frames)
-        tasks = [(c, r, p.size, base.fps, base.sample_rate, out_dir / "wav" / f"{c.clip_id}.wav")
+            attrs=attrs, chunk_frames=chunk_frames, shard_frames=shard_frames)
+        tasks = [(c, r, size, base.fps, base.sample_rate, out_dir / "wav" / f"{c.clip_id}.wav")
                  for c, r in zip(clips, probes)]
         boxes = []
-        references: dict[str, np.ndarray] = {}  # first frame of the actor's first neutral clip, else first clip
+        references: dict[str, np.ndarray] = {}
         has_neutral: set[str] = set()
-        for i, result in enumerate(ordered_map(ingest_clip, tasks, client=client, description="corpus: MEAD clips")):
+        results = ordered_map(ingest_clip, tasks, client=client, description=f"{name}: {label} clips")
+        for i, result in enumerate(results):
             writer.write_clip(i, result)
             boxes.append(result["crop_box"])
             clip = clips[i]
@@ -202,17 +221,38 @@ def ingest_mead(out_dir: str | Path, base: BaseParams, p: CorpusParams,
     writer.close()
     actor_ids = sorted(references)
     write_reference_frames(out_dir, actor_ids, np.stack([references[a] for a in actor_ids]))
+    return Ingested(clips, lengths, list(writer.starts), list(writer.stops), boxes, references, missing)
 
-    manifest = pd.DataFrame([{
+
+def real_manifest(done: Ingested, fps: float) -> pd.DataFrame:
+    """The manifest rows of ingested real clips (the corpus manifest's columns plus source video and crop)."""
+    return pd.DataFrame([{
         "clip_id": c.clip_id, "actor": c.actor, "emotion": c.emotion, "level": c.level,
-        "sentence_id": c.number, "text": "", "frames": n, "fps": base.fps, "split": c.split, "kind": "real",
+        "sentence_id": c.number, "text": c.text, "frames": n, "fps": fps, "split": c.split, "kind": "real",
         "source_clip_id": c.clip_id, "start": int(s), "stop": int(e), "wav_path": f"wav/{c.clip_id}.wav",
         "frames_store": "frames.zarr", "source_video": str(c.video), "crop_x": int(b[0]), "crop_y": int(b[1]),
         "crop_side": int(b[2]),
-    } for c, n, s, e, b in zip(clips, lengths, writer.starts, writer.stops, boxes)])
+    } for c, n, s, e, b in zip(done.clips, done.lengths, done.starts, done.stops, done.boxes)])
+
+
+def write_real_tables(out_dir: Path, done: Ingested, fps: float, test_actors: set[str]) -> pd.DataFrame:
+    """manifest, missing, (empty) phonemes and actors tables of an ingest; return the manifest."""
+    manifest = real_manifest(done, fps)
     write_parquet(manifest, out_dir / "manifest.parquet")
-    write_parquet(missing, out_dir / "missing.parquet")
+    write_parquet(done.missing, out_dir / "missing.parquet")
     write_parquet(pd.DataFrame(columns=["clip_id", "start_s", "end_s", "phoneme"]), out_dir / "phonemes.parquet")
+    actor_ids = sorted(done.references)
     write_parquet(pd.DataFrame({"actor_id": actor_ids, "split": [
-        "test" if a in set(p.mead_test_actors) else "train" for a in actor_ids]}), out_dir / "actors.parquet")
+        "test" if a in test_actors else "train" for a in actor_ids]}), out_dir / "actors.parquet")
     return manifest
+
+
+def ingest_mead(out_dir: str | Path, base: BaseParams, p: CorpusParams,
+                log=lambda line: print(line, file=sys.stderr)) -> pd.DataFrame:
+    out_dir = Path(out_dir)
+    found, missing = scan_mead(p.mead_root, p)
+    attrs = {"schema": SCHEMA, "stage": "corpus", "params": {"base": as_dict(base), "corpus": as_dict(p)},
+             "fps": base.fps, "size": p.size, "render_params": [], "source": "mead"}
+    done = ingest_videos(out_dir, found, missing, base, p.size, p.chunk_frames, p.shard_frames, attrs,
+                         p.mead_root, "corpus", log)
+    return write_real_tables(out_dir, done, base.fps, set(p.mead_test_actors))

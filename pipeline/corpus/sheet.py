@@ -91,3 +91,33 @@ def corpus_contact_sheet(corpus_dir: str | Path, out_png: str | Path, max_actors
     sheet = np.concatenate([sheet, caption, strip], axis=0)
     write_png(out_png, sheet)
     return sheet
+
+
+def identity_sheet(corpus_dir: str | Path, out_png: str | Path, columns: int = 16, rows: int = 6,
+                   strip_frames: int = 24) -> np.ndarray:
+    """Many identities at a glance (the wide set's point): reference faces of the first training identities
+    and of the held-out ones (framed in red), then one clip's mouth over time."""
+    corpus_dir = Path(corpus_dir)
+    manifest = pd.read_parquet(corpus_dir / "manifest.parquet")
+    root = zarr.open_group(corpus_dir / "frames.zarr", mode="r")
+    refs, ids = root["reference_frames"], [str(a) for a in root["reference_actor"][:]]
+    size = refs.shape[1]
+    split = dict(zip(manifest.actor, manifest.split))
+    test = [i for i, a in enumerate(ids) if split.get(a) == "test"][: columns]
+    train = [i for i, a in enumerate(ids) if split.get(a) != "test"][: columns * rows - len(test)]
+    cells = [_label(refs[i], ids[i], 0.3) for i in train]
+    for i in test:  # held-out identities framed in red
+        cells.append(cv2.rectangle(_label(refs[i], ids[i], 0.3), (0, 0), (size - 1, size - 1), (220, 0, 0), 2))
+    cells += [np.full((size, size, 3), 255, np.uint8)] * (-len(cells) % columns)
+    grid = np.concatenate([np.concatenate(cells[r: r + columns], axis=1) for r in range(0, len(cells), columns)])
+    clip = manifest.iloc[0]
+    idx = np.linspace(clip.start, clip.stop - 1, min(strip_frames, int(clip.frames))).astype(int)
+    cell = grid.shape[1] // len(idx)
+    strip = np.concatenate([mouth_crop(root["frames"][i], root["landmarks"][i], cell) for i in idx], axis=1)
+    strip = np.pad(strip, ((0, 0), (0, grid.shape[1] - strip.shape[1]), (0, 0)), constant_values=255)
+    caption = np.full((16, grid.shape[1], 3), 255, np.uint8)
+    cv2.putText(caption, f"{manifest.actor.nunique()} identities; mouth over time: {clip.clip_id} \"{clip.text}\"",
+                (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
+    sheet = np.concatenate([grid, caption, strip], axis=0)
+    write_png(out_png, sheet)
+    return sheet

@@ -197,6 +197,16 @@ def available_variants() -> list[str]:
         return sorted(path.name for path in (_get_engine().data_path / "voices" / "!v").iterdir())
 
 
+def variant_gender(variant: str) -> str:
+    """"W" when the variant's file declares `gender female`, else "M" (espeak's default voice is male)."""
+    path = _get_engine().data_path / "voices" / "!v" / variant
+    if "/" in variant or not path.is_file():
+        raise InputError(path, f"unknown espeak-ng voice variant '{variant}'")
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    female = any(line.split()[:2] == ["gender", "female"] for line in lines if line.strip())
+    return "W" if female else "M"
+
+
 def _check_range(name: str, value: int, low: int, high: int) -> int:
     if not low <= int(value) <= high:
         raise InputError(None, f"speech parameter {name}={value} is outside [{low}, {high}]")

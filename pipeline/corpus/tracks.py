@@ -1,8 +1,12 @@
 """Per-frame control tracks of one clip: emotion expression, speech mouth, blinks and head motion.
 
-Everything except the mouth is a function of (clip seed, time) only, so a counterfactual render
-(same actor, emotion and pose track, another sentence's mouth) reproduces the source clip's
-expression, blinks and head motion frame for frame, for any length.
+Everything except the mouth and the speech nods is a function of (clip seed, time) only, so a
+counterfactual render (same actor, emotion and pose track, another sentence's mouth) reproduces the source
+clip's expression, blinks and head motion frame for frame, for any length (it is given the source clip's nods).
+
+Head motion is slow random sway plus, with `head_speech_coupling` > 0, nods on stressed syllables: speakers
+move their heads with the prosody of what they say, and this part is what a model can learn to predict from
+audio alone (paper §3.2: the expression features carry head pose; there is no pose input).
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ from pipeline.corpus.emotions import intensity, style
 # Base amplitudes of rigid head motion at style amplitude 1 (degrees; fractions of the frame).
 POSE_AMPLITUDE = {"yaw": 6.0, "pitch": 4.0, "roll": 3.0, "tx": 0.015, "ty": 0.012, "scale": 0.02}
 POSE_FREQUENCIES_HZ = (0.13, 0.31, 0.67)
+# One stressed syllable's nod at coupling 1: head pitch (degrees, down), a little vertical shift and yaw.
+NOD_AMPLITUDE = {"pitch": 3.0, "ty": 0.006, "yaw": 1.0}
+NOD_SECONDS = 0.4  # a nod's length from the vowel's start: down, then back up
 EXPRESSION_CONTROLS = tuple(c for c in MOUTH_CONTROLS + FACE_CONTROLS
                             if c not in ("jaw_open", "lip_spread", "lip_round", "lip_closure", "blink"))
 
@@ -48,6 +55,20 @@ def blink_track(rng: np.random.Generator, t: np.ndarray, rate: float, horizon_s:
     return np.clip(track * 1.15, 0.0, 1.0)
 
 
+def speech_nods(phonemes, n_frames: int, fps: float) -> np.ndarray:
+    """(n_frames,) nod signal >= 0: a half-sine bump of NOD_SECONDS starting at every stressed vowel
+    (espeak's primary stress mark ' weighs 1, secondary , weighs 0.5), overlapping bumps summed and
+    softly capped at 1.5. Events need `start_s` and `phoneme` (stress marks kept)."""
+    t = (np.arange(n_frames) + 0.5) / fps
+    out = np.zeros(n_frames)
+    for ev in phonemes:
+        weight = 1.0 if "'" in ev.phoneme else 0.5 if "," in ev.phoneme else 0.0
+        if weight:
+            phase = (t - ev.start_s) / NOD_SECONDS
+            out += weight * np.where((phase >= 0) & (phase <= 1), np.sin(np.pi * np.clip(phase, 0, 1)), 0.0)
+    return 1.5 * np.tanh(out / 1.5)
+
+
 def clip_controls(
     *,
     seed: int,
@@ -57,8 +78,12 @@ def clip_controls(
     fps: float,
     blink_rate: float,
     actor_expressiveness: dict[str, float] | None = None,
+    nods: np.ndarray | None = None,
+    head_speech_coupling: float = 0.0,
 ) -> np.ndarray:
-    """(T, len(ALL_CONTROLS)) float32 control matrix for a clip; T = length of the viseme tracks."""
+    """(T, len(ALL_CONTROLS)) float32 control matrix for a clip; T = length of the viseme tracks.
+    `nods` (T,) from `speech_nods` of the clip's audio (a counterfactual: of its source clip's audio)
+    drive head nods scaled by `head_speech_coupling` (0 = sway only)."""
     n = len(visemes["viseme_jaw"])
     t = (np.arange(n) + 0.5) / fps
     st, k = style(emotion), intensity(level)
@@ -91,6 +116,13 @@ def clip_controls(
     out["pitch"] += head.pitch_bias * k
     out["yaw"] += head.yaw_bias * k
     out["roll"] += head.roll_bias * k
+    if head_speech_coupling and nods is not None:
+        gain = head_speech_coupling * (1.0 + (head.amplitude - 1.0) * k)
+        side = 1.0 if rng_pose.random() < 0.5 else -1.0  # which way this speaker's nods turn
+        nods = np.asarray(nods, dtype=np.float64)[:n]
+        nods = np.pad(nods, (0, n - len(nods)))  # a counterfactual longer than its source: no nods past its end
+        for name, amp in NOD_AMPLITUDE.items():
+            out[name] += gain * amp * nods * (side if name == "yaw" else 1.0)
 
     return np.stack([out[name] for name in ALL_CONTROLS], axis=1).astype(np.float32)
 

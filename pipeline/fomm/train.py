@@ -16,7 +16,7 @@ FommConfig.to_dict(), step, metrics, train_state: {optimizer[, discriminator, op
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,33 +91,62 @@ def init_fomm(config: FommConfig, seed: int) -> tuple[KPDetector, OcclusionAware
 # ----------------------------------------------------------------------------------------------- data
 
 
+class StackedRows:
+    """Frame-indexed arrays of several sets read as one: row `offsets[k] + i` is row i of set k."""
+
+    def __init__(self, arrays: Sequence[Any]):
+        self.arrays = list(arrays)
+        self.offsets = np.cumsum([0] + [a.shape[0] for a in self.arrays]).astype(np.int64)
+        self.shape = (int(self.offsets[-1]), *self.arrays[0].shape[1:])
+
+    def __getitem__(self, row: int) -> np.ndarray:
+        k = int(np.searchsorted(self.offsets, row, side="right")) - 1
+        return self.arrays[k][int(row - self.offsets[k])]
+
+
 class FramePairSampler:
     """(source, driving) batches: two distinct random frames of one random real clip of a split or, with
     probability `cross_clip`, the source from another real clip of the same actor (the corpus and MEAD film an
-    actor's clips in one setting, so only the face differs: expression, mouth, pose)."""
+    actor's clips in one setting, so only the face differs: expression, mouth, pose).
 
-    def __init__(self, corpus_dir: str | Path, image_size: int, split: str = "train", cross_clip: float = 0.0):
-        corpus_dir = Path(corpus_dir)
-        manifest_path = corpus_dir / "manifest.parquet"
-        if not manifest_path.is_file():
-            raise InputError(manifest_path, "corpus manifest not found (run the corpus stage first)")
-        manifest = pd.read_parquet(manifest_path)
-        clips = manifest[(manifest.split == split) & (manifest.kind == "real") & (manifest.frames >= 2)]
-        if clips.empty:
-            raise InputError(manifest_path, f"no {split}-split real clips with 2+ frames to train on")
-        root = open_store(corpus_dir / "frames.zarr")
-        self.frames, self.landmarks = root["frames"], root["landmarks"]
-        self.starts = clips.start.to_numpy(np.int64)
-        self.lengths = (clips.stop - clips.start).to_numpy(np.int64)
-        if int((self.starts + self.lengths).max()) > self.frames.shape[0]:
-            raise InputError(corpus_dir / "frames.zarr", "manifest start/stop run past the frames array")
-        actors = clips.actor.to_numpy()
+    `corpus_dirs`: one corpus folder or several (the corpus and the wide set, whose frames must have the same
+    size); their clips are drawn from as one pool."""
+
+    def __init__(self, corpus_dirs: str | Path | Sequence[str | Path], image_size: int, split: str = "train",
+                 cross_clip: float = 0.0):
+        dirs = [Path(corpus_dirs)] if isinstance(corpus_dirs, (str, Path)) else [Path(d) for d in corpus_dirs]
+        frames, landmarks, starts, lengths, actors, offset = [], [], [], [], [], 0
+        for k, corpus_dir in enumerate(dirs):
+            manifest_path = corpus_dir / "manifest.parquet"
+            if not manifest_path.is_file():
+                raise InputError(manifest_path, "corpus manifest not found (run the corpus stage first)")
+            manifest = pd.read_parquet(manifest_path)
+            clips = manifest[(manifest.split == split) & (manifest.kind == "real") & (manifest.frames >= 2)]
+            if clips.empty:
+                raise InputError(manifest_path, f"no {split}-split real clips with 2+ frames to train on")
+            root = open_store(corpus_dir / "frames.zarr")
+            if frames and root["frames"].shape[1:] != frames[0].shape[1:]:
+                raise InputError(corpus_dir / "frames.zarr", f"frames of {tuple(root['frames'].shape[1:])} differ "
+                                 f"from {dirs[0]}'s {tuple(frames[0].shape[1:])}: render both sets at one size")
+            if int(clips.stop.max()) > root["frames"].shape[0]:
+                raise InputError(corpus_dir / "frames.zarr", "manifest start/stop run past the frames array")
+            frames.append(root["frames"])
+            landmarks.append(root["landmarks"])
+            starts.append(clips.start.to_numpy(np.int64) + offset)
+            lengths.append((clips.stop - clips.start).to_numpy(np.int64))
+            actors.append(np.asarray([f"{k}/{a}" for a in clips.actor]) if k else clips.actor.to_numpy())
+            offset += root["frames"].shape[0]
+        # one set: its arrays themselves (the reads, and so the model, of single-set runs stay as they were)
+        self.frames, self.landmarks = ((frames[0], landmarks[0]) if len(dirs) == 1
+                                       else (StackedRows(frames), StackedRows(landmarks)))
+        self.starts, self.lengths = np.concatenate(starts), np.concatenate(lengths)
+        actors = np.concatenate(actors)
         # For each clip, the other clips of its actor (empty: an actor with one clip keeps same-clip pairs).
         self.same_actor = [np.flatnonzero((actors == a) & (np.arange(len(actors)) != i))
                            for i, a in enumerate(actors)]
         self.cross_clip = float(cross_clip)
         self.image_size = image_size
-        self.num_clips = len(clips)
+        self.num_clips = len(self.starts)
         self.num_frames = int(self.lengths.sum())
 
     def sample(self, rng: np.random.Generator, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -301,21 +330,24 @@ def fresh_discriminator_allowed(ckpt: Mapping[str, Any], p: TrainFommParams) -> 
 
 
 def train_fomm_model(corpus_dir: str | Path, model_out: str | Path, losses_csv: str | Path, base: BaseParams,
-                     p: TrainFommParams, *, log=print) -> dict:
-    """Train (or import, with `pretrained`) FOMM and write `model_out` + the loss log; return a summary."""
+                     p: TrainFommParams, *, log=print, wide: str | Path | None = None) -> dict:
+    """Train (or import, with `pretrained`) FOMM and write `model_out` + the loss log; return a summary.
+    With `p.pretrain_wide` the wide set's training identities (folder `wide`) join the corpus's: identity
+    breadth for one-shot animation of unseen faces (LRW's role in the paper)."""
     model_out = Path(model_out)
     config = fomm_config(p)
     if p.pretrained:
         return import_pretrained(p.pretrained, model_out, losses_csv, log=log)
+    sets = [corpus_dir] + ([wide] if p.pretrain_wide and wide else [])
     with torch_threads(p.threads):
-        return _train(config, corpus_dir, model_out, losses_csv, base, p, log)
+        return _train(config, sets, model_out, losses_csv, base, p, log)
 
 
-def _train(config: FommConfig, corpus_dir: str | Path, model_out: Path, losses_csv: str | Path, base: BaseParams,
+def _train(config: FommConfig, sets: list[str | Path], model_out: Path, losses_csv: str | Path, base: BaseParams,
            p: TrainFommParams, log) -> dict:
     device = pick_device(base.device)
     # bad corpus input fails before any model work
-    sampler = FramePairSampler(corpus_dir, config.image_size, cross_clip=p.cross_clip)
+    sampler = FramePairSampler(sets, config.image_size, cross_clip=p.cross_clip)
     vgg = load_vgg19(p.vgg19).to(device) if p.vgg19 else None
     precision = resolve_precision(base.precision, device)
     announce_precision(precision, "train_fomm", log)
@@ -324,7 +356,7 @@ def _train(config: FommConfig, corpus_dir: str | Path, model_out: Path, losses_c
     log(f"train_fomm: reconstruction loss = {kind}"
         + (f" (VGG19 weights {p.vgg19})" if vgg is not None else " (no train_fomm.vgg19 weights given)")
         + f"; GAN {'on' if trainer.adversary is not None else 'off'}; device {device}")
-    log(f"train_fomm: {sampler.num_clips} training clips, {sampler.num_frames} frames; "
+    log(f"train_fomm: {sampler.num_clips} training clips, {sampler.num_frames} frames from {len(sets)} set(s); "
         f"{count_parameters(trainer.kp_detector, trainer.generator) / 1e6:.2f}M parameters at {config.image_size}px")
 
     def fresh_on_resume(ckpt: Mapping[str, Any]) -> tuple[str, ...]:

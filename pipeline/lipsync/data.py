@@ -20,6 +20,7 @@ import torch
 from pipeline.core.errors import InputError
 from pipeline.core.media import FACE_SIZE, faces_bgr
 from pipeline.core.store import open_store, read_index
+from pipeline.corpus.manifest import read_manifest, real_clips
 
 WINDOW = 5  # frames per expert window
 
@@ -77,6 +78,16 @@ class ClipBank:
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
         return cls(list(clips.clip_id), starts, lengths, np.concatenate(face_blocks), np.concatenate(mel_blocks))
 
+    @classmethod
+    def concat(cls, banks: list[ClipBank]) -> ClipBank:
+        """One bank holding the clips of several (a corpus and the wide set: clip ids never collide)."""
+        if len(banks) == 1:
+            return banks[0]
+        lengths = np.concatenate([b.lengths for b in banks])
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        return cls([c for b in banks for c in b.clip_ids], starts, lengths,
+                   np.concatenate([b.faces for b in banks]), np.concatenate([b.mel for b in banks]))
+
     def clip(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         s, n = int(self.starts[index]), int(self.lengths[index])
         return self.faces[s:s + n], self.mel[s:s + n]
@@ -84,6 +95,12 @@ class ClipBank:
     def window_rows(self, clip: np.ndarray, first: np.ndarray) -> np.ndarray:
         """[B,5] absolute rows of the 5-frame windows starting at clip-relative frame `first`."""
         return (self.starts[clip] + first)[:, None] + np.arange(WINDOW)[None, :]
+
+
+def training_bank(sources: list[tuple[Path, Path]], min_frames: int) -> ClipBank:
+    """The training clips (real, >= min_frames) of every (corpus folder, audio store) source, in one bank."""
+    return ClipBank.concat([ClipBank.load(corpus, audio, real_clips(read_manifest(corpus), "train", min_frames))
+                            for corpus, audio in sources])
 
 
 def faces_tensor(faces: np.ndarray) -> torch.Tensor:

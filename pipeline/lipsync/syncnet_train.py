@@ -35,6 +35,7 @@ from pipeline.lipsync.data import (
     mel_pad_mode,
     sample_expert_batch,
     sample_expert_blocks,
+    training_bank,
 )
 from pipeline.lipsync.io import lipsync_config, load_syncnet_any
 from pipeline.lipsync.sync_scorers import ExpertScorer, score_clip
@@ -96,19 +97,24 @@ def block_sync_loss(audio: torch.Tensor, face: torch.Tensor, first: torch.Tensor
 
 
 def train_syncnet_model(corpus_dir: Path, audio_store: Path, model_out: Path, losses_csv: Path, base: BaseParams,
-                        p: TrainSyncnetParams, *, stage: str = "train_syncnet", log=print) -> dict[str, Any]:
+                        p: TrainSyncnetParams, *, stage: str = "train_syncnet", log=print,
+                        wide: tuple[Path, Path] | None = None) -> dict[str, Any]:
     """Train the expert (or import `pretrained`), evaluate it on the test split; return the metrics.
+
+    With `p.pretrain_wide`, the training clips of the wide set (`wide` = its folder and audio store) join the
+    corpus's: LRS2's role in the paper, many faces and voices instead of the corpus's few.
 
     Training draws from seed `base.seed + p.seed_offset`, so the sync scorer (`train_sync_scorer`, offset 1)
     starts and samples differently from the expert Wav2Lip trains against; evaluation uses `base.seed`,
     so both are measured on the same held-out windows and shifts.
     """
     with torch_threads(p.threads):
-        return _train_and_evaluate(corpus_dir, audio_store, Path(model_out), losses_csv, base, p, stage, log)
+        sources = [(Path(corpus_dir), Path(audio_store))] + ([wide] if p.pretrain_wide and wide else [])
+        return _train_and_evaluate(corpus_dir, audio_store, Path(model_out), losses_csv, base, p, stage, log, sources)
 
 
 def _train_and_evaluate(corpus_dir: Path, audio_store: Path, model_out: Path, losses_csv: Path, base: BaseParams,
-                        p: TrainSyncnetParams, stage: str, log) -> dict[str, Any]:
+                        p: TrainSyncnetParams, stage: str, log, sources: list[tuple[Path, Path]]) -> dict[str, Any]:
     if p.pretrained:
         loaded = load_syncnet_any(p.pretrained)
         if loaded.arch != ARCH:
@@ -118,7 +124,7 @@ def _train_and_evaluate(corpus_dir: Path, audio_store: Path, model_out: Path, lo
         optimizers = rng_state = None
         LossLog(losses_csv)  # empty log: the plot output exists, with no curve
     else:
-        model, step, train_metrics, optimizers, rng_state = _train(corpus_dir, audio_store, model_out, losses_csv,
+        model, step, train_metrics, optimizers, rng_state = _train(sources, audio_store, model_out, losses_csv,
                                                                    base, p, stage, log)
     config = lipsync_config(ARCH, model.config, base.fps, mel_pad_mode(audio_store))
     metrics = {**train_metrics, **evaluate_expert(model.cpu().eval(), corpus_dir, audio_store, base, p, stage=stage,
@@ -129,7 +135,7 @@ def _train_and_evaluate(corpus_dir: Path, audio_store: Path, model_out: Path, lo
     return metrics
 
 
-def _train(corpus_dir: Path, audio_store: Path, model_out: Path, losses_csv: Path, base: BaseParams,
+def _train(sources: list[tuple[Path, Path]], audio_store: Path, model_out: Path, losses_csv: Path, base: BaseParams,
            p: TrainSyncnetParams, stage: str, log) -> tuple[SyncNetColor, int, dict, dict, dict]:
     if p.windows_per_clip < 2 or p.batch_size % p.windows_per_clip:
         raise InputError("params.yaml", f"{stage}.batch_size must be a multiple of windows_per_clip (>= 2)")
@@ -139,8 +145,8 @@ def _train(corpus_dir: Path, audio_store: Path, model_out: Path, losses_csv: Pat
     seed_all(seed)
     model = SyncNetColor(config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=p.lr)
-    bank = ClipBank.load(corpus_dir, audio_store, real_clips(read_manifest(corpus_dir), "train", 2 * WINDOW))
-    log(f"{stage}: {len(bank.clip_ids)} training clips, {len(bank.faces)} frames; "
+    bank = training_bank(sources, 2 * WINDOW)
+    log(f"{stage}: {len(bank.clip_ids)} training clips, {len(bank.faces)} frames from {len(sources)} set(s); "
         f"{count_parameters(model) / 1e6:.2f}M parameters (width {p.width}); device {device}")
     precision = resolve_precision(base.precision, device)
     announce_precision(precision, stage, log)

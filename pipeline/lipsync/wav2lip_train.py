@@ -38,6 +38,7 @@ from pipeline.lipsync.data import (
     expert_face_windows,
     mel_pad_mode,
     sample_generator_batch,
+    training_bank,
 )
 from pipeline.lipsync.io import frozen, lipsync_config, load_expert, load_wav2lip_any
 from pipeline.lipsync.redub import generate_faces, redub_faces, source_frame_indices
@@ -71,21 +72,26 @@ def sync_loss(audio: torch.Tensor, face: torch.Tensor) -> torch.Tensor:
 
 
 def train_wav2lip_model(corpus_dir: Path, audio_store: Path, expert_path: Path, model_out: Path, losses_csv: Path,
-                        base: BaseParams, p: TrainWav2lipParams, *, log=print) -> dict[str, Any]:
-    """Train the generator (or import `pretrained`), evaluate it on the test split; return the metrics."""
+                        base: BaseParams, p: TrainWav2lipParams, *, log=print,
+                        wide: tuple[Path, Path] | None = None) -> dict[str, Any]:
+    """Train the generator (or import `pretrained`), evaluate it on the test split; return the metrics.
+    With `p.pretrain_wide` the wide set's training clips (`wide` = folder, audio store) join the corpus's."""
+    sources = [(Path(corpus_dir), Path(audio_store))] + ([wide] if p.pretrain_wide and wide else [])
     with torch_threads(p.threads):
-        return _train_and_evaluate(corpus_dir, audio_store, expert_path, Path(model_out), losses_csv, base, p, log)
+        return _train_and_evaluate(corpus_dir, audio_store, expert_path, Path(model_out), losses_csv, base, p, log,
+                                   sources)
 
 
 def _train_and_evaluate(corpus_dir: Path, audio_store: Path, expert_path: Path, model_out: Path, losses_csv: Path,
-                        base: BaseParams, p: TrainWav2lipParams, log) -> dict[str, Any]:
+                        base: BaseParams, p: TrainWav2lipParams, log, sources: list[tuple[Path, Path]]
+                        ) -> dict[str, Any]:
     expert = frozen(load_expert(expert_path).module)
     if p.pretrained:
         generator, step, optimizers, rng_state = load_wav2lip_any(p.pretrained).module, 0, None, None
         train_metrics: dict[str, Any] = {"pretrained": str(p.pretrained)}
         LossLog(losses_csv)  # empty log: the plot output exists, with no curve
     else:
-        generator, step, train_metrics, optimizers, rng_state = _train(corpus_dir, audio_store, expert, model_out,
+        generator, step, train_metrics, optimizers, rng_state = _train(sources, audio_store, expert, model_out,
                                                                        losses_csv, base, p, log)
     config = lipsync_config(ARCH, generator.config, base.fps, mel_pad_mode(audio_store))
     metrics = {**train_metrics,
@@ -96,16 +102,16 @@ def _train_and_evaluate(corpus_dir: Path, audio_store: Path, expert_path: Path, 
     return metrics
 
 
-def _train(corpus_dir: Path, audio_store: Path, expert: SyncNetColor, model_out: Path, losses_csv: Path,
-           base: BaseParams, p: TrainWav2lipParams, log) -> tuple[Wav2Lip, int, dict, dict, dict]:
+def _train(sources: list[tuple[Path, Path]], audio_store: Path, expert: SyncNetColor, model_out: Path,
+           losses_csv: Path, base: BaseParams, p: TrainWav2lipParams, log) -> tuple[Wav2Lip, int, dict, dict, dict]:
     device = pick_device(base.device)
     config = generator_config(p)
     seed_all(base.seed)
     generator = Wav2Lip(config).to(device)
     expert = expert.to(device)
     optimizer = torch.optim.Adam(generator.parameters(), lr=p.lr, betas=(0.5, 0.999))  # the official betas
-    bank = ClipBank.load(corpus_dir, audio_store, real_clips(read_manifest(corpus_dir), "train", 2 * WINDOW))
-    log(f"train_wav2lip: {len(bank.clip_ids)} training clips, {len(bank.faces)} frames; "
+    bank = training_bank(sources, 2 * WINDOW)
+    log(f"train_wav2lip: {len(bank.clip_ids)} training clips, {len(bank.faces)} frames from {len(sources)} set(s); "
         f"{count_parameters(generator) / 1e6:.2f}M parameters (width {p.width}); device {device}")
     precision = resolve_precision(base.precision, device)
     announce_precision(precision, "train_wav2lip", log)

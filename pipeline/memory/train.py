@@ -422,9 +422,13 @@ def score_clips(trainer: MemoryTrainer, clips: pd.DataFrame, means: dict[str, to
     with e_e replaced by the emotion table's entry of the clip's true emotion (`--emotion NAME`): the memory alone,
     apart from the audio emotion encoder. expression_strength: how far the clip means of f^_e;em lie from the
     training mean target, over how far the true f_e's lie (mean norms over clips): 1 = as expressive as the real
-    faces, 0 = every clip reads the mean expression.
+    faces, 0 = every clip reads the mean expression. motion_ratio / head_motion_ratio: `temporal_motion` of the
+    predicted keypoints over that of E_k's keypoints on the real frames, per clip, then the mean over clips
+    (1 = moves as much as the real face; lips_motion / head_motion carry the raw means, predicted and real).
     """
     model = trainer.model.eval()
+    mouth = mouth_keypoints(trainer.data.value_neu)
+    motion = {"lips": [], "head": [], "lips_real": [], "head_real": []}
     sums: dict[str, float] = {}
     usage_em = usage_exp = None
     frames = 0
@@ -446,6 +450,10 @@ def score_clips(trainer: MemoryTrainer, clips: pd.DataFrame, means: dict[str, to
         add("keypoint_l1_static", per_frame_keypoint_l1(batch.value, static_v, batch.jacobian, static_j))
         add("value_distance", (batch.value - out["value"]).norm(dim=-1).mean(-1))
         add("value_distance_static", (batch.value - static_v).norm(dim=-1).mean(-1))
+        for key, value in (("", out["value"][0]), ("_real", batch.value[0])):
+            lips, head = temporal_motion(value, mouth)
+            motion["lips" + key].append(lips)
+            motion["head" + key].append(head)
         if model.config.variant == "emmn":
             add("mouth_err", (out["mouth"] - batch.f_m).norm(dim=-1))
             add("mouth_err_mean_predictor", (batch.f_m - means["mouth"]).norm(dim=-1))
@@ -479,6 +487,11 @@ def score_clips(trainer: MemoryTrainer, clips: pd.DataFrame, means: dict[str, to
         usage_em, usage_exp = (em, ex) if usage_em is None else (usage_em + em, usage_exp + ex)
     result: dict[str, Any] = {k: v / max(frames, 1) for k, v in sums.items()}
     result.update(frames=frames, clips=len(clips))
+    if motion["lips"]:
+        for part, name in (("lips", "motion_ratio"), ("head", "head_motion_ratio")):
+            pred, real = np.asarray(motion[part]), np.asarray(motion[part + "_real"])
+            result[name] = float(np.mean(pred / np.maximum(real, 1e-8)))
+            result[f"{part}_motion"] = {"predicted": float(pred.mean()), "real": float(real.mean())}
     if means.get("emotion_centroids") is not None:
         result.update({k: v / max(len(clips), 1) for k, v in clip_hits.items()})
     if spread["true"] > 0:
@@ -489,6 +502,23 @@ def score_clips(trainer: MemoryTrainer, clips: pd.DataFrame, means: dict[str, to
         result["slots_used_expression_address"] = effective_slots(usage_exp / usage_exp.sum())
         result["slots_above_quarter_uniform"] = int((mean_em > 1 / (4 * model.config.slots)).sum())
     return result
+
+
+def mouth_keypoints(value_neu: np.ndarray) -> tuple[int, ...]:
+    """The quarter of the keypoints (at least 2) lying lowest in the actors' neutral frames: the mouth region
+    (with FOMM's landmark anchors on, the lip centres and corners). value_neu: (A, N, 2), y grows downward."""
+    mean_y = np.asarray(value_neu)[..., 1].mean(0)
+    count = max(2, round(len(mean_y) / 4))
+    return tuple(sorted(int(k) for k in np.argsort(-mean_y)[:count]))
+
+
+def temporal_motion(value: torch.Tensor, mouth: tuple[int, ...]) -> tuple[float, float]:
+    """How much one clip's keypoints (T, N, 2) move over time: (lips, head). Head = the temporal std of the
+    keypoints' centroid (nods, turns and shifts move every keypoint); lips = the temporal std of the mouth
+    keypoints relative to that centroid. Both the mean over x, y (and keypoints)."""
+    centre = value.mean(1)
+    lips = value[:, list(mouth)] - centre[:, None]
+    return float(lips.std(0).mean()), float(centre.std(0).mean())
 
 
 @torch.no_grad()
