@@ -21,15 +21,15 @@ import typer
 from pipeline.core.config import BaseParams, TrainEvaluatorParams, load_section
 from pipeline.core.store import write_json
 from pipeline.judges.train import train_evaluator_models
-from stages.common import ParamsOption, one_line_errors, stage_app
+from stages.common import ParamsOption, WideOption, one_line_errors, stage_app
 
 app = stage_app()
 
 
 def run_train_evaluator(corpus_dir: Path, model_out: Path, report: Path, losses_csv: Path, confusion_png: Path,
-                        base: BaseParams, p: TrainEvaluatorParams) -> dict:
+                        base: BaseParams, p: TrainEvaluatorParams, wide: Path | None = None) -> dict:
     """Train and measure both judges; write the checkpoint, the report, the loss log and the confusion PNG."""
-    metrics = train_evaluator_models(corpus_dir, model_out, losses_csv, confusion_png, base, p)
+    metrics = train_evaluator_models(corpus_dir, model_out, losses_csv, confusion_png, base, p, wide=wide)
     write_json(report, metrics)
     return metrics
 
@@ -39,6 +39,7 @@ def run_train_evaluator(corpus_dir: Path, model_out: Path, report: Path, losses_
 def train_evaluator(
     params: ParamsOption = Path("params.yaml"),
     corpus: Annotated[Path, typer.Option(help="corpus folder")] = Path("data/corpus"),
+    wide: WideOption = Path("data/wide"),
     out: Annotated[Path, typer.Option(help="checkpoint to write")] = Path("data/models/evaluator.pt"),
     report: Annotated[Path, typer.Option(help="held-out metrics JSON")] = Path("data/reports/evaluator.json"),
     losses: Annotated[Path, typer.Option(help="loss log CSV (DVC plot)")] = Path("data/reports/evaluator_losses.csv"),
@@ -47,7 +48,7 @@ def train_evaluator(
 ) -> None:
     """Train the emotion classifier and landmark regressor that score generated clips; held-out ceiling/floor."""
     base, p = load_section("base", params), load_section("train_evaluator", params)
-    metrics = run_train_evaluator(corpus, out, report, losses, confusion, base, p)
+    metrics = run_train_evaluator(corpus, out, report, losses, confusion, base, p, wide=wide)
     typer.echo(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}))
 
 

@@ -39,6 +39,7 @@ def trained(tiny_corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("evaluator")
     params = tiny_params_dict()
     params["train_evaluator"]["eval_stride"] = 1
+    params["train_evaluator"]["pretrain_wide"] = False  # the corpus alone (tests/test_wide.py adds the wide set)
     (out / "params.yaml").write_text(yaml.safe_dump(params))
     result = runner.invoke(app, ["train_evaluator", "--params", str(out / "params.yaml"), "--corpus", str(tiny_corpus),
                                  *stage_args(out)])

@@ -285,3 +285,23 @@ def test_lipsync_bank_holds_both_sets(tiny_audio, tiny_wide):  # noqa: F811
     alone = ClipBank.concat([training_bank([tiny_wide], 2 * WINDOW)])
     np.testing.assert_array_equal(faces, alone.clip(0)[0])
     np.testing.assert_array_equal(mel, alone.clip(0)[1])
+
+
+def test_judges_train_on_the_wide_set_too(tiny_corpus, tiny_wide, tmp_path):
+    from pipeline.judges.train import load_frame_set
+    from stages.train_evaluator import run_train_evaluator
+    from tests.conftest import tiny_section
+
+    p = tiny_section("train_evaluator")
+    metrics = run_train_evaluator(tiny_corpus, tmp_path / "e.pt", tmp_path / "e.json", tmp_path / "l.csv",
+                                  tmp_path / "c.png", tiny_section("base"), p, wide=tiny_wide[0])
+    corpus = pd.read_parquet(tiny_corpus / "manifest.parquet")
+    wide = pd.read_parquet(tiny_wide[0] / "manifest.parquet")
+    train_corpus = corpus[(corpus.kind == "real") & (corpus.split == "train")]
+    train_wide = wide[(wide.split == "train") & wide.emotion.isin(set(corpus.emotion))]
+    assert metrics["train_clips"] == len(train_corpus) + len(train_wide)  # never a held-out clip of either set
+    alone = load_frame_set(tiny_wide[0], train_wide, tuple(sorted(set(corpus.emotion))), p.image_size,
+                           p.frame_stride, True)
+    corpus_only = run_train_evaluator(tiny_corpus, tmp_path / "c.pt", tmp_path / "c.json", tmp_path / "cl.csv",
+                                      tmp_path / "cc.png", tiny_section("base"), p)
+    assert metrics["train_frames"] == corpus_only["train_frames"] + len(alone.faces)

@@ -61,10 +61,10 @@ class WideCorpusParams:
     size: int = 128
     train_identities: int = 240
     test_identities: int = 24
-    clips_per_identity: int = 6
+    clips_per_identity: int = 9
     test_clips_per_identity: int = 4
-    max_frames: int = 40  # frames kept of each utterance (LRW: 29); 0 = the whole phrase
-    train_phrases: int = 2000
+    max_frames: int = 29  # frames kept of each utterance (LRW's clip length); 0 = the whole phrase
+    train_phrases: int = 2500
     test_phrases: int = 120
     test_voice_share: float = 0.15
     emotions: tuple[str, ...] = MEAD_EMOTIONS
@@ -279,6 +279,7 @@ class Table2Params:
 class TrainEvaluatorParams:
     """The judges of `evaluate`: an emotion classifier and a 68-point landmark regressor on TRAIN actors' frames."""
 
+    pretrain_wide: bool = True  # the wide set's training identities join the training actors (breadth)
     image_size: int = 64  # side of the faces both nets see (landmarks are still reported in corpus px)
     width: int = 16  # channels of the first conv block (x2, x4, x6 after)
     frame_stride: int = 2  # every n-th frame of each training clip (neighbours are near duplicates)

@@ -76,6 +76,14 @@ class FrameSet:
     clip_index: np.ndarray  # (N,) row of `clips`
     landmarks: np.ndarray | None  # (N,68,2) corpus px, None when the corpus has none
 
+    def joined(self, other: FrameSet, landmark_scale: float = 1.0) -> FrameSet:
+        """This set followed by `other` (its landmarks scaled by `landmark_scale` into this set's pixels)."""
+        landmarks = (None if self.landmarks is None or other.landmarks is None
+                     else np.concatenate([self.landmarks, other.landmarks * landmark_scale]))
+        return FrameSet(pd.concat([self.clips, other.clips], ignore_index=True),
+                        np.concatenate([self.faces, other.faces]), np.concatenate([self.labels, other.labels]),
+                        np.concatenate([self.clip_index, other.clip_index + len(self.clips)]), landmarks)
+
 
 def class_order(manifest: pd.DataFrame) -> tuple[str, ...]:
     """Emotions of the real clips, MEAD order first, any others sorted after."""
@@ -128,18 +136,37 @@ def augment(x: torch.Tensor, targets: torch.Tensor | None, rng: np.random.Genera
 
 
 def train_evaluator_models(corpus_dir: Path, model_out: Path, losses_csv: Path, confusion_png: Path,
-                           base: BaseParams, p: TrainEvaluatorParams, log=print) -> dict[str, Any]:
-    """Train both judges on TRAIN actors' real frames, measure them on the TEST actors; save; return metrics."""
+                           base: BaseParams, p: TrainEvaluatorParams, log=print,
+                           wide: Path | None = None) -> dict[str, Any]:
+    """Train both judges on TRAIN actors' real frames, measure them on the TEST actors; save; return metrics.
+    With `p.pretrain_wide` the wide set's training identities (folder `wide`) join the training actors: judges
+    that have seen hundreds of faces, never the held-out actors."""
     if not 0.0 <= p.soften_fraction <= 1.0:
         raise InputError("params.yaml", f"train_evaluator.soften_fraction must be in [0, 1], not {p.soften_fraction}")
     if p.image_size < 16 or p.frame_stride < 1 or p.eval_stride < 1:
         raise InputError("params.yaml", "train_evaluator: image_size >= 16, frame_stride and eval_stride >= 1")
     with torch_threads(p.threads):
-        return _train(Path(corpus_dir), Path(model_out), losses_csv, confusion_png, base, p, log)
+        return _train(Path(corpus_dir), Path(model_out), losses_csv, confusion_png, base, p, log,
+                      Path(wide) if p.pretrain_wide and wide else None)
+
+
+def _wide_frames(wide: Path, emotions: tuple[str, ...], p: TrainEvaluatorParams, with_landmarks: bool,
+                 frame_size: int, log) -> tuple[FrameSet | None, float]:
+    """The wide set's training frames of the corpus's emotions, and the scale of its landmarks into corpus px;
+    None when its landmarks cannot join the corpus's (one set has them, the other not)."""
+    manifest = read_manifest(wide)
+    clips = manifest[(manifest.kind == "real") & (manifest.split == "train") & manifest.emotion.isin(emotions)]
+    store = open_store(wide / "frames.zarr")
+    if clips.empty or has_landmarks(store) != with_landmarks:
+        why = "no usable clips" if clips.empty else "landmarks in one set only"
+        log(f"train_evaluator: the wide set {wide} is left out ({why})")
+        return None, 1.0
+    frames = load_frame_set(wide, clips, emotions, p.image_size, p.frame_stride, with_landmarks)
+    return frames, frame_size / int(store["frames"].shape[1])
 
 
 def _train(corpus_dir: Path, model_out: Path, losses_csv: Path, confusion_png: Path, base: BaseParams,
-           p: TrainEvaluatorParams, log) -> dict[str, Any]:
+           p: TrainEvaluatorParams, log, wide: Path | None) -> dict[str, Any]:
     started = time.monotonic()
     manifest = read_manifest(corpus_dir)
     real = manifest[manifest.kind == "real"]
@@ -152,6 +179,11 @@ def _train(corpus_dir: Path, model_out: Path, losses_csv: Path, confusion_png: P
     with_landmarks = has_landmarks(store)
     emotions = class_order(manifest)
     train = load_frame_set(corpus_dir, train_clips, emotions, p.image_size, p.frame_stride, with_landmarks)
+    if wide is not None:
+        extra, scale = _wide_frames(wide, emotions, p, with_landmarks, frame_size, log)
+        if extra is not None:
+            train = train.joined(extra, scale)
+            train_clips = train.clips
     log(f"train_evaluator: {len(train.faces)} training frames from {len(train_clips)} clips, {len(emotions)} emotions,"
         f" landmarks {'yes' if with_landmarks else 'no'} ({time.monotonic() - started:.0f}s to load)")
 
