@@ -2,8 +2,8 @@
 
 What a user checks after `dvc repro`: every stage ran, a second repro is a no-op, Table 1 / Table 2 / the
 figures are there, `dvc metrics show` works, and a param change re-runs exactly the stages that depend on
-it (a train_memory param: train_memory and what follows, not the stages before; an audio-feature param:
-audio_features, not corpus; a wide_corpus param: the wide set and its audio features only).
+it (an evaluate param: evaluate and what follows, not the stages before; an audio-feature param: both
+audio_features items, not the corpora).
 """
 
 from __future__ import annotations
@@ -158,10 +158,13 @@ def test_whole_repro_noop_and_param_changes(repo):
     again = run([DVC, "repro"], repo)
     assert "Running stage" not in again
 
-    # Re-running the corpus and every training stage (table2 trains its rows inside its output folder) reproduces the same weights, so every output keeps its
-    # md5 (no wall-clock time inside a checkpoint, report or loss log) and nothing downstream goes stale.
+    # Re-running both corpora and every training stage reproduces the same weights, so every output keeps its md5
+    # (no wall-clock time inside a checkpoint, report or loss log) and nothing downstream goes stale. The memory's
+    # two ablation variants run the same code as @emmn and table2's rows keep their timings outside the output
+    # (tests/test_table2.py): left out to keep CI short.
     before = out_hashes(repo)
-    rerun = [n for n in STAGES if n in ("corpus", "finetune_render", "table2") or n.startswith("train_")]
+    rerun = [n for n in STAGES if n in ("corpus", "wide_corpus", "finetune_render", "train_memory@emmn")
+             or (n.startswith("train_") and not n.startswith("train_memory"))]
     assert ran_stages(run([DVC, "repro", "-f", "-s", *rerun], repo)) == set(rerun)
     after = out_hashes(repo)
     changed = sorted(path for path in before if after.get(path) != before[path])
@@ -179,14 +182,13 @@ def test_whole_repro_noop_and_param_changes(repo):
     curves.write_text(curves.read_text() + "\n# restyled\n")
     assert ran_stages(run([DVC, "repro"], repo)) == {"loss_curves"}
 
-    # a train_memory param: train_memory, its two ablation variants and everything downstream; nothing before
-    set_param(repo, "train_memory", "lr", 2.0e-3)
+    # a late stage's param: that stage and what follows, nothing before (a train_memory param re-runs the three
+    # train_memory items and everything after them: the same rule at three times the CI minutes)
+    set_param(repo, "evaluate", "rows", ["ground_truth", "emmn"])
     changed = ran_stages(run([DVC, "repro"], repo))
-    assert changed == affected_by("train_memory")
-    assert {"train_memory@emmn", "train_memory@baseline", "train_memory@mmn", "finetune_render", "generate",
-            "evaluate"} <= changed
+    assert changed == affected_by("evaluate") and "evaluate" in changed
     assert not changed & {"corpus", "wide_corpus", "audio_features@corpus", "audio_features@wide", "train_fomm",
-                          "keypoints", "train_motion"}
+                          "keypoints", "train_motion", "train_memory@emmn", "generate"}
 
     # an audio-feature param: both audio_features items re-run, neither corpus does
     set_param(repo, "audio_features", "mel_pad_mode", "constant")
