@@ -305,3 +305,13 @@ def test_judges_train_on_the_wide_set_too(tiny_corpus, tiny_wide, tmp_path):
     corpus_only = run_train_evaluator(tiny_corpus, tmp_path / "c.pt", tmp_path / "c.json", tmp_path / "cl.csv",
                                       tmp_path / "cc.png", tiny_section("base"), p)
     assert metrics["train_frames"] == corpus_only["train_frames"] + len(alone.faces)
+
+
+def test_impossible_wide_params_are_one_line_errors(tmp_path):
+    for change, words in (({"clips_per_identity": 50, "train_phrases": 40}, "only 40 train phrases"),
+                          ({"train_phrases": 10**10}, "cannot make"),
+                          ({"test_voice_share": 1.0}, "test_voice_share"),
+                          ({"emotions": ["neutral"]}, "needs an emotion besides neutral")):
+        result = _run_wide(tmp_path, _tiny_params(tmp_path, **change), tmp_path / "wide")
+        assert result.exit_code == 2 and words in result.output and len(result.output.splitlines()) == 1, change
+        assert not (tmp_path / "wide").exists()

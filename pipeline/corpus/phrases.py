@@ -11,13 +11,16 @@ phrase equals a training phrase or a sentence of the MEAD-shaped corpus).
 
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
 
+from pipeline.core.errors import InputError
 from pipeline.corpus.sentences import SENTENCES
 
 RESERVE_EVERY = 8  # every eighth word of each open class is kept for held-out phrases
+STALL_DRAWS = 20_000  # draws in a row without a new phrase before giving up
 
 WORDS: dict[str, tuple[str, ...]] = {
     "noun": (
@@ -139,19 +142,27 @@ def wide_phrases(n_train: int, n_test: int, seed: int) -> tuple[list[str], list[
     taken = {_normal(s) for s in SENTENCES}
     out: dict[str, list[str]] = {"train": [], "test": []}
     for split, wanted, pools in (("train", n_train, train_pools), ("test", n_test, WORDS)):
-        attempts = 0
+        misses = 0  # draws in a row that gave nothing new: the grammar is running out
         while len(out[split]) < wanted:
-            attempts += 1
-            if attempts > 50 * wanted + 1000:
-                raise ValueError(f"the phrase grammar cannot make {wanted} distinct {split} phrases")
+            if wanted > grammar_size(pools) or misses > STALL_DRAWS:
+                raise InputError("params.yaml", f"wide_corpus: the phrase grammar cannot make {wanted} distinct "
+                                                f"{split} phrases")
             text = _fill(TEMPLATES[rng.integers(len(TEMPLATES))], rng, pools)
             if split == "test" and reserved.isdisjoint(words_of(text)):
                 continue  # a held-out phrase must hold a word no training phrase holds
             key = _normal(text)
-            if key not in taken:
-                taken.add(key)
-                out[split].append(text)
+            if key in taken:
+                misses += 1
+                continue
+            taken.add(key)
+            out[split].append(text)
+            misses = 0
     return out["train"], out["test"]
+
+
+def grammar_size(pools: dict[str, tuple[str, ...]]) -> int:
+    """How many phrases the templates can make from `pools` (an upper bound: templates may overlap)."""
+    return sum(math.prod(len(pools[slot]) for slot in _SLOT.findall(t)) for t in TEMPLATES)
 
 
 def words_of(text: str) -> list[str]:

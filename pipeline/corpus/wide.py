@@ -89,7 +89,7 @@ def voice_pools(test_share: float, seed: int) -> dict[tuple[str, str], tuple[str
         variants = [v for v in available_variants()
                     if not any(u in v for u in UNNATURAL) and variant_gender(v) == gender]
         order = [variants[i] for i in rng.permutation(len(variants))]
-        n_test = max(1, math.ceil(test_share * len(variants)))
+        n_test = min(max(1, math.ceil(test_share * len(variants))), len(variants) - 1)  # both splits get voices
         pools["test", gender], pools["train", gender] = tuple(sorted(order[:n_test])), tuple(sorted(order[n_test:]))
     return pools
 
@@ -100,10 +100,14 @@ def plan_wide(p: WideCorpusParams, seed: int) -> tuple[list[Speaker], list[WideC
     for split, n, pool in (("train", p.clips_per_identity, train_phrases),
                            ("test", p.test_clips_per_identity, test_phrases)):
         if n > len(pool):
-            raise ValueError(f"wide_corpus: {n} clips per {split} identity but only {len(pool)} {split} phrases")
+            raise InputError("params.yaml", f"wide_corpus: {n} clips per {split} identity but only {len(pool)} "
+                                            f"{split} phrases")
     emotional = [e for e in p.emotions if e != "neutral"]
     if p.emotion_share > 0 and not emotional:
-        raise ValueError("wide_corpus.emotion_share > 0 needs an emotion besides neutral in wide_corpus.emotions")
+        raise InputError("params.yaml", "wide_corpus.emotion_share > 0 needs an emotion besides neutral in "
+                                        "wide_corpus.emotions")
+    if not 0 <= p.test_voice_share < 1:
+        raise InputError("params.yaml", f"wide_corpus.test_voice_share must be in [0, 1), not {p.test_voice_share}")
     voices = voice_pools(p.test_voice_share, seed)
     rng = np.random.default_rng([seed, SEED_NAMESPACE])
     # phrases are dealt from a shuffled deck per split, so every phrase is said once before any is said twice
