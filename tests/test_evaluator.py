@@ -236,3 +236,19 @@ def test_a_killed_run_resumes_to_the_same_judges(trained, tiny_corpus, tmp_path,
     assert same_weights(out / "evaluator.pt", tmp_path / "evaluator.pt")
     assert (out / "losses.csv").read_bytes() == (tmp_path / "losses.csv").read_bytes()
     assert json.loads((out / "evaluator.json").read_text()) == json.loads((tmp_path / "evaluator.json").read_text())
+
+
+def test_compression_augmentation_degrades_only_the_last_images():
+    from pipeline.judges.train import augment, jpeg_roundtrip
+
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.random((6, 3, 32, 32))).float()
+    flat = torch.full((1, 3, 32, 32), 0.5)
+    assert torch.allclose(jpeg_roundtrip(flat, np.array([20])), flat, atol=2 / 255)  # nothing to lose
+    noisy = jpeg_roundtrip(x[:1], np.array([20]))
+    assert noisy.shape == (1, 3, 32, 32) and float((noisy - x[:1]).abs().mean()) > 0.05  # noise is what JPEG drops
+    out, _ = augment(x.clone(), None, np.random.default_rng(1), shift=0, jitter=0.0, soften_count=0, compress_count=2)
+    assert torch.equal(out[:4], x[:4]) and not torch.equal(out[4:], x[4:])
+    again, _ = augment(x.clone(), None, np.random.default_rng(1), shift=0, jitter=0.0, soften_count=0,
+                       compress_count=2)
+    assert torch.equal(out, again)  # seeded

@@ -291,6 +291,7 @@ class TrainEvaluatorParams:
     shift: int = 3  # random shift in px of image_size (landmark targets move along)
     jitter: float = 0.1  # per-channel gain and brightness offset range (unseen actors' colours)
     soften_fraction: float = 0.5  # share of each batch blurred 2x down/up (generated frames are softer)
+    compress_fraction: float = 0.25  # share of each batch JPEG-compressed at quality 20-70 (real videos are)
     resume: bool = False  # continue from evaluator.pt's step and optimizer states (same config)
     checkpoint_every: int = 200
     log_every: int = 20

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pandas as pd
 import torch
@@ -116,8 +117,9 @@ def load_frame_set(corpus_dir: Path, clips: pd.DataFrame, emotions: tuple[str, .
 
 
 def augment(x: torch.Tensor, targets: torch.Tensor | None, rng: np.random.Generator, shift: int, jitter: float,
-            soften_count: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Shift (targets follow, in frame-side fractions), per-channel gain + brightness offset, blur the first images."""
+            soften_count: int, compress_count: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Shift (targets follow, in frame-side fractions), per-channel gain + brightness offset, blur the first images,
+    JPEG-compress the last `compress_count` (as a real protocol's videos are)."""
     b, _, h, w = x.shape
     if shift > 0:
         padded = F.pad(x, (shift, shift, shift, shift), mode="replicate")
@@ -132,7 +134,24 @@ def augment(x: torch.Tensor, targets: torch.Tensor | None, rng: np.random.Genera
         x = (x * gain + offset).clamp_(0.0, 1.0)
     if soften_count > 0:
         x = torch.cat([soften(x[:soften_count]), x[soften_count:]])
+    if compress_count > 0:
+        k, qualities = b - compress_count, rng.integers(JPEG_QUALITY[0], JPEG_QUALITY[1] + 1, compress_count)
+        x = torch.cat([x[:k], jpeg_roundtrip(x[k:], qualities)])
     return x, targets
+
+
+JPEG_QUALITY = (20, 70)  # random quality range of the compression augmentation (web video: ~30-70)
+
+
+def jpeg_roundtrip(x: torch.Tensor, qualities: np.ndarray) -> torch.Tensor:
+    """Images [B,3,H,W] in [0,1] through JPEG at the given qualities (8-bit, OpenCV's encoder) and back."""
+    out = []
+    for image, quality in zip(x, qualities):
+        pixels = (image.permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+        ok, data = cv2.imencode(".jpg", np.ascontiguousarray(pixels), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+        decoded = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if ok else pixels
+        out.append(torch.from_numpy(decoded.reshape(pixels.shape)).permute(2, 0, 1).float() / 255.0)
+    return torch.stack(out).to(x.dtype)
 
 
 def train_evaluator_models(corpus_dir: Path, model_out: Path, losses_csv: Path, confusion_png: Path,
@@ -141,8 +160,9 @@ def train_evaluator_models(corpus_dir: Path, model_out: Path, losses_csv: Path, 
     """Train both judges on TRAIN actors' real frames, measure them on the TEST actors; save; return metrics.
     With `p.pretrain_wide` the wide set's training identities (folder `wide`) join the training actors: judges
     that have seen hundreds of faces, never the held-out actors."""
-    if not 0.0 <= p.soften_fraction <= 1.0:
-        raise InputError("params.yaml", f"train_evaluator.soften_fraction must be in [0, 1], not {p.soften_fraction}")
+    for name in ("soften_fraction", "compress_fraction"):
+        if not 0.0 <= getattr(p, name) <= 1.0:
+            raise InputError("params.yaml", f"train_evaluator.{name} must be in [0, 1], not {getattr(p, name)}")
     if p.image_size < 16 or p.frame_stride < 1 or p.eval_stride < 1:
         raise InputError("params.yaml", "train_evaluator: image_size >= 16, frame_stride and eval_stride >= 1")
     with torch_threads(p.threads):
@@ -199,6 +219,7 @@ def _train(corpus_dir: Path, model_out: Path, losses_csv: Path, confusion_png: P
     targets = torch.from_numpy(train.landmarks / frame_size) if with_landmarks else None
     labels = torch.from_numpy(train.labels)
     soften_count = int(round(p.soften_fraction * p.batch_size))
+    compress_count = int(round(p.compress_fraction * p.batch_size))
     for net in nets:
         net.train()
 
@@ -208,7 +229,7 @@ def _train(corpus_dir: Path, model_out: Path, losses_csv: Path, confusion_png: P
             set_cosine_lr(opt, p.lr, step / p.steps)
         idx = rng.integers(len(train.faces), size=p.batch_size)
         x, target = augment(face_input(train.faces[idx]), targets[idx] if targets is not None else None, rng,
-                            p.shift, p.jitter, soften_count)
+                            p.shift, p.jitter, soften_count, compress_count)
         x = x.to(device)
         with autocast(device, precision.bf16):
             logits = emotion_net(x)
