@@ -137,11 +137,9 @@ def generate_builtin(out_dir: str | Path, base: BaseParams, p: CorpusParams) -> 
             nods=nods[by_clip[clip.source_clip_id].audio_key], head_speech_coupling=p.head_speech_coupling))
 
     # 3. render in parallel, one writer streaming shards in clip order
-    attrs = {"schema": SCHEMA, "stage": "corpus", "params": {"base": as_dict(base), "corpus": as_dict(p)},
-             "fps": base.fps, "size": p.size, "render_params": list(ALL_CONTROLS), "source": "builtin"}
     writer = render_store(out_dir / "frames.zarr", [c.clip_id for c in clips],
                           [(identities[c.actor_id], ctrl, p.size) for c, ctrl in zip(clips, controls)],
-                          attrs, p.size, p.chunk_frames, p.shard_frames, base, "corpus: rendering clips")
+                          "corpus", base, p)
 
     write_references(out_dir, [a.actor_id for a in actors], identities, p.size)
 
@@ -163,20 +161,30 @@ def generate_builtin(out_dir: str | Path, base: BaseParams, p: CorpusParams) -> 
     return manifest
 
 
-def render_store(store: Path, clip_ids: list[str], tasks: list[tuple], attrs: dict, size: int, chunk_frames: int,
-                 shard_frames: int, base: BaseParams, description: str) -> RaggedStoreWriter:
-    """Render every (identity, controls, size) task in parallel into a ragged frames store, in task order;
-    return the closed writer (its `starts`/`stops` index the clips)."""
+def store_attrs(stage: str, base: BaseParams, p, source: str, render_params: list[str]) -> dict:
+    """Root attributes of a frames store in the corpus layout (corpus or wide set, rendered or ingested);
+    `p` is the stage's params section (it has `size`)."""
+    return {"schema": SCHEMA, "stage": stage, "params": {"base": as_dict(base), stage: as_dict(p)},
+            "fps": base.fps, "size": p.size, "render_params": render_params, "source": source}
+
+
+def render_store(store: Path, clip_ids: list[str], tasks: list[tuple], stage: str, base: BaseParams, p
+                 ) -> RaggedStoreWriter:
+    """Render every (identity, controls, size) task in parallel into a ragged frames store, in task order, with
+    the size and chunking of params section `p` of `stage`; return the closed writer (its `starts`/`stops`
+    index the clips)."""
+    size = p.size
     writer = RaggedStoreWriter(
         store, clip_ids, [len(task[1]) for task in tasks],
         {"frames": ArraySpec((size, size, 3), "uint8", ("y", "x", "rgb")),
          "landmarks": ArraySpec((68, 2), "float32", ("point", "xy")),
          "landmarks_frontal": ArraySpec((68, 2), "float32", ("point", "xy")),
          "render_params": ArraySpec((len(ALL_CONTROLS),), "float32", ("param",))},
-        attrs=attrs, chunk_frames=chunk_frames, shard_frames=shard_frames)
+        attrs=store_attrs(stage, base, p, "builtin", list(ALL_CONTROLS)), chunk_frames=p.chunk_frames,
+        shard_frames=p.shard_frames)
     with dask_client(base.workers, base.scheduler_address) as client:
         for i, result in enumerate(ordered_map(render_clip, tasks, client=client, window=4 * max(base.workers, 1),
-                                               description=description)):
+                                               description=f"{stage}: rendering clips")):
             writer.write_clip(i, result)
     writer.close()
     return writer

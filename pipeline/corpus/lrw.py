@@ -17,11 +17,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.core.config import BaseParams, WideCorpusParams, as_dict
+from pipeline.core.config import BaseParams, WideCorpusParams
 from pipeline.core.errors import InputError
 from pipeline.corpus.mead import (
     MISSING_COLUMNS,
-    SCHEMA,
     VideoClip,
     ingest_videos,
     write_real_tables,
@@ -91,8 +90,5 @@ def ingest_lrw(out_dir: str | Path, base: BaseParams, p: WideCorpusParams,
     """Write an LRW tree into out_dir in the corpus layout; return the manifest."""
     out_dir = Path(out_dir)
     found, missing = scan_lrw(p.lrw_root, p)
-    attrs = {"schema": SCHEMA, "stage": "wide_corpus", "params": {"base": as_dict(base), "wide_corpus": as_dict(p)},
-             "fps": base.fps, "size": p.size, "render_params": [], "source": "lrw"}
-    done = ingest_videos(out_dir, found, missing, base, p.size, p.chunk_frames, p.shard_frames, attrs,
-                         lrw_folder(p.lrw_root), "wide_corpus", log)
+    done = ingest_videos(out_dir, found, missing, base, p, "wide_corpus", "lrw", lrw_folder(p.lrw_root), log)
     return write_real_tables(out_dir, done, base.fps, {c.actor for c in done.clips if c.split == "test"})

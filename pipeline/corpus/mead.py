@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from pipeline.core.config import BaseParams, CorpusParams, as_dict
+from pipeline.core.config import BaseParams, CorpusParams
 from pipeline.core.errors import InputError
 from pipeline.core.media import (
     iter_video_frames,
@@ -36,11 +36,11 @@ from pipeline.core.media import (
 )
 from pipeline.core.parallel import dask_client, ordered_map
 from pipeline.core.store import ArraySpec, RaggedStoreWriter, write_parquet
+from pipeline.corpus.builtin import store_attrs
 from pipeline.corpus.face_detect import DETECT_MAX_SIDE, crop_resize, stable_crop_box
 from pipeline.corpus.plan import clip_name
 from pipeline.corpus.references import write_reference_frames
 
-SCHEMA = "emmn.corpus/v1"
 LEVEL_DIR = re.compile(r"^level_(\d+)$")
 MISSING_COLUMNS = ["actor", "emotion", "level", "clip", "missing", "reason"]
 BOX_SAMPLES = 8  # frames per clip the crop box is placed on
@@ -163,11 +163,10 @@ def ingest_clip(task: tuple) -> dict[str, np.ndarray]:
 
 @dataclass
 class Ingested:
-    """What `ingest_videos` wrote: the usable clips in store order with their frame counts, store rows and
-    crop boxes, the reference frame of each actor and the table of skipped clips."""
+    """What `ingest_videos` wrote: the usable clips in store order with their store rows and crop boxes, the
+    reference frame of each actor and the table of skipped clips."""
 
     clips: list[VideoClip]
-    lengths: list[int]
     starts: list[int]
     stops: list[int]
     boxes: list[np.ndarray]
@@ -175,15 +174,14 @@ class Ingested:
     missing: pd.DataFrame
 
 
-def ingest_videos(out_dir: Path, found: list[VideoClip], missing: pd.DataFrame, base: BaseParams, size: int,
-                  chunk_frames: int, shard_frames: int, attrs: dict, root: str | Path, name: str,
-                  log=lambda line: print(line, file=sys.stderr)) -> Ingested:
-    """Check, crop and write real clips into out_dir/frames.zarr and out_dir/wav (MEAD, LRW, ...); clips that
-    cannot be used join `missing` with the reason; an error only when none is usable. `name` prefixes
-    progress and log lines; `root` is the folder named by that error. References: the first frame of each
-    actor's first neutral clip, else of its first clip."""
+def ingest_videos(out_dir: Path, found: list[VideoClip], missing: pd.DataFrame, base: BaseParams, p, stage: str,
+                  source: str, root: str | Path, log=lambda line: print(line, file=sys.stderr)) -> Ingested:
+    """Check, crop and write real `source` clips (mead, lrw) into out_dir/frames.zarr and out_dir/wav at the size
+    and chunking of params section `p` of `stage`; clips that cannot be used join `missing` with the reason; an
+    error only when none is usable (naming `root`). References: the first frame of each actor's first neutral
+    clip, else of its first clip."""
     (out_dir / "wav").mkdir(parents=True, exist_ok=True)
-    label = attrs["source"].upper()
+    name, label, size = stage, source.upper(), p.size
     with dask_client(base.workers, base.scheduler_address) as client:
         probes = list(ordered_map(probe_clip, [(c, base.fps, base.sample_rate) for c in found], client=client,
                                   description=f"{name}: checking {label} clips"))
@@ -203,7 +201,7 @@ def ingest_videos(out_dir: Path, found: list[VideoClip], missing: pd.DataFrame, 
             {"frames": ArraySpec((size, size, 3), "uint8", ("y", "x", "rgb")),
              "landmarks": ArraySpec((68, 2), "float32", ("point", "xy")),
              "landmarks_frontal": ArraySpec((68, 2), "float32", ("point", "xy"))},
-            attrs=attrs, chunk_frames=chunk_frames, shard_frames=shard_frames)
+            attrs=store_attrs(stage, base, p, source, []), chunk_frames=p.chunk_frames, shard_frames=p.shard_frames)
         tasks = [(c, r, size, base.fps, base.sample_rate, out_dir / "wav" / f"{c.clip_id}.wav")
                  for c, r in zip(clips, probes)]
         boxes = []
@@ -221,18 +219,18 @@ def ingest_videos(out_dir: Path, found: list[VideoClip], missing: pd.DataFrame, 
     writer.close()
     actor_ids = sorted(references)
     write_reference_frames(out_dir, actor_ids, np.stack([references[a] for a in actor_ids]))
-    return Ingested(clips, lengths, list(writer.starts), list(writer.stops), boxes, references, missing)
+    return Ingested(clips, list(writer.starts), list(writer.stops), boxes, references, missing)
 
 
 def real_manifest(done: Ingested, fps: float) -> pd.DataFrame:
     """The manifest rows of ingested real clips (the corpus manifest's columns plus source video and crop)."""
     return pd.DataFrame([{
         "clip_id": c.clip_id, "actor": c.actor, "emotion": c.emotion, "level": c.level,
-        "sentence_id": c.number, "text": c.text, "frames": n, "fps": fps, "split": c.split, "kind": "real",
+        "sentence_id": c.number, "text": c.text, "frames": int(e - s), "fps": fps, "split": c.split, "kind": "real",
         "source_clip_id": c.clip_id, "start": int(s), "stop": int(e), "wav_path": f"wav/{c.clip_id}.wav",
         "frames_store": "frames.zarr", "source_video": str(c.video), "crop_x": int(b[0]), "crop_y": int(b[1]),
         "crop_side": int(b[2]),
-    } for c, n, s, e, b in zip(done.clips, done.lengths, done.starts, done.stops, done.boxes)])
+    } for c, s, e, b in zip(done.clips, done.starts, done.stops, done.boxes)])
 
 
 def write_real_tables(out_dir: Path, done: Ingested, fps: float, test_actors: set[str]) -> pd.DataFrame:
@@ -251,8 +249,5 @@ def ingest_mead(out_dir: str | Path, base: BaseParams, p: CorpusParams,
                 log=lambda line: print(line, file=sys.stderr)) -> pd.DataFrame:
     out_dir = Path(out_dir)
     found, missing = scan_mead(p.mead_root, p)
-    attrs = {"schema": SCHEMA, "stage": "corpus", "params": {"base": as_dict(base), "corpus": as_dict(p)},
-             "fps": base.fps, "size": p.size, "render_params": [], "source": "mead"}
-    done = ingest_videos(out_dir, found, missing, base, p.size, p.chunk_frames, p.shard_frames, attrs,
-                         p.mead_root, "corpus", log)
+    done = ingest_videos(out_dir, found, missing, base, p, "corpus", "mead", p.mead_root, log)
     return write_real_tables(out_dir, done, base.fps, set(p.mead_test_actors))

@@ -142,11 +142,13 @@ def wide_phrases(n_train: int, n_test: int, seed: int) -> tuple[list[str], list[
     taken = {_normal(s) for s in SENTENCES}
     out: dict[str, list[str]] = {"train": [], "test": []}
     for split, wanted, pools in (("train", n_train, train_pools), ("test", n_test, WORDS)):
+        too_many = f"wide_corpus: the phrase grammar cannot make {wanted} distinct {split} phrases"
+        if wanted > grammar_size(pools):  # more than the templates can ever make: fail before drawing
+            raise InputError("params.yaml", too_many)
         misses = 0  # draws in a row that gave nothing new: the grammar is running out
         while len(out[split]) < wanted:
-            if wanted > grammar_size(pools) or misses > STALL_DRAWS:
-                raise InputError("params.yaml", f"wide_corpus: the phrase grammar cannot make {wanted} distinct "
-                                                f"{split} phrases")
+            if misses > STALL_DRAWS:
+                raise InputError("params.yaml", too_many)
             text = _fill(TEMPLATES[rng.integers(len(TEMPLATES))], rng, pools)
             if split == "test" and reserved.isdisjoint(words_of(text)):
                 continue  # a held-out phrase must hold a word no training phrase holds

@@ -79,18 +79,24 @@ def corpus_contact_sheet(corpus_dir: str | Path, out_png: str | Path, max_actors
         rows.append(np.concatenate(cells, axis=1))
     sheet = np.concatenate(rows, axis=0)
 
-    # one clip's mouth over time: evenly spaced frames of the first actor's first clip
+    # one clip's mouth over time: the first actor's first clip
     clip = real[real.actor == actors[0]].iloc[0]
+    sheet = with_mouth_strip(sheet, frames, landmarks, clip, strip_frames, "")
+    write_png(out_png, sheet)
+    return sheet
+
+
+def with_mouth_strip(sheet: np.ndarray, frames, landmarks, clip, strip_frames: int, caption_prefix: str
+                     ) -> np.ndarray:
+    """`sheet` with a caption and a row of mouth crops of evenly spaced frames of `clip` (a manifest row) below."""
     idx = np.linspace(clip.start, clip.stop - 1, min(strip_frames, int(clip.frames))).astype(int)
     cell = sheet.shape[1] // len(idx)
     strip = np.concatenate([mouth_crop(frames[i], landmarks[i], cell) for i in idx], axis=1)
     strip = np.pad(strip, ((0, 0), (0, sheet.shape[1] - strip.shape[1]), (0, 0)), constant_values=255)
     caption = np.full((16, sheet.shape[1], 3), 255, np.uint8)
-    cv2.putText(caption, f"mouth over time: {clip.clip_id} \"{clip.text}\"", (3, 12), cv2.FONT_HERSHEY_SIMPLEX,
-                0.35, (0, 0, 0), 1, cv2.LINE_AA)
-    sheet = np.concatenate([sheet, caption, strip], axis=0)
-    write_png(out_png, sheet)
-    return sheet
+    cv2.putText(caption, f"{caption_prefix}mouth over time: {clip.clip_id} \"{clip.text}\"", (3, 12),
+                cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.concatenate([sheet, caption, strip], axis=0)
 
 
 def identity_sheet(corpus_dir: str | Path, out_png: str | Path, columns: int = 16, rows: int = 6,
@@ -110,14 +116,7 @@ def identity_sheet(corpus_dir: str | Path, out_png: str | Path, columns: int = 1
         cells.append(cv2.rectangle(_label(refs[i], ids[i], 0.3), (0, 0), (size - 1, size - 1), (220, 0, 0), 2))
     cells += [np.full((size, size, 3), 255, np.uint8)] * (-len(cells) % columns)
     grid = np.concatenate([np.concatenate(cells[r: r + columns], axis=1) for r in range(0, len(cells), columns)])
-    clip = manifest.iloc[0]
-    idx = np.linspace(clip.start, clip.stop - 1, min(strip_frames, int(clip.frames))).astype(int)
-    cell = grid.shape[1] // len(idx)
-    strip = np.concatenate([mouth_crop(root["frames"][i], root["landmarks"][i], cell) for i in idx], axis=1)
-    strip = np.pad(strip, ((0, 0), (0, grid.shape[1] - strip.shape[1]), (0, 0)), constant_values=255)
-    caption = np.full((16, grid.shape[1], 3), 255, np.uint8)
-    cv2.putText(caption, f"{manifest.actor.nunique()} identities; mouth over time: {clip.clip_id} \"{clip.text}\"",
-                (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
-    sheet = np.concatenate([grid, caption, strip], axis=0)
+    sheet = with_mouth_strip(grid, root["frames"], root["landmarks"], manifest.iloc[0], strip_frames,
+                             f"{manifest.actor.nunique()} identities; ")
     write_png(out_png, sheet)
     return sheet

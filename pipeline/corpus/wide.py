@@ -28,19 +28,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.core.config import BaseParams, WideCorpusParams, as_dict
+from pipeline.core.config import BaseParams, WideCorpusParams
 from pipeline.core.errors import InputError
 from pipeline.core.store import atomic_output, dir_size, write_json, write_parquet
 from pipeline.core.timings import write_timings
 from pipeline.corpus.build import seed_everything
 from pipeline.corpus.builtin import (
-    SCHEMA,
     emotional_speech,
     render_store,
     write_references,
     write_speech,
 )
-from pipeline.corpus.controls import ALL_CONTROLS, FACE_CONTROLS, MOUTH_CONTROLS
+from pipeline.corpus.controls import FACE_CONTROLS, MOUTH_CONTROLS
 from pipeline.corpus.face import sample_identity
 from pipeline.corpus.phrases import wide_phrases, words_of
 from pipeline.corpus.plan import clip_name
@@ -170,11 +169,9 @@ def generate_wide(out_dir: str | Path, base: BaseParams, p: WideCorpusParams) ->
             blink_rate=p.blink_rate, actor_expressiveness=dict(s.expressiveness), nods=nods,
             head_speech_coupling=p.head_speech_coupling))
 
-    attrs = {"schema": SCHEMA, "stage": "wide_corpus", "params": {"base": as_dict(base), "wide_corpus": as_dict(p)},
-             "fps": base.fps, "size": p.size, "render_params": list(ALL_CONTROLS), "source": "builtin"}
     writer = render_store(out_dir / "frames.zarr", [c.clip_id for c in clips],
                           [(identities[c.actor_id], ctrl, p.size) for c, ctrl in zip(clips, controls)],
-                          attrs, p.size, p.chunk_frames, p.shard_frames, base, "wide_corpus: rendering clips")
+                          "wide_corpus", base, p)
     write_references(out_dir, [s.actor_id for s in speakers], identities, p.size)
 
     manifest = pd.DataFrame([{
