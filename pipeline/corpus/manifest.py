@@ -29,3 +29,9 @@ def select_evenly(items: list[str], count: int) -> list[str]:
 def real_clips(manifest: pd.DataFrame, split: str, min_frames: int) -> pd.DataFrame:
     """Real clips of a split with at least `min_frames` frames (a trainer's windows must fit)."""
     return manifest[(manifest.split == split) & (manifest.kind == "real") & (manifest.frames >= min_frames)]
+
+
+def training_sets(own, wide, pretrain_wide: bool) -> list:
+    """What a trainer learns from: its own set, then the wide pre-training set when `pretrain_wide` is on and
+    one was given (`own`/`wide` are whatever the trainer reads: a folder, or a (folder, audio store) pair)."""
+    return [own] + ([wide] if pretrain_wide and wide else [])

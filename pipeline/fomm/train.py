@@ -28,6 +28,7 @@ from pipeline.core.config import BaseParams, TrainFommParams, deep_merge
 from pipeline.core.errors import InputError
 from pipeline.core.precision import announce_precision, pick_device, resolve_precision
 from pipeline.core.store import open_store
+from pipeline.corpus.manifest import training_sets
 from pipeline.fomm.adversary import Adversary
 from pipeline.fomm.io import frames_to_tensor
 from pipeline.fomm.losses import (
@@ -338,7 +339,7 @@ def train_fomm_model(corpus_dir: str | Path, model_out: str | Path, losses_csv: 
     config = fomm_config(p)
     if p.pretrained:
         return import_pretrained(p.pretrained, model_out, losses_csv, log=log)
-    sets = [corpus_dir] + ([wide] if p.pretrain_wide and wide else [])
+    sets = training_sets(corpus_dir, wide, p.pretrain_wide)
     with torch_threads(p.threads):
         return _train(config, sets, model_out, losses_csv, base, p, log)
 

@@ -28,7 +28,7 @@ from pipeline.core.errors import InputError
 from pipeline.core.media import load_audio
 from pipeline.core.precision import announce_precision, pick_device, resolve_precision
 from pipeline.core.store import open_store
-from pipeline.corpus.manifest import read_manifest, real_clips
+from pipeline.corpus.manifest import read_manifest, real_clips, training_sets
 from pipeline.lipsync.data import (
     WINDOW,
     ClipBank,
@@ -109,7 +109,7 @@ def train_syncnet_model(corpus_dir: Path, audio_store: Path, model_out: Path, lo
     so both are measured on the same held-out windows and shifts.
     """
     with torch_threads(p.threads):
-        sources = [(Path(corpus_dir), Path(audio_store))] + ([wide] if p.pretrain_wide and wide else [])
+        sources = training_sets((Path(corpus_dir), Path(audio_store)), wide, p.pretrain_wide)
         return _train_and_evaluate(corpus_dir, audio_store, Path(model_out), losses_csv, base, p, stage, log, sources)
 
 

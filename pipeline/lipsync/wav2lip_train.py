@@ -30,7 +30,7 @@ from pipeline.core.errors import InputError
 from pipeline.core.image_quality import psnr
 from pipeline.core.media import FACE_SIZE, load_audio
 from pipeline.core.precision import announce_precision, pick_device, resolve_precision
-from pipeline.corpus.manifest import read_manifest, real_clips
+from pipeline.corpus.manifest import read_manifest, real_clips, training_sets
 from pipeline.lipsync.data import (
     WINDOW,
     ClipBank,
@@ -76,7 +76,7 @@ def train_wav2lip_model(corpus_dir: Path, audio_store: Path, expert_path: Path, 
                         wide: tuple[Path, Path] | None = None) -> dict[str, Any]:
     """Train the generator (or import `pretrained`), evaluate it on the test split; return the metrics.
     With `p.pretrain_wide` the wide set's training clips (`wide` = folder, audio store) join the corpus's."""
-    sources = [(Path(corpus_dir), Path(audio_store))] + ([wide] if p.pretrain_wide and wide else [])
+    sources = training_sets((Path(corpus_dir), Path(audio_store)), wide, p.pretrain_wide)
     with torch_threads(p.threads):
         return _train_and_evaluate(corpus_dir, audio_store, expert_path, Path(model_out), losses_csv, base, p, log,
                                    sources)
