@@ -83,21 +83,18 @@ def _add_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
             root.create_array(name, data=data)
 
 
-def build_stores(root: Path, motion: MotionNet, *, frames: int = 20, seed: int = 0) -> dict[str, Path]:
-    """A MEAD-shaped toy corpus: train actors A1, A2 and held-out A3; every emotion x 2 sentences x level 1
-    (neutral) or 3; also one counterfactual clip (must be ignored). Returns the paths train_memory reads."""
-    rng = np.random.default_rng(seed)
-    actors = {"A1": "train", "A2": "train", "A3": "test"}
+def _toy_clips(rng: np.random.Generator, actors: dict[str, str], emotions: dict[str, tuple[str, ...]],
+               frames: int) -> tuple[pd.DataFrame, dict]:
+    """Clips (every emotion of `emotions[actor]` x 2 sentences) and their keypoints, MFCC and prosody."""
     neutral = {a: (rng.uniform(-0.6, 0.6, (NUM_KP, 2)).astype(np.float32),
                    (np.eye(2) + rng.normal(0, 0.05, (NUM_KP, 2, 2))).astype(np.float32)) for a in actors}
     offsets = {"neutral": 0.0, "happy": 0.15, "sad": -0.15}
     rows = []
     for actor, split in actors.items():
-        for emotion in EMOTIONS:
+        for emotion in emotions[actor]:
             for sentence in (0, 1):
                 rows.append((f"{actor}_{emotion}_{sentence}", actor, emotion, 1 if emotion == "neutral" else 3,
                              sentence, split, "real"))
-    rows.append(("A1_happy_0_cf1", "A1", "happy", 3, 1, "train", "counterfactual"))
     clips = pd.DataFrame(rows, columns=["clip_id", "actor", "emotion", "level", "sentence_id", "split", "kind"])
     clips["frames"] = frames
     clips["stop"] = np.cumsum(clips.frames)
@@ -119,29 +116,80 @@ def build_stores(root: Path, motion: MotionNet, *, frames: int = 20, seed: int =
         value[s, 3:, 1] += 0.2 * viseme[:, None]  # lower keypoints: the mouth
         mfcc[s, :, :4] += 2.0 * viseme[:, None, None]
         mfcc[s, :, 8:] += 10.0 * offsets[clip.emotion]
-    f_e, f_m = encode_frames(motion, value, jacobian, value_neu, jacobian_neu)
-    corpus = root / "corpus"
-    corpus.mkdir(parents=True)
-    clips.assign(wav_path="", frames_store="frames.zarr").to_parquet(corpus / "manifest.parquet")
-    ids, lengths = list(clips.clip_id), list(clips.frames)
-    images = rng.integers(0, 255, (len(actors), 32, 32, 3), dtype=np.uint8)
-    _per_frame_store(corpus / "frames.zarr", ids, lengths, {"frames": np.zeros((total, 4, 4, 3), np.uint8)})
-    _add_arrays(corpus / "frames.zarr", {"reference_frames": images, "reference_actor": np.array(list(actors))})
-    paths = {"corpus": corpus, "keypoints": root / "keypoints.zarr", "motion": root / "motion.zarr",
-             "audio": root / "audio.zarr", "prosody": root / "prosody.zarr"}
-    _per_frame_store(paths["keypoints"], ids, lengths, {"value": value, "jacobian": jacobian})
-    order = ["A3", "A1", "A2"]  # a different actor order than the frames store: lookups must go by name
-    _add_arrays(paths["keypoints"], {"reference_value": np.stack([neutral[a][0] for a in order]),
-                                     "reference_jacobian": np.stack([neutral[a][1] for a in order]),
-                                     "reference_actor": np.array(order)})
-    _per_frame_store(paths["motion"], ids, lengths, {"f_e": f_e, "f_m": f_m})
-    _per_frame_store(paths["audio"], ids, lengths, {"mfcc": mfcc})
-    # prosody: each actor's voice pitch plus the emotion's offset, voiced throughout; voices as the stage writes them
-    voices = {"A1": [80.0, -22.0], "A2": [90.0, -22.0], "A3": [70.0, -22.0]}
+    voices = {a: [70.0 + 10 * i, -22.0] for i, a in enumerate(actors)}
     prosody = np.zeros((total, 4, 3), np.float32)
     for clip in clips.itertuples():
         s = slice(clip.start, clip.stop)
         prosody[s] = [voices[clip.actor][0] + 20 * offsets[clip.emotion], 1.0, -22.0 + 20 * offsets[clip.emotion]]
-    _per_frame_store(paths["prosody"], ids, lengths, {"prosody": prosody})
-    zarr.open_group(paths["prosody"], mode="a").attrs["voices"] = voices
+    arrays = {"value": value, "jacobian": jacobian, "value_neu": value_neu, "jacobian_neu": jacobian_neu,
+              "mfcc": mfcc, "prosody": prosody, "neutral": neutral, "voices": voices}
+    return clips, arrays
+
+
+def _write_set(folder: Path, clips: pd.DataFrame, arrays: dict, motion: MotionNet, rng: np.random.Generator,
+               paths: dict[str, Path]) -> tuple[np.ndarray, np.ndarray]:
+    """manifest + frames.zarr (with neutral references) in `folder`, the motion/audio/prosody stores at `paths`;
+    returns f_e, f_m."""
+    folder.mkdir(parents=True)
+    clips.assign(wav_path="", frames_store="frames.zarr").to_parquet(folder / "manifest.parquet")
+    ids, lengths = list(clips.clip_id), list(clips.frames)
+    actors = list(arrays["neutral"])
+    images = rng.integers(0, 255, (len(actors), 32, 32, 3), dtype=np.uint8)
+    total = int(clips.stop.iloc[-1])
+    _per_frame_store(folder / "frames.zarr", ids, lengths, {"frames": np.zeros((total, 4, 4, 3), np.uint8)})
+    _add_arrays(folder / "frames.zarr", {"reference_frames": images, "reference_actor": np.array(actors)})
+    f_e, f_m = encode_frames(motion, arrays["value"], arrays["jacobian"], arrays["value_neu"], arrays["jacobian_neu"])
+    _per_frame_store(paths["motion"], ids, lengths, {"f_e": f_e, "f_m": f_m})
+    _per_frame_store(paths["audio"], ids, lengths, {"mfcc": arrays["mfcc"]})
+    _per_frame_store(paths["prosody"], ids, lengths, {"prosody": arrays["prosody"]})
+    zarr.open_group(paths["prosody"], mode="a").attrs["voices"] = arrays["voices"]
+    return f_e, f_m
+
+
+def build_stores(root: Path, motion: MotionNet, *, frames: int = 20, seed: int = 0, wide: bool = False
+                 ) -> dict[str, Path]:
+    """A MEAD-shaped toy corpus: train actors A1, A2 and held-out A3; every emotion x 2 sentences x level 1
+    (neutral) or 3; also one counterfactual clip (must be ignored). Returns the paths train_memory reads.
+    `wide`: also a wide set (identities W1-W4 training, W5 held out; neutral, W1 also happy; 12-frame clips) in
+    root/wide with its wide_motion / wide_audio / wide_prosody stores, its clips after the corpus's in the one
+    keypoint store (as keypoints.extra_frames puts them)."""
+    rng = np.random.default_rng(seed)
+    actors = {"A1": "train", "A2": "train", "A3": "test"}
+    clips, arrays = _toy_clips(rng, actors, {a: EMOTIONS for a in actors}, frames)
+    cf = pd.DataFrame([("A1_happy_0_cf1", "A1", "happy", 3, 1, "train", "counterfactual", frames)],
+                      columns=["clip_id", "actor", "emotion", "level", "sentence_id", "split", "kind", "frames"])
+    cf["start"], cf["stop"] = int(clips.stop.iloc[-1]), int(clips.stop.iloc[-1]) + frames
+    clips = pd.concat([clips, cf], ignore_index=True)
+    for name in ("value", "jacobian", "value_neu", "jacobian_neu", "mfcc", "prosody"):  # the counterfactual's rows
+        arrays[name] = np.concatenate([arrays[name], arrays[name][:frames]])
+    voices = {"A1": [80.0, -22.0], "A2": [90.0, -22.0], "A3": [70.0, -22.0]}
+    arrays["voices"] = voices
+    arrays["prosody"][:] = 0  # each actor's voice pitch plus the emotion's offset, voiced throughout
+    offsets = {"neutral": 0.0, "happy": 0.15, "sad": -0.15}
+    for clip in clips.itertuples():
+        arrays["prosody"][clip.start:clip.stop] = [voices[clip.actor][0] + 20 * offsets[clip.emotion], 1.0,
+                                                   -22.0 + 20 * offsets[clip.emotion]]
+    paths = {"corpus": root / "corpus", "keypoints": root / "keypoints.zarr", "motion": root / "motion.zarr",
+             "audio": root / "audio.zarr", "prosody": root / "prosody.zarr"}
+    _write_set(paths["corpus"], clips, arrays, motion, rng, paths)
+    ids, lengths = list(clips.clip_id), list(clips.frames)
+    value, jacobian, neutral = arrays["value"], arrays["jacobian"], dict(arrays["neutral"])
+    order = ["A3", "A1", "A2"]  # a different actor order than the frames store: lookups must go by name
+    if wide:
+        wide_actors = {"W1": "train", "W2": "train", "W3": "train", "W4": "train", "W5": "test"}
+        wide_clips, wide_arrays = _toy_clips(rng, wide_actors, {a: ("neutral", "happy") if a == "W1" else
+                                                                ("neutral",) for a in wide_actors}, 12)
+        paths.update(wide=root / "wide", wide_motion=root / "wide_motion.zarr", wide_audio=root / "wide_audio.zarr",
+                     wide_prosody=root / "wide_prosody.zarr")
+        _write_set(paths["wide"], wide_clips, wide_arrays, motion, rng,
+                   {"motion": paths["wide_motion"], "audio": paths["wide_audio"], "prosody": paths["wide_prosody"]})
+        ids, lengths = ids + list(wide_clips.clip_id), lengths + list(wide_clips.frames)
+        value = np.concatenate([value, wide_arrays["value"]])
+        jacobian = np.concatenate([jacobian, wide_arrays["jacobian"]])
+        neutral.update(wide_arrays["neutral"])
+        order += list(wide_actors)
+    _per_frame_store(paths["keypoints"], ids, lengths, {"value": value, "jacobian": jacobian})
+    _add_arrays(paths["keypoints"], {"reference_value": np.stack([neutral[a][0] for a in order]),
+                                     "reference_jacobian": np.stack([neutral[a][1] for a in order]),
+                                     "reference_actor": np.array(order)})
     return paths

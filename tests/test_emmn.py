@@ -226,9 +226,32 @@ def test_mouth_decoder_learns_from_l_a2m_alone_when_asked(a2m_only):
     assert all(p.grad.abs().sum() > 0 for p in net.mouth_decoder.parameters())
 
 
+def test_temporal_expression_moves_the_expression_within_a_clip_and_learns_from_its_residual_only():
+    """D_t adds a per-frame residual to the memory's read: the expression varies over time even where the read
+    cannot, the residual loss reaches D_t alone, and L_p,j reaches D_t through D_em."""
+    net = make_net("emmn", temporal_expression=True).train()
+    batch = make_batch(net, frames=8)
+    out = net(batch.image, batch.content, batch.emotion, batch.value_neu, batch.jacobian_neu)
+    assert out.read is not None and not torch.allclose(out.read, out.expression)
+    residual = out.expression - out.read
+    assert residual.std(dim=1).mean() > 0  # not one offset per clip
+    terms = stage1_terms(net, out, batch)
+    assert set(terms) == {"a2m", "exp_mem", "align", "pj", "expression"}
+    terms["expression"].backward(retain_graph=True)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.expression_decoder.parameters())
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in net.memory.parameters())
+    net.zero_grad()
+    terms["pj"].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.expression_decoder.parameters())
+    with pytest.raises(InputError, match="temporal_expression needs variant emmn"):
+        make_config("mmn", temporal_expression=True)
+    plain = make_net("emmn")
+    assert plain.expression_decoder is None and "expression_decoder" not in plain.trainable_modules()
+
+
 @pytest.mark.parametrize("variant", ["emmn", "mmn"])
 def test_emmn_pt_round_trip_needs_only_itself(tmp_path, variant):
-    net = make_net(variant)
+    net = make_net(variant, **({"temporal_expression": True} if variant == "emmn" else {}))
     audio_pt = save_audio(net.audio, tmp_path / "audio.pt")
     frozen = {"audio": frozen_entry(load_file(audio_pt))}
     if variant == "emmn":

@@ -129,6 +129,19 @@ def test_extra_frame_stores_are_appended_and_duplicates_refused(stage_run, tiny_
         build_keypoints(tiny_corpus, out / "fomm.pt", tmp_path / "kp2.zarr", BASE, twice)
     assert not (tmp_path / "kp2.zarr").exists()  # nothing half-written is left behind
 
+    # an extra store with neutral references adds its actors; one naming a corpus actor again is refused
+    root = zarr.open_group(extra, mode="a")
+    root.create_array("reference_frames", data=frames[:1])
+    actor = root.create_array("reference_actor", shape=(1,), dtype=str)
+    actor[:] = np.asarray(["X1"])
+    build_keypoints(tiny_corpus, out / "fomm.pt", tmp_path / "kp3.zarr", BASE, p)
+    corpus_actors = list(zarr.open_group(tiny_corpus / "frames.zarr", mode="r")["reference_actor"][:])
+    assert list(zarr.open_group(tmp_path / "kp3.zarr", mode="r")["reference_actor"][:]) == corpus_actors + ["X1"]
+    actor[:] = np.asarray([corpus_actors[0]])
+    with pytest.raises(InputError, match=f"actor '{corpus_actors[0]}' already has a neutral reference"):
+        build_keypoints(tiny_corpus, out / "fomm.pt", tmp_path / "kp4.zarr", BASE, p)
+    assert not (tmp_path / "kp4.zarr").exists()
+
 
 # --------------------------------------------------------------------------------------------- probes
 

@@ -14,6 +14,7 @@ from pipeline.models.memory import (
     cosine_to_slots,
     emo_mouth_query,
     exp_memory_loss,
+    expression_residual_loss,
     keypoint_loss,
     read_memory,
     slot_address,
@@ -82,6 +83,18 @@ def test_align_loss_eq11_direction_and_gradients():
     assert align_loss(same, same).item() == pytest.approx(0.0, abs=1e-7)
 
 
+def test_expression_residual_loss_trains_the_residual_only():
+    """D_t's loss: || f_e - (read + D_t) ||_2 per frame, mean; the read gets no gradient from it."""
+    f_e = torch.tensor([[3.0, 4.0], [1.0, 1.0]])
+    read = torch.tensor([[0.0, 0.0], [1.0, 0.0]], requires_grad=True)
+    residual = torch.tensor([[0.0, 0.0], [0.0, 1.0]], requires_grad=True)
+    loss = expression_residual_loss(f_e, read, read + residual)
+    assert loss.item() == pytest.approx(2.5)  # (5 + 0) / 2
+    loss.backward()
+    assert read.grad is None or read.grad.abs().sum() == 0
+    assert residual.grad.abs().sum() > 0
+
+
 def test_keypoint_loss_eq13_sums_l1_over_keypoints_and_averages_frames():
     value = torch.zeros(2, 1, 2)
     value_hat = torch.tensor([[[0.5, -0.25]], [[0.0, 0.0]]])
@@ -96,6 +109,8 @@ def test_stage1_loss_eq14_weights_and_missing_terms():
              "pj": torch.tensor(4.0)}
     assert stage1_loss(terms, 0.5, 0.1, 2.0).item() == pytest.approx(1 + 1 + 0.3 + 8)
     assert stage1_loss({"pj": torch.tensor(4.0)}, 0.5, 0.1, 2.0).item() == pytest.approx(8.0)  # the baseline
+    with_expression = {**terms, "expression": torch.tensor(5.0)}
+    assert stage1_loss(with_expression, 0.5, 0.1, 2.0, 0.2).item() == pytest.approx(1 + 1 + 0.3 + 8 + 1)
     with pytest.raises(ValueError, match="unknown"):
         stage1_loss({"l1": torch.tensor(1.0)}, 1, 1, 1)
 

@@ -430,17 +430,18 @@ def test_dvc_wiring_lambda_changes_rerun_only_motion_and_later_stages():
     # the Table 2 ablations downstream; tests/test_table2.py)
     assert {"data/features/keypoints.zarr", "data/pseudo/pairs.parquet", "data/pseudo/sync.parquet"} <= set(
         stages["train_motion"]["deps"])
-    assert {"data/models/motion.pt", "data/features/keypoints.zarr"} <= set(stages["decompose"]["deps"])
+    for item in ("decompose@corpus", "decompose@wide"):
+        assert {"data/models/motion.pt", "data/features/keypoints.zarr"} <= set(stages[item]["deps"])
     assert "data/pseudo/frames.zarr" in stages["keypoints"]["deps"]
     outs = {name: {next(iter(o)) if isinstance(o, dict) else o for o in s.get("outs", [])}
             for name, s in stages.items()}
     upstream = {"corpus", "wide_corpus", "audio_features@corpus", "audio_features@wide", "train_fomm", "keypoints", "train_syncnet", "train_sync_scorer",
                 "train_wav2lip", "pseudo_pairs", "sync_filter"}
-    motion_outputs = outs["train_motion"] | outs["decompose"]
+    motion_outputs = outs["train_motion"] | outs["decompose@corpus"] | outs["decompose@wide"]
     for name in upstream & set(stages):
         assert not motion_outputs & set(stages[name]["deps"]), name
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    assert params["keypoints"]["extra_frames"] == ["data/pseudo/frames.zarr"]
+    assert params["keypoints"]["extra_frames"] == ["data/pseudo/frames.zarr", "data/wide/frames.zarr"]
 
 
 def test_counterfactual_labels_swap_in_the_exact_renders(motion_inputs):  # noqa: F811

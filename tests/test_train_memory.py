@@ -18,8 +18,10 @@ from pipeline.core.errors import InputError
 from pipeline.memory.train import (
     MemoryData,
     MemoryTrainer,
+    WideInputs,
     choose_upper_keypoints,
     effective_slots,
+    emmn_config,
     emotion_partners,
     load_memory_data,
     nearest_centroid,
@@ -27,7 +29,7 @@ from pipeline.memory.train import (
     score_clips,
     training_means,
 )
-from pipeline.models.emmn import load_emmn
+from pipeline.models.emmn import EmmnNet, load_emmn
 from pipeline.training.loop import read_loss_csv, torch_threads
 from stages.train_memory import app, run_train_memory
 from tests.conftest import tiny_section
@@ -70,6 +72,83 @@ def run(stores, out_dir, **changes):
                               stores["audio_model"], stores["motion_model"], outs["pt"], outs["json"], outs["csv"],
                               BASE, p)
     return report, outs
+
+
+@pytest.fixture(scope="module")
+def wide_stores(tmp_path_factory):
+    root = tmp_path_factory.mktemp("memory_wide")
+    motion = tiny_motion()
+    paths = build_stores(root, motion, wide=True)
+    paths["audio_model"] = save_audio(tiny_audio_encoders(), root / "audio.pt")
+    paths["motion_model"] = save_motion(motion, root / "motion.pt")
+    paths["wide_inputs"] = WideInputs(paths["wide"], paths["wide_motion"], paths["wide_audio"], paths["wide_prosody"])
+    return paths
+
+
+def test_the_wide_set_joins_as_its_own_splits_and_actors(wide_stores):
+    s = wide_stores
+    data = load_memory_data(s["corpus"], s["keypoints"], s["motion"], s["audio"], prosody=s["prosody"],
+                            wide=s["wide_inputs"])
+    assert data.actors == ["A1", "A2", "A3", "W1", "W2", "W3", "W4", "W5"]
+    counts = data.clips.split.value_counts().to_dict()
+    assert counts == {"train": 12, "test": 6, "wide_train": 10, "wide_test": 2}
+    # rows are compact and follow the clips; each wide clip's keypoints are its own (found by the store's index)
+    assert (data.clips.stop - data.clips.start == np.where(data.clips.split.str.startswith("wide"), 12, 20)).all()
+    k = int(np.flatnonzero(data.clips.clip_id == "W2_neutral_1")[0])
+    rows = slice(int(data.clips.start.iloc[k]), int(data.clips.stop.iloc[k]))
+    kp = zarr.open_group(s["keypoints"], mode="r")
+    index = pd.read_parquet(s["keypoints"] / "index.parquet").set_index("clip_id")
+    np.testing.assert_array_equal(data.value[rows], kp["value"][index.start["W2_neutral_1"]:
+                                                                index.stop["W2_neutral_1"]])
+    assert data.prosody.shape == (len(data.mfcc), 4, 3) and len(data.voices) == len(data.actors)
+    np.testing.assert_array_equal(data.value_neu[data.actors.index("W3")],
+                                  kp["reference_value"][list(kp["reference_actor"][:]).index("W3")])
+
+
+def test_wide_windows_come_from_wide_training_clips(wide_stores):
+    s = wide_stores
+    data = load_memory_data(s["corpus"], s["keypoints"], s["motion"], s["audio"], wide=s["wide_inputs"])
+    model = EmmnNet(emmn_config(tiny_section("train_memory"), {"content_dim": 8, "emotion_dim": 6,
+                                                                "expression_dim": 6, "mouth_dim": 4}, NUM_KP, (),
+                                ("neutral", "happy", "sad"), (1, 3)), tiny_audio_encoders(), tiny_motion())
+    trainer = MemoryTrainer(model, data, with_field(tiny_section("train_memory"), window=16), torch.device("cpu"))
+    assert trainer.wide_window == 12 and trainer.window == 16
+    batch = trainer.sample_wide(np.random.default_rng(0))
+    assert batch.value.shape[1] == 12
+    wide_rows = np.concatenate([np.arange(a, b) for a, b, split in zip(data.clips.start, data.clips.stop,
+                                                                        data.clips.split) if split == "wide_train"])
+    matches = [np.flatnonzero((data.value == v.numpy()).all(axis=(1, 2))) for v in batch.value[:, 0]]
+    assert all(np.isin(m, wide_rows).any() for m in matches)
+    corpus_only = load_memory_data(s["corpus"], s["keypoints"], s["motion"], s["audio"])
+    assert MemoryTrainer(model, corpus_only, tiny_section("train_memory"),
+                         torch.device("cpu")).sample_wide(np.random.default_rng(0)) is None
+
+
+@pytest.mark.parametrize("variant", ["emmn", "baseline"])
+def test_train_memory_with_the_wide_set(wide_stores, tmp_path, variant):
+    """Each step also trains on a wide batch (emmn: L_a2m and D_t's residual; the ablations: L_p,j); memory.json
+    scores the wide set's held-out identity too. pretrain_wide false reads no wide store."""
+    s = wide_stores
+    p = with_field(tiny_section("train_memory"), max_minutes=0, variant=variant)
+    report = run_train_memory(s["corpus"], s["keypoints"], s["motion"], s["audio"], s["audio_model"],
+                              s["motion_model"], tmp_path / "m.pt", tmp_path / "m.json", tmp_path / "m.csv", BASE, p,
+                              prosody_store=s["prosody"], wide=s["wide_inputs"])
+    assert report["wide_heldout"]["clips"] == 2 and report["info"]["wide_training_clips"] == 10
+    rows = read_loss_csv(tmp_path / "m.csv")
+    wide_terms = {"wide_a2m", "wide_expression"} if variant == "emmn" else {"wide_pj"}
+    assert wide_terms <= set(rows[0]) and all(rows[-1][k] > 0 for k in wide_terms)
+    if variant == "emmn":
+        assert rows[-1]["expression"] > 0 and load_emmn(tmp_path / "m.pt").expression_decoder is not None
+    off = with_field(p, pretrain_wide=False)
+    broken = WideInputs(tmp_path / "absent", tmp_path / "a.zarr", tmp_path / "b.zarr", tmp_path / "c.zarr")
+    report = run_train_memory(s["corpus"], s["keypoints"], s["motion"], s["audio"], s["audio_model"],
+                              s["motion_model"], tmp_path / "n.pt", tmp_path / "n.json", tmp_path / "n.csv", BASE,
+                              off, prosody_store=s["prosody"], wide=broken)
+    assert "wide_heldout" not in report and not any(k.startswith("wide_") for k in read_loss_csv(tmp_path / "n.csv")[0])
+    with pytest.raises(InputError, match="absent/manifest.parquet: wide set manifest not found"):
+        run_train_memory(s["corpus"], s["keypoints"], s["motion"], s["audio"], s["audio_model"], s["motion_model"],
+                         tmp_path / "x.pt", tmp_path / "x.json", tmp_path / "x.csv", BASE, p, wide=broken)
+    assert not (tmp_path / "x.pt").exists()
 
 
 def test_load_memory_data_keeps_real_clips_and_maps_actors_by_name(stores):

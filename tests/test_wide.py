@@ -17,6 +17,8 @@ import zarr
 from typer.testing import CliRunner
 
 from pipeline.core.config import BaseParams, WideCorpusParams, load_section
+from pipeline.core.errors import InputError
+from pipeline.core.store import read_index
 from pipeline.core.media import ffmpeg_exe
 from pipeline.corpus.builtin import write_speech
 from pipeline.corpus.controls import ALL_CONTROLS
@@ -33,6 +35,7 @@ from pipeline.corpus.wide import plan_wide
 from stages.cli import app
 from tests.conftest import ROOT, tiny_params_dict
 from tests.lipsync_fixtures import tiny_audio  # noqa: F401  (fixture)
+from tests.motion_fixtures import motion_inputs  # noqa: F401  (fixture)
 
 
 def test_phrases_are_deterministic_distinct_and_held_out_ones_unseen():
@@ -315,3 +318,53 @@ def test_impossible_wide_params_are_one_line_errors(tmp_path):
         result = _run_wide(tmp_path, _tiny_params(tmp_path, **change), tmp_path / "wide")
         assert result.exit_code == 2 and words in result.output and len(result.output.splitlines()) == 1, change
         assert not (tmp_path / "wide").exists()
+
+
+def test_wide_keypoints_references_and_decompose(motion_inputs, tiny_wide, tmp_path):  # noqa: F811
+    """keypoints.extra_frames with the wide set: its clips after the corpus's and the pseudo clips, its identities'
+    neutral keypoints after the corpus actors'; decompose@wide encodes exactly the wide clips, each relative to its
+    own identity's neutral keypoints; decompose@corpus is unchanged."""
+    from pipeline.fomm.io import detect_keypoints, load_fomm
+    from pipeline.fomm.keypoints import build_keypoints
+    from pipeline.models.motion import encode_frames
+    from pipeline.motion.data import KeypointBank
+    from pipeline.motion.decompose import build_motion_store
+    from tests.conftest import tiny_section
+    from tests.memory_fixtures import save_motion, tiny_motion
+
+    corpus, wide = motion_inputs["corpus"], tiny_wide[0]
+    base = BaseParams(seed=11, workers=0, device="cpu")
+    p = tiny_section("keypoints", extra_frames=(str(motion_inputs["pseudo"] / "frames.zarr"),
+                                                 str(wide / "frames.zarr")))
+    build_keypoints(corpus, motion_inputs["dir"] / "fomm.pt", tmp_path / "kp.zarr", base, p)
+    kp = zarr.open_group(tmp_path / "kp.zarr", mode="r")
+    corpus_actors = list(zarr.open_group(corpus / "frames.zarr", mode="r")["reference_actor"][:])
+    wide_root = zarr.open_group(wide / "frames.zarr", mode="r")
+    wide_actors = list(wide_root["reference_actor"][:])
+    assert list(kp["reference_actor"][:]) == corpus_actors + wide_actors
+    value, _ = detect_keypoints(load_fomm(motion_inputs["dir"] / "fomm.pt").kp_detector,
+                                wide_root["reference_frames"][:], 64)
+    np.testing.assert_allclose(kp["reference_value"][len(corpus_actors):], value, atol=1e-6)
+
+    motion = save_motion(tiny_motion(), tmp_path / "motion.pt")
+    build_motion_store(tmp_path / "kp.zarr", motion, wide, tmp_path / "wide_motion.zarr", base,
+                       tiny_section("decompose"))
+    manifest = pd.read_parquet(wide / "manifest.parquet")
+    index = read_index(tmp_path / "wide_motion.zarr")
+    assert list(index.clip_id) == list(manifest.clip_id) and index.start.iloc[0] == 0
+    bank = KeypointBank(tmp_path / "kp.zarr")
+    clip = manifest.iloc[-1]
+    a, b = bank.span(clip.clip_id)
+    actor = bank.actor(clip.actor)
+    f_e, f_m = encode_frames(tiny_motion(), bank.value[a:b], bank.jacobian[a:b], bank.reference_value[actor],
+                             bank.reference_jacobian[actor])
+    store = zarr.open_group(tmp_path / "wide_motion.zarr", mode="r")
+    row = index.set_index("clip_id").loc[clip.clip_id]
+    np.testing.assert_allclose(store["f_e"][row.start:row.stop], f_e, atol=1e-5)
+    np.testing.assert_allclose(store["f_m"][row.start:row.stop], f_m, atol=1e-5)
+    build_motion_store(tmp_path / "kp.zarr", motion, corpus, tmp_path / "motion.zarr", base, tiny_section("decompose"))
+    assert read_index(tmp_path / "motion.zarr").equals(read_index(corpus / "frames.zarr"))
+    with pytest.raises(InputError, match="no clip of .*manifest.parquet is in the keypoint store"):
+        build_motion_store(motion_inputs["keypoints"], motion, wide, tmp_path / "none.zarr", base,
+                           tiny_section("decompose"))
+    assert not (tmp_path / "none.zarr").exists()

@@ -135,7 +135,8 @@ class KeypointsParams:
     task_frames: int = 2048  # frames per Dask task (the model is loaded once per task)
     chunk_frames: int = 256
     shard_frames: int = 16384
-    extra_frames: tuple[str, ...] = ("data/pseudo/frames.zarr",)  # more frame stores (all pseudo clips), after the corpus
+    # more frame stores after the corpus: all pseudo clips, the wide set
+    extra_frames: tuple[str, ...] = ("data/pseudo/frames.zarr", "data/wide/frames.zarr")
     report_clips: int = 24  # held-out clips reconstructed for the report (0 = all)
     probe_stride: int = 2  # every n-th frame of the real clips feeds the probes
     # ridge penalties (standardised features) tried; one picked by leave-one-actor-out CV on training actors
@@ -345,9 +346,12 @@ class TrainMemoryParams:
     read_temperature: float | None = 0.05  # tau of Eq. 10 at inference; None = temperature
     balance_query: bool = True  # unit-normalise f^_m and e_e before concatenating them into the Eq. 10 query
     mouth_from_a2m_only: bool = True  # emmn: f^_m reaches the memory and D_em as a constant (D_m learns from Eq. 6 only)
+    temporal_expression: bool = True  # emmn: D_t adds a per-frame residual to the memory's read (head motion)
+    pretrain_wide: bool = True  # emmn: every step also trains Audio2Mouth (and D_t) on a batch of wide-set windows
     lambda_exp_mem: float = 1.0  # Eq. 14 weights
     lambda_align: float = 1.0
     lambda_pj: float = 1.0
+    lambda_expression: float = 1.0  # D_t's residual loss (ours)
     window: int = 32  # T: consecutive frames per training window (e_e is pooled over them)
     cross_actor_emotion: float = 0.5  # share of training windows whose e_e is another actor's same emotion + level
     batch_size: int = 16  # windows per step

@@ -1,5 +1,6 @@
 """E_k extraction (paper 3.2), the keypoints stage's work: FOMM keypoints and Jacobians of every corpus clip and of
-the clips of each `keypoints.extra_frames` store, plus each actor's neutral reference keypoints, into
+the clips of each `keypoints.extra_frames` store (pseudo clips, the wide pre-training set), plus each actor's neutral
+reference keypoints (corpus actors, then the actors of every extra store with neutral references), into
 data/features/keypoints.zarr; then the FOMM report (pipeline.fomm.report).
 
 Clip groups are mapped over Dask workers by `keypoints_task` (a top-level function); this process is the ONE writer,
@@ -87,16 +88,39 @@ def group_tasks(sources: list, model_path: Path, p: KeypointsParams, single_thre
     return tasks
 
 
-def write_reference_keypoints(store: Path, corpus_dir: Path, model, batch_size: int, device: str) -> None:
-    """`reference_value`, `reference_jacobian`, `reference_actor`: keypoints of each actor's neutral frame."""
-    frames_path = Path(corpus_dir) / "frames.zarr"
-    corpus = open_store(frames_path)
-    if "reference_frames" not in corpus or "reference_actor" not in corpus:
-        raise InputError(frames_path, "no reference_frames / reference_actor (the neutral frame per actor)")
+def reference_sources(corpus_dir: Path, extra: tuple[str, ...]) -> list[Path]:
+    """The frame stores whose actors' neutral frames are read: the corpus (required) and every extra store that
+    carries `reference_frames` + `reference_actor` (the wide set does; pseudo clips are corpus actors)."""
+    corpus = Path(corpus_dir) / "frames.zarr"
+    root = open_store(corpus)
+    if "reference_frames" not in root or "reference_actor" not in root:
+        raise InputError(corpus, "no reference_frames / reference_actor (the neutral frame per actor)")
+    found = [corpus]
+    for store in (Path(e) for e in extra):
+        root = open_store(store)
+        if "reference_frames" in root and "reference_actor" in root:
+            found.append(store)
+    return found
+
+
+def write_reference_keypoints(store: Path, corpus_dir: Path, model, batch_size: int, device: str,
+                              extra: tuple[str, ...] = ()) -> None:
+    """`reference_value`, `reference_jacobian`, `reference_actor`: keypoints of each actor's neutral frame, the
+    corpus's actors first, then those of each extra store with references (actor names must be unique)."""
     model.kp_detector.to(pick_device(device))
-    value, jacobian = detect_keypoints(model.kp_detector, corpus["reference_frames"][:], model.config.image_size,
-                                       batch_size)
-    actors = [str(a) for a in corpus["reference_actor"][:]]
+    values, jacobians, actors = [], [], []
+    for frames_path in reference_sources(corpus_dir, extra):
+        root = open_store(frames_path)
+        names = [str(a) for a in root["reference_actor"][:]]
+        clash = sorted(set(names) & set(actors))
+        if clash:
+            raise InputError(frames_path, f"actor '{clash[0]}' already has a neutral reference in an earlier store")
+        value, jacobian = detect_keypoints(model.kp_detector, root["reference_frames"][:], model.config.image_size,
+                                           batch_size)
+        values.append(value)
+        jacobians.append(jacobian)
+        actors += names
+    value, jacobian = np.concatenate(values), np.concatenate(jacobians)
     root = zarr.open_group(store, mode="a")
     root.create_array("reference_value", data=value, compressors=blosc_zstd(value.dtype),
                       dimension_names=("actor", "keypoint", "xy"))
@@ -137,7 +161,7 @@ def build_keypoints(corpus_dir: Path, model_path: Path, out: Path, base: BasePar
                     writer.write_clip(clip, result)
                     clip += 1
         writer.close()
-        write_reference_keypoints(tmp, corpus_dir, model, p.batch_size, base.device)
+        write_reference_keypoints(tmp, corpus_dir, model, p.batch_size, base.device, p.extra_frames)
     return int(sum(lengths))
 
 

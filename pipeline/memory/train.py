@@ -40,6 +40,7 @@ from pipeline.models.memory import (
     a2m_loss,
     align_loss,
     exp_memory_loss,
+    expression_residual_loss,
     keypoint_loss,
     stage1_loss,
 )
@@ -114,10 +115,78 @@ def _per_actor(store: Path, names: tuple[str, ...], actors: list[str]) -> list[n
     return [np.asarray(root[name][:])[idx] for name in names]
 
 
+@dataclasses.dataclass(frozen=True)
+class WideInputs:
+    """The wide pre-training set's stores: its folder (manifest, neutral reference frames) and its motion
+    (decompose@wide), audio (audio_features@wide) and prosody (prosody@wide) stores. Keypoints come from the one
+    keypoint store (keypoints.extra_frames lists the wide frames)."""
+
+    folder: Path
+    motion: Path
+    audio: Path
+    prosody: Path
+
+
+def _gather_indexed(store: Path, name: str, clip_ids: list[str], lengths: np.ndarray) -> np.ndarray:
+    """Rows of `name` for `clip_ids`, found by the store's own per-clip index (any row layout), each clip checked
+    to have its manifest length."""
+    index = read_index(store).set_index("clip_id")
+    missing = [c for c in clip_ids if c not in index.index]
+    if missing:
+        raise InputError(store, f"clip '{missing[0]}' is not in the store (re-run the stage that writes it)")
+    found = index.loc[clip_ids]
+    starts, stops = found.start.to_numpy(np.int64), found.stop.to_numpy(np.int64)
+    bad = np.flatnonzero(stops - starts != lengths)
+    if len(bad):
+        raise InputError(store, f"clip '{clip_ids[bad[0]]}' has {stops[bad[0]] - starts[bad[0]]} rows, its manifest "
+                                f"{lengths[bad[0]]}")
+    root = open_store(store)
+    if name not in root:
+        raise InputError(store, f"no '{name}' array")
+    lo, hi = int(starts.min()), int(stops.max())
+    block = root[name][lo:hi]
+    out = np.concatenate([block[a - lo:b - lo] for a, b in zip(starts, stops)])
+    if not np.isfinite(out).all():
+        raise InputError(store, f"'{name}' has NaN/inf in the clips used")
+    return out.astype(np.float32, copy=False)
+
+
+def _wide_part(wide: WideInputs, keypoints: Path, *, motion: bool, mel: bool, prosody: bool) -> dict[str, Any]:
+    """The wide set's real clips (both of its splits, renamed wide_train / wide_test) as arrays like the corpus's."""
+    manifest_path = Path(wide.folder) / "manifest.parquet"
+    if not manifest_path.is_file():
+        raise InputError(manifest_path, "wide set manifest not found (run the wide_corpus stage first)")
+    manifest = pd.read_parquet(manifest_path)
+    clips = manifest[(manifest.kind == "real") & manifest.split.isin(["train", "test"])].reset_index(drop=True)
+    if (clips.split == "train").sum() == 0:
+        raise InputError(manifest_path, "no real training clips in the wide set")
+    ids, lengths = list(clips.clip_id), (clips.stop - clips.start).to_numpy(np.int64)
+    part: dict[str, Any] = {
+        "clips": clips.assign(split="wide_" + clips.split),
+        "value": _gather_indexed(keypoints, "value", ids, lengths),
+        "jacobian": _gather_indexed(keypoints, "jacobian", ids, lengths),
+        "mfcc": _gather_indexed(wide.audio, "mfcc", ids, lengths),
+        "mel": _gather_indexed(wide.audio, "mel", ids, lengths) if mel else None,
+        "f_e": _gather_indexed(wide.motion, "f_e", ids, lengths) if motion else None,
+        "f_m": _gather_indexed(wide.motion, "f_m", ids, lengths) if motion else None}
+    actors = sorted(clips.actor.unique())
+    (part["images"],) = _per_actor(Path(wide.folder) / "frames.zarr", ("reference_frames",), actors)
+    part["value_neu"], part["jacobian_neu"] = _per_actor(keypoints, ("reference_value", "reference_jacobian"), actors)
+    part["actors"] = actors
+    if prosody:
+        store = ProsodyStore(wide.prosody)
+        part["prosody"] = np.concatenate([store.clip(c) for c in ids])
+        if len(part["prosody"]) != len(part["mfcc"]):
+            raise InputError(wide.prosody, "prosody and audio features differ in length (re-run prosody@wide)")
+        part["voices"] = np.stack([store.voice(a) for a in actors])
+    return part
+
+
 def load_memory_data(corpus_dir: Path, keypoints: Path, motion: Path | None, audio: Path, *,
-                     mel: bool = False, prosody: Path | None = None) -> MemoryData:
+                     mel: bool = False, prosody: Path | None = None, wide: WideInputs | None = None) -> MemoryData:
     """Everything training and the report read, for the real clips of both splits (`motion` None: no f_e/f_m;
-    `mel`: also the mel windows; `prosody`: the prosody store, for an emotion encoder that hears prosody)."""
+    `mel`: also the mel windows; `prosody`: the prosody store, for an emotion encoder that hears prosody; `wide`:
+    the wide set's real clips too, after the corpus's, with splits wide_train / wide_test)."""
     manifest_path = corpus_dir / "manifest.parquet"
     if not manifest_path.is_file():
         raise InputError(manifest_path, "corpus manifest not found (run the corpus stage first)")
@@ -150,8 +219,39 @@ def load_memory_data(corpus_dir: Path, keypoints: Path, motion: Path | None, aud
         if len(tracks) != len(mfcc):
             raise InputError(prosody, "prosody and audio features differ in length (re-run the prosody stage)")
         voices = np.stack([store.voice(a) for a in actors])
-    return MemoryData(table, value, jacobian, mfcc, mel_windows, f_e, f_m, images, value_neu.astype(np.float32),
+    data = MemoryData(table, value, jacobian, mfcc, mel_windows, f_e, f_m, images, value_neu.astype(np.float32),
                       jacobian_neu.astype(np.float32), actors, tracks, voices)
+    if wide is not None:
+        data = append_wide(data, _wide_part(wide, keypoints, motion=motion is not None, mel=mel,
+                                            prosody=prosody is not None))
+    return data
+
+
+def append_wide(data: MemoryData, part: dict[str, Any]) -> MemoryData:
+    """`data` with the wide set's clips appended (rows and actors after the corpus's; actor names must differ)."""
+    clash = sorted(set(part["actors"]) & set(data.actors))
+    if clash:
+        raise InputError(None, f"actor '{clash[0]}' is in both the corpus and the wide set")
+    if part["images"].shape[1:] != data.images.shape[1:]:
+        raise InputError(None, f"the wide set's frames are {part['images'].shape[1:3]}, the corpus's "
+                               f"{data.images.shape[1:3]}: render both at the same size")
+    clips = part["clips"]
+    lengths = (clips.stop - clips.start).to_numpy()
+    stops = len(data.value) + np.cumsum(lengths)
+    order = {a: len(data.actors) + i for i, a in enumerate(part["actors"])}
+    table = pd.DataFrame({
+        "clip_id": clips.clip_id, "actor": clips.actor, "emotion": clips.emotion, "level": clips.level.astype(int),
+        "split": clips.split, "start": stops - lengths, "stop": stops, "actor_index": clips.actor.map(order)})
+
+    def cat(name: str) -> np.ndarray | None:
+        mine, theirs = getattr(data, name), part.get(name)
+        return None if mine is None or theirs is None else np.concatenate([mine, np.asarray(theirs, mine.dtype)])
+
+    return dataclasses.replace(
+        data, clips=pd.concat([data.clips, table], ignore_index=True), value=cat("value"), jacobian=cat("jacobian"),
+        mfcc=cat("mfcc"), mel=cat("mel"), f_e=cat("f_e"), f_m=cat("f_m"), images=cat("images"),
+        value_neu=cat("value_neu"), jacobian_neu=cat("jacobian_neu"), actors=data.actors + part["actors"],
+        prosody=cat("prosody"), voices=cat("voices"))
 
 
 def choose_upper_keypoints(data: MemoryData, count: int) -> tuple[int, ...]:
@@ -224,6 +324,7 @@ def emmn_config(p: TrainMemoryParams, dims: dict[str, int], num_kp: int, upper: 
             decoder_blocks=p.decoder_blocks, kernel=p.kernel, slots=p.slots, temperature=p.temperature,
             read_temperature=p.read_temperature,
             balance_query=p.balance_query, mouth_from_a2m_only=p.mouth_from_a2m_only, window=p.window,
+            temporal_expression=p.temporal_expression and p.variant == "emmn",
             upper_keypoints=upper if p.variant == "mmn" else (),
             emotions=emotions, levels=levels)
     except InputError as exc:
@@ -268,6 +369,20 @@ def stage1_terms(model: EmmnNet, out: EmmnOutput, batch: Batch) -> dict[str, tor
         terms["exp_mem"] = exp_memory_loss(target, model.memory.read(log_exp.exp()))  # Eq. 8, 9
         terms["align"] = align_loss(out.log_slot_weights, log_exp)  # Eq. 11
     terms["pj"] = keypoint_loss(batch.value, out.value, batch.jacobian, out.jacobian)  # Eq. 13
+    if model.expression_decoder is not None:
+        terms["expression"] = expression_residual_loss(batch.f_e, out.read, out.expression)  # D_t (ours)
+    return terms
+
+
+def pretraining_terms(model: EmmnNet, out: EmmnOutput, batch: Batch) -> dict[str, torch.Tensor]:
+    """The losses of a wide-set batch (LRW's role in the paper: Audio2Mouth pre-training): emmn learns L_a2m
+    (Eq. 6) and D_t's residual there; the ablations, which have no f_m target, their keypoint loss L_p,j (Eq. 13).
+    The memory's own terms (Eq. 9, 11) stay with the emotional corpus."""
+    if model.config.variant != "emmn":
+        return {"pj": keypoint_loss(batch.value, out.value, batch.jacobian, out.jacobian)}
+    terms = {"a2m": a2m_loss(batch.f_m, out.mouth)}
+    if model.expression_decoder is not None:
+        terms["expression"] = expression_residual_loss(batch.f_e, out.read, out.expression)
     return terms
 
 
@@ -296,6 +411,8 @@ class MemoryTrainer:
         self.lengths = (data.clips.stop - data.clips.start).to_numpy()
         self.train_index = np.flatnonzero(data.clips.split.to_numpy() == "train")
         self.window = int(min(p.window, self.lengths[self.train_index].min()))
+        self.wide_index = np.flatnonzero(data.clips.split.to_numpy() == "wide_train")
+        self.wide_window = int(min(p.window, self.lengths[self.wide_index].min())) if len(self.wide_index) else 0
         self.actor_index = torch.tensor(data.clips.actor_index.to_numpy(), device=device)
         self.images = frames_to_tensor(data.images, model.config.identity_size).to(device)
         self.value = torch.from_numpy(data.value).to(device)
@@ -353,6 +470,15 @@ class MemoryTrainer:
         rows = torch.arange(start, stop, device=self.device)[None]
         return rows, self.batch_from_rows(rows, torch.tensor([clip], device=self.device))
 
+    def sample_wide(self, rng: np.random.Generator) -> Batch | None:
+        """Random windows of the wide set's training clips (None without a wide set); e_e of their own clip."""
+        if not len(self.wide_index):
+            return None
+        clips = rng.choice(self.wide_index, size=self.p.batch_size)
+        starts = self.starts[clips] + rng.integers(0, self.lengths[clips] - self.wide_window + 1)
+        rows = torch.from_numpy(starts[:, None] + np.arange(self.wide_window)[None]).to(self.device)
+        return self.batch_from_rows(rows, torch.from_numpy(clips).to(self.device))
+
     def sample(self, rng: np.random.Generator) -> Batch:
         """Random training windows; with probability `cross_actor_emotion` a window's e_e is that of a random
         clip of another training actor with the same emotion and level (see `emotion_partners`)."""
@@ -368,18 +494,27 @@ class MemoryTrainer:
         return self.batch_from_rows(rows, torch.from_numpy(clips).to(self.device),
                                     torch.from_numpy(emotion_clips).to(self.device))
 
-    def train_step(self, batch: Batch) -> dict[str, float]:
+    def train_step(self, batch: Batch, wide: Batch | None = None) -> dict[str, float]:
+        """One update on a corpus batch (Eq. 14) and, when given, a wide-set batch (`pretraining_terms`)."""
         self.model.train()
+        p = self.p
         out = self.model(batch.image, batch.content, batch.emotion, batch.value_neu, batch.jacobian_neu)
         terms = stage1_terms(self.model, out, batch)
-        p = self.p
-        total = stage1_loss(terms, p.lambda_exp_mem, p.lambda_align, p.lambda_pj)
+        total = stage1_loss(terms, p.lambda_exp_mem, p.lambda_align, p.lambda_pj, p.lambda_expression)
+        wide_terms = {}
+        if wide is not None:
+            out_wide = self.model(wide.image, wide.content, wide.emotion, wide.value_neu, wide.jacobian_neu)
+            wide_terms = pretraining_terms(self.model, out_wide, wide)
+            total = total + stage1_loss(wide_terms, p.lambda_exp_mem, p.lambda_align, p.lambda_pj,
+                                        p.lambda_expression)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.optimizer.step()
         logged = {"total": float(total.detach())}
         logged.update({name: float(terms[name].detach()) if name in terms else 0.0
-                       for name in ("a2m", "exp_mem", "align", "pj")})
+                       for name in ("a2m", "exp_mem", "align", "pj", "expression")})
+        if wide is not None:
+            logged.update({f"wide_{name}": float(value.detach()) for name, value in wide_terms.items()})
         return logged
 
     @torch.no_grad()
@@ -589,32 +724,37 @@ SLOTS_USED = ("exp(entropy) of the emo-mouth address Omega_em averaged over all 
               "number of slots inference reads (1 = a single slot, S = all alike)")
 
 
-def build_report(heldout: dict[str, Any], train: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
-    """memory.json: the issue's keys on top (held-out actors), the details nested."""
+def build_report(heldout: dict[str, Any], train: dict[str, Any], info: dict[str, Any],
+                 wide_heldout: dict[str, Any] | None = None) -> dict[str, Any]:
+    """memory.json: the issue's keys on top (held-out actors), the details nested; `wide_heldout`: the wide set's
+    held-out clips (unseen faces, voices and sentences), when trained with it."""
     top = {k: heldout.get(k) for k in ("slots_used", "align_kl", "retrieval_err", "retrieval_err_mean_predictor",
                                        "keypoint_l1", "keypoint_l1_static")}
-    return report_values({**top, "heldout": heldout, "train": train, "info": info})
+    extra = {} if wide_heldout is None else {"wide_heldout": wide_heldout}
+    return report_values({**top, "heldout": heldout, "train": train, **extra, "info": info})
 
 
 def train_memory_model(corpus_dir: Path, keypoints: Path, motion_store: Path, audio_store: Path, audio_model: Path,
                        motion_model: Path, model_out: Path, losses_csv: Path, base: BaseParams, p: TrainMemoryParams,
-                       *, log=print, prosody_store: Path = DEFAULT_PROSODY_STORE) -> dict[str, Any]:
+                       *, log=print, prosody_store: Path = DEFAULT_PROSODY_STORE,
+                       wide: WideInputs | None = None) -> dict[str, Any]:
     """Train EmmnNet (stage 1) and write `model_out`, the loss log; return the memory.json report. The prosody
-    store is read only when the frozen emotion encoder hears prosody."""
+    stores are read only when the frozen emotion encoder hears prosody; `wide` only when p.pretrain_wide is on."""
     with torch_threads(p.threads):
         return _train(corpus_dir, keypoints, motion_store, audio_store, audio_model, motion_model, model_out,
-                      losses_csv, base, p, log, prosody_store)
+                      losses_csv, base, p, log, prosody_store, wide if p.pretrain_wide else None)
 
 
 def _train(corpus_dir: Path, keypoints: Path, motion_store: Path, audio_store: Path, audio_model: Path,
            motion_model: Path, model_out: Path, losses_csv: Path, base: BaseParams, p: TrainMemoryParams,
-           log, prosody_store: Path) -> dict[str, Any]:
+           log, prosody_store: Path, wide: WideInputs | None) -> dict[str, Any]:
     device = pick_device(base.device)
     use_motion = p.variant == "emmn"
     audio, audio_ckpt, motion, motion_ckpt = load_frozen(Path(audio_model), Path(motion_model) if use_motion else None)
     data = load_memory_data(Path(corpus_dir), Path(keypoints), Path(motion_store) if use_motion else None,
                             Path(audio_store), mel=bool(getattr(audio, "needs_mel", False)),
-                            prosody=Path(prosody_store) if getattr(audio, "needs_prosody", False) else None)
+                            prosody=Path(prosody_store) if getattr(audio, "needs_prosody", False) else None,
+                            wide=wide)
     num_kp = data.value.shape[1]
     upper = choose_upper_keypoints(data, p.mmn_keypoints) if p.variant == "mmn" else ()
     train_clips = data.split("train")
@@ -625,13 +765,16 @@ def _train(corpus_dir: Path, keypoints: Path, motion_store: Path, audio_store: P
     trainer = MemoryTrainer(model, data, p, device)
     trainer.init_memory(np.random.default_rng(base.seed))
     trainable = count_parameters(*model.trainable_modules().values())
-    log(f"train_memory: variant {p.variant}; {len(train_clips)} training clips, {len(data.split('test'))} held-out; "
-        f"window {trainer.window} frames; {trainable / 1e6:.2f}M trainable parameters; device {device}"
+    log(f"train_memory: variant {p.variant}; {len(train_clips)} training clips, {len(data.split('test'))} held-out"
+        + (f", wide set {len(trainer.wide_index)} training clips ({trainer.wide_window}-frame windows)"
+           if len(trainer.wide_index) else "")
+        + f"; window {trainer.window} frames; {trainable / 1e6:.2f}M trainable parameters; device {device}"
         + (f"; mmn keypoints {list(upper)}" if upper else ""))
 
     def step_fn(step: int) -> dict[str, float]:
         rng, _ = step_rngs(base.seed, step)
-        return trainer.train_step(trainer.sample(rng))
+        batch = trainer.sample(rng)
+        return trainer.train_step(batch, trainer.sample_wide(rng))
 
     report: dict[str, Any] = {}
 
@@ -646,6 +789,8 @@ def _train(corpus_dir: Path, keypoints: Path, motion_store: Path, audio_store: P
         heldout = score_clips(trainer, test, means)
         train_scored = train_clips[train_clips.clip_id.isin(select_evenly(list(train_clips.clip_id), len(test)))]
         train = score_clips(trainer, train_scored, means)
+        wide_test = data.split("wide_test")
+        wide_heldout = score_clips(trainer, wide_test, means) if len(wide_test) else None
         has_memory = config.variant != "baseline"
         retrieval_space = {"emmn": "f_e (motion.zarr)", "mmn": f"(p - p_neu, j - j_neu) of keypoints {list(upper)}",
                            "baseline": None}[p.variant]
@@ -654,8 +799,9 @@ def _train(corpus_dir: Path, keypoints: Path, motion_store: Path, audio_store: P
                 "slots_used_is": SLOTS_USED if has_memory else None, "retrieval_space": retrieval_space,
                 "upper_keypoints": list(upper), "steps": step,
                 "window": trainer.window, "heldout_actors": sorted(test.actor.unique()),
+                "wide_training_clips": int(len(trainer.wide_index)), "wide_window": trainer.wide_window,
                 "emotions": list(model.emotions)}
-        report.update(build_report(heldout, train, info))
+        report.update(build_report(heldout, train, info, wide_heldout))
 
     def metrics(step: int, recent: dict[str, float]) -> dict[str, Any]:
         return {"steps": step, "parameters": trainable, **{f"final_{k}": round(v, 6) for k, v in recent.items()},
@@ -669,7 +815,7 @@ def _train(corpus_dir: Path, keypoints: Path, motion_store: Path, audio_store: P
 
 
 __all__ = [
-    "Batch", "MemoryData", "MemoryTrainer", "build_report", "choose_upper_keypoints", "effective_slots",
-    "emmn_config", "load_frozen", "load_memory_data", "memory_target", "probe_dims", "read_temperature_sweep",
-    "score_clips", "stage1_terms", "train_memory_model",
+    "Batch", "MemoryData", "MemoryTrainer", "WideInputs", "append_wide", "build_report", "choose_upper_keypoints",
+    "effective_slots", "emmn_config", "load_frozen", "load_memory_data", "memory_target", "pretraining_terms",
+    "probe_dims", "read_temperature_sweep", "score_clips", "stage1_terms", "train_memory_model",
 ]

@@ -7,7 +7,12 @@
     frozen D_em(f^_e;em, f^_m, p_neu, j_neu) -> (p^, j^)   (Motion Integration from motion.pt: Eq. 13)
 
 `EmmnConfig.variant` picks what is built (the paper's ablations, §4 "Ablation Study"):
-* `emmn`: the above.
+* `emmn`: the above. With `temporal_expression` (our addition, not in the paper) a second temporal decoder D_t
+  reads the same (e_c, f_i) plus e_e and adds a per-frame residual to the memory's read: f^_e = f^_e;em + D_t.
+  Why: the paper says the expression features carry head pose, but the emo-mouth query (f^_m, e_e) says nothing
+  about where a speaker nods, so the read holds one pose per clip and the head never moves; nods follow the
+  stressed syllables, which the audio's content carries with a few frames of context. D_t is trained on
+  f_e - f^_e;em (the read detached: the memory keeps Eq. 7-12 to itself), so it learns what the memory misses.
 * `baseline` (ablation 1, no memory, no motion decomposition): D_m reads (e_c, f_i, e_e) and a keypoint head
   turns its per-frame output straight into (p, j) (as offsets from the neutral keypoints p_neu, j_neu, which
   every variant gets, as D_em does in EMMN). Trained with L_p,j only.
@@ -55,7 +60,7 @@ from pipeline.core.errors import CheckpointError, InputError
 from pipeline.models.memory import MotionMemory, emo_mouth_query
 
 VARIANTS = ("emmn", "baseline", "mmn")
-TRAINABLE = ("identity_encoder", "mouth_decoder", "memory", "keypoint_head", "emotion_table")
+TRAINABLE = ("identity_encoder", "mouth_decoder", "expression_decoder", "memory", "keypoint_head", "emotion_table")
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,7 @@ class EmmnConfig:
     read_temperature: float | None = None  # tau of Eq. 10 at inference (`predict`); None = temperature
     balance_query: bool = True  # unit-normalise f^_m and e_e before concatenating (Eq. 10)
     mouth_from_a2m_only: bool = True  # emmn: the memory and D_em read f^_m detached, so only L_a2m trains D_m
+    temporal_expression: bool = False  # emmn: D_t adds a per-frame residual to the memory's read (head motion)
     window: int = 32  # frames per inference window (= training window: e_e is pooled over this many frames)
     upper_keypoints: tuple[int, ...] = ()  # mmn: keypoints whose displacement M_exp stores
     emotions: tuple[str, ...] = ()  # rows of the emotion table
@@ -89,6 +95,8 @@ class EmmnConfig:
             raise InputError(None, f"kernel must be odd, not {self.kernel}")
         if self.variant == "mmn" and self.expression_dim != 6 * len(self.upper_keypoints):
             raise InputError(None, "mmn: expression_dim must be 6 x len(upper_keypoints)")
+        if self.temporal_expression and self.variant != "emmn":
+            raise InputError(None, "temporal_expression needs variant emmn (it adds to f_e)")
         if self.read_temperature is not None and self.read_temperature <= 0:
             raise InputError(None, f"read_temperature must be > 0 (or null), not {self.read_temperature}")
 
@@ -133,18 +141,19 @@ class IdentityEncoder(nn.Module):
 
 
 class MouthDecoder(nn.Module):
-    """D_m: per-frame (e_c, f_i[, e_e]) -> per-frame f^_m, with `context` frames of temporal context each side."""
+    """D_m: per-frame (e_c, f_i[, e_e]) -> per-frame f^_m, with `context` frames of temporal context each side.
+    Also D_t (`temporal_expression`): the same layout reading e_e too, out_dim = expression_dim."""
 
-    def __init__(self, config: EmmnConfig):
+    def __init__(self, config: EmmnConfig, out_dim: int | None = None, with_emotion: bool | None = None):
         super().__init__()
         in_dim = config.content_dim + config.identity_dim
-        if config.variant == "baseline":
+        if config.variant == "baseline" if with_emotion is None else with_emotion:
             in_dim += config.emotion_dim
         self.inp = nn.Linear(in_dim, config.hidden)
         self.blocks = nn.ModuleList(
             nn.Conv1d(config.hidden, config.hidden, config.kernel, padding=config.kernel // 2)
             for _ in range(config.decoder_blocks))
-        self.out = nn.Linear(config.hidden, config.mouth_dim)
+        self.out = nn.Linear(config.hidden, config.mouth_dim if out_dim is None else out_dim)
 
     def forward(self, content: torch.Tensor, identity: torch.Tensor, emotion: torch.Tensor | None = None
                 ) -> torch.Tensor:
@@ -240,8 +249,9 @@ class EmmnOutput:
     jacobian: torch.Tensor  # (B, T, N, 2, 2) j^
     mouth: torch.Tensor  # (B, T, mouth_dim) f^_m (the D_m output)
     emotion: torch.Tensor  # (B, emotion_dim) e_e used in the query
-    expression: torch.Tensor | None  # (B, T, expression_dim) f^_e;em (Eq. 12); None for the baseline
+    expression: torch.Tensor | None  # (B, T, expression_dim) f^_e;em (Eq. 12) [+ D_t]; None for the baseline
     log_slot_weights: torch.Tensor | None  # (B, T, S) log Omega_em (Eq. 10); None for the baseline
+    read: torch.Tensor | None = None  # (B, T, expression_dim) the memory's read alone (= expression without D_t)
 
     @property
     def slot_weights(self) -> torch.Tensor | None:
@@ -262,6 +272,8 @@ class EmmnNet(nn.Module):
         self.config = config
         self.identity_encoder = IdentityEncoder(config)
         self.mouth_decoder = MouthDecoder(config)
+        self.expression_decoder = (MouthDecoder(config, config.expression_dim, with_emotion=True)
+                                   if config.temporal_expression else None)
         self.memory = None if config.variant == "baseline" else MotionMemory(
             config.slots, config.expression_dim, config.mouth_dim + config.emotion_dim, config.temperature)
         self.keypoint_head = None if config.variant == "emmn" else KeypointHead(config)
@@ -361,13 +373,16 @@ class EmmnNet(nn.Module):
         mouth_read = mouth.detach() if variant == "emmn" and self.config.mouth_from_a2m_only else mouth
         query = emo_mouth_query(mouth_read, emotion[:, None], self.config.balance_query)
         log_weights = self.memory.log_address_emo_mouth(query, read_temperature)  # Eq. 10
-        expression = self.memory.read(log_weights.exp())  # Eq. 12
+        read = self.memory.read(log_weights.exp())  # Eq. 12
+        expression = read
+        if self.expression_decoder is not None:
+            expression = read + self.expression_decoder(content, identity, emotion)[:, keep]
         if variant == "emmn":
             value, jacobian = self.integrate(expression, mouth_read, value_neu, jacobian_neu)
         else:
             value, jacobian = self.keypoint_head(mouth, value_neu, jacobian_neu)
             value, jacobian = self._place_upper(expression, value, jacobian, value_neu, jacobian_neu)
-        return EmmnOutput(value, jacobian, mouth, emotion, expression, log_weights)
+        return EmmnOutput(value, jacobian, mouth, emotion, expression, log_weights, read)
 
     def integrate(self, expression: torch.Tensor, mouth: torch.Tensor, value_neu: torch.Tensor,
                    jacobian_neu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -119,20 +119,29 @@ def keypoint_loss(value: torch.Tensor, value_hat: torch.Tensor, jacobian: torch.
     return (p + j).mean()
 
 
-STAGE1_TERMS = ("a2m", "exp_mem", "align", "pj")
+def expression_residual_loss(f_e: torch.Tensor, read: torch.Tensor, expression: torch.Tensor) -> torch.Tensor:
+    """Not in the paper: the loss of D_t (`EmmnConfig.temporal_expression`), 1/T sum_t || f_e - f^_e ||_2 with
+    f^_e = read + D_t and the memory's read detached, so only D_t learns from it (the memory keeps Eq. 7-12).
+    Same form as Eq. 9. f_e, read, expression (..., D)."""
+    return (f_e - (expression - read + read.detach())).norm(dim=-1).mean()
+
+
+STAGE1_TERMS = ("a2m", "exp_mem", "align", "pj", "expression")
 
 
 def stage1_loss(terms: Mapping[str, torch.Tensor], lambda_exp_mem: float, lambda_align: float,
-                lambda_pj: float) -> torch.Tensor:
-    """Eq. 14, L_stage1 = L_a2m + lambda_exp-mem L_exp-mem + lambda_align L_align + lambda_p,j L_p,j.
+                lambda_pj: float, lambda_expression: float = 1.0) -> torch.Tensor:
+    """Eq. 14, L_stage1 = L_a2m + lambda_exp-mem L_exp-mem + lambda_align L_align + lambda_p,j L_p,j
+    (+ lambda_expression L_expression, D_t's `expression_residual_loss`, our addition).
 
-    `terms` maps a2m, exp_mem, align, pj to the unweighted losses; a term an ablation has no use for (e.g. L_a2m
-    without motion decomposition) may be missing and counts as zero.
+    `terms` maps a2m, exp_mem, align, pj (, expression) to the unweighted losses; a term an ablation has no use for
+    (e.g. L_a2m without motion decomposition) may be missing and counts as zero.
     """
     unknown = set(terms) - set(STAGE1_TERMS)
     if unknown:
         raise ValueError(f"unknown stage-1 loss terms {sorted(unknown)}")
-    weights = {"a2m": 1.0, "exp_mem": lambda_exp_mem, "align": lambda_align, "pj": lambda_pj}
+    weights = {"a2m": 1.0, "exp_mem": lambda_exp_mem, "align": lambda_align, "pj": lambda_pj,
+               "expression": lambda_expression}
     total = None
     for name, value in terms.items():
         total = weights[name] * value if total is None else total + weights[name] * value
@@ -182,5 +191,5 @@ class MotionMemory(nn.Module):
 
 __all__ = [
     "MotionMemory", "STAGE1_TERMS", "a2m_loss", "align_loss", "cosine_to_slots", "emo_mouth_query",
-    "exp_memory_loss", "keypoint_loss", "read_memory", "slot_address", "slot_log_address", "stage1_loss",
+    "exp_memory_loss", "expression_residual_loss", "keypoint_loss", "read_memory", "slot_address", "slot_log_address", "stage1_loss",
 ]

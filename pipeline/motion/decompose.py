@@ -1,6 +1,7 @@
 """Motion decomposition, the decompose stage's work (paper 3.3 "pseudo labels"): f_e and f_m of every frame of every
-corpus clip, encoded by the Motion Reconstruction model relative to the clip's actor's neutral keypoints, into
-data/features/motion.zarr (corpus clips only: the first entries of the keypoint store's index).
+clip of one set (the corpus, or the wide pre-training set), encoded by the Motion Reconstruction model relative to
+the clip's actor's neutral keypoints, into data/features/motion.zarr (corpus: the first entries of the keypoint
+store's index) or wide_motion.zarr (the wide set's clips, wherever keypoints.extra_frames put them).
 
 Clip groups are mapped over Dask workers by `decompose_task` (a top-level function; one model load per worker
 process); this process is the one writer.
@@ -12,6 +13,7 @@ import functools
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from pipeline.core.config import BaseParams, DecomposeParams, as_dict
 from pipeline.core.errors import InputError
@@ -67,27 +69,44 @@ def group_tasks(clips: list[tuple[int, int, int]], model_path: Path, kp_store: P
     return tasks
 
 
+def manifest_clips(bank: KeypointBank, corpus_dir: Path) -> pd.DataFrame:
+    """clip_id, start, stop (keypoint store rows) of the clips of `corpus_dir`'s manifest, in store order.
+
+    The MEAD-shaped corpus's clips are the store's first entries (row r = corpus frame r) and must all be in its
+    manifest; a set listed in `keypoints.extra_frames` (the wide set) is found anywhere after them."""
+    manifest_path = Path(corpus_dir) / "manifest.parquet"
+    names = set(read_manifest(corpus_dir).clip_id)
+    corpus = bank.corpus_index()
+    if names & set(corpus.clip_id):
+        if len(corpus) and int(corpus.start.iloc[0]) != 0:
+            raise InputError(bank.path, "the corpus clips must come first in the keypoint store")
+        missing = [c for c in corpus.clip_id if c not in names]
+        if missing:
+            raise InputError(manifest_path, f"clip '{missing[0]}' of the keypoint store is not in the manifest "
+                                            "(keypoints of another corpus?)")
+        return corpus
+    found = bank.index[bank.index.clip_id.isin(names)].reset_index(drop=True)
+    if found.empty:
+        raise InputError(bank.path, f"no clip of {manifest_path} is in the keypoint store (keypoints.extra_frames "
+                                    f"must list {Path(corpus_dir) / 'frames.zarr'})")
+    return found
+
+
 def build_motion_store(kp_store: Path, model_path: Path, corpus_dir: Path, out: Path, base: BaseParams,
                        p: DecomposeParams) -> int:
     """Write motion.zarr atomically; return the number of frames."""
     net = load_motion(model_path)  # a bad checkpoint fails here, in one line, before any worker starts
     bank = KeypointBank(kp_store)
-    corpus = bank.corpus_index()
+    corpus = manifest_clips(bank, corpus_dir)
     starts, stops = corpus.start.to_numpy(np.int64), corpus.stop.to_numpy(np.int64)
-    if len(corpus) and int(starts[0]) != 0:
-        raise InputError(kp_store, "the corpus clips must come first in the keypoint store")
     actor_of = dict(zip(*read_manifest(corpus_dir)[["clip_id", "actor"]].to_numpy().T))
-    missing = [c for c in corpus.clip_id if c not in actor_of]
-    if missing:
-        raise InputError(Path(corpus_dir) / "manifest.parquet", f"clip '{missing[0]}' of the keypoint store is not "
-                                                                 "in the manifest (keypoints of another corpus?)")
     clips = [(int(a), int(b), bank.actor(actor_of[c])) for c, a, b in zip(corpus.clip_id, starts, stops)]
     root = open_store(kp_store)
     attrs = {"schema": SCHEMA, "stage": "decompose",
              "params": {"base": as_dict(base), "decompose": as_dict(p)},
              "model": {"path": str(model_path), "step": net.step, "config": net.config.as_dict(),
                        "train_params": net.metrics.get("train_params")},
-             "keypoints": {"path": str(kp_store), "params": root.attrs.get("params")},
+             "keypoints": {"path": str(kp_store), "params": root.attrs.get("params")}, "set": str(corpus_dir),
              "f_e": "expression motion feature E_e(p, j) (layer-normalised)",
              "f_m": "mouth motion feature E_m(p, j) (layer-normalised)"}
     with atomic_output(out) as tmp:
