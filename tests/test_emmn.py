@@ -249,9 +249,29 @@ def test_temporal_expression_moves_the_expression_within_a_clip_and_learns_from_
     assert plain.expression_decoder is None and "expression_decoder" not in plain.trainable_modules()
 
 
+def test_a_tuned_content_encoder_is_a_trainable_copy():
+    """tune_content: e_c comes from a copy of E_c that L_a2m trains; the frozen audio encoders get nothing."""
+    net = make_net("emmn", tune_content=True).train()
+    assert "content_encoder" in net.trainable_modules() and net.content_encoder is not net.audio.con_encoder
+    image, mfcc, value_neu, jacobian_neu = inputs(batch=2, frames=6)
+    torch.testing.assert_close(net.content_features(mfcc), net.audio.encode_content(mfcc))  # starts as E_c
+    out = net(image, net.content_features(mfcc), net.encode_emotion(mfcc), value_neu, jacobian_neu)
+    out.mouth.square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.content_encoder.parameters())
+    assert all(p.grad is None for p in net.audio.parameters())
+    with torch.no_grad():
+        for p in net.content_encoder.parameters():
+            p.add_(0.1)
+    assert not torch.allclose(net.encode_content(mfcc), net.audio.encode_content(mfcc))  # inference reads the copy
+    assert make_net("emmn").content_encoder is None
+
+
 @pytest.mark.parametrize("variant", ["emmn", "mmn"])
 def test_emmn_pt_round_trip_needs_only_itself(tmp_path, variant):
-    net = make_net(variant, **({"temporal_expression": True} if variant == "emmn" else {}))
+    net = make_net(variant, tune_content=True, **({"temporal_expression": True} if variant == "emmn" else {}))
+    with torch.no_grad():  # a tuned E_c that differs from the embedded audio checkpoint's
+        for p in net.content_encoder.parameters():
+            p.add_(0.05)
     audio_pt = save_audio(net.audio, tmp_path / "audio.pt")
     frozen = {"audio": frozen_entry(load_file(audio_pt))}
     if variant == "emmn":

@@ -137,8 +137,12 @@ def test_train_memory_with_the_wide_set(wide_stores, tmp_path, variant):
     rows = read_loss_csv(tmp_path / "m.csv")
     wide_terms = {"wide_a2m", "wide_expression"} if variant == "emmn" else {"wide_pj"}
     assert wide_terms <= set(rows[0]) and all(rows[-1][k] > 0 for k in wide_terms)
+    model = load_emmn(tmp_path / "m.pt")
     if variant == "emmn":
-        assert rows[-1]["expression"] > 0 and load_emmn(tmp_path / "m.pt").expression_decoder is not None
+        assert rows[-1]["expression"] > 0 and model.expression_decoder is not None
+    # tune_content: the fine-tuned copy of E_c moved away from the embedded audio checkpoint's
+    tuned, frozen = model.content_encoder.state_dict(), model.audio.con_encoder.state_dict()
+    assert any(not torch.equal(tuned[k], frozen[k]) for k in tuned if tuned[k].is_floating_point())
     off = with_field(p, pretrain_wide=False)
     broken = WideInputs(tmp_path / "absent", tmp_path / "a.zarr", tmp_path / "b.zarr", tmp_path / "c.zarr")
     report = run_train_memory(s["corpus"], s["keypoints"], s["motion"], s["audio"], s["audio_model"],

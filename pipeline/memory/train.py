@@ -324,7 +324,7 @@ def emmn_config(p: TrainMemoryParams, dims: dict[str, int], num_kp: int, upper: 
             decoder_blocks=p.decoder_blocks, kernel=p.kernel, slots=p.slots, temperature=p.temperature,
             read_temperature=p.read_temperature,
             balance_query=p.balance_query, mouth_from_a2m_only=p.mouth_from_a2m_only, window=p.window,
-            temporal_expression=p.temporal_expression and p.variant == "emmn",
+            temporal_expression=p.temporal_expression and p.variant == "emmn", tune_content=p.tune_content,
             upper_keypoints=upper if p.variant == "mmn" else (),
             emotions=emotions, levels=levels)
     except InputError as exc:
@@ -345,6 +345,7 @@ class Batch:
     jacobian_neu: torch.Tensor  # (B, N, 2, 2)
     f_e: torch.Tensor | None  # (B, T, De)
     f_m: torch.Tensor | None  # (B, T, Dm)
+    mfcc: torch.Tensor | None = None  # (B, T, 28, 12): e_c again, through a content encoder being fine-tuned
 
 
 def memory_target(model: EmmnNet, batch: Batch) -> torch.Tensor | None:
@@ -462,7 +463,7 @@ class MemoryTrainer:
         emotion = self.clip_emotion[clips if emotion_clips is None else emotion_clips]
         return Batch(self.images[actors], self.content[rows], emotion, self.value[rows],
                      self.jacobian[rows], self.value_neu[actors], self.jacobian_neu[actors], pick(self.f_e),
-                     pick(self.f_m))
+                     pick(self.f_m), self.mfcc[rows])
 
     def clip_batch(self, clip: int) -> tuple[torch.Tensor, Batch]:
         """Every frame of one clip (index into data.clips) as a batch of one; also its rows (1, T)."""
@@ -494,16 +495,22 @@ class MemoryTrainer:
         return self.batch_from_rows(rows, torch.from_numpy(clips).to(self.device),
                                     torch.from_numpy(emotion_clips).to(self.device))
 
+    def content_of(self, batch: Batch) -> torch.Tensor:
+        """e_c of a batch: precomputed by the frozen E_c, or (tune_content) through the copy being trained."""
+        if self.model.content_encoder is None:
+            return batch.content
+        return self.model.content_features(batch.mfcc)
+
     def train_step(self, batch: Batch, wide: Batch | None = None) -> dict[str, float]:
         """One update on a corpus batch (Eq. 14) and, when given, a wide-set batch (`pretraining_terms`)."""
         self.model.train()
         p = self.p
-        out = self.model(batch.image, batch.content, batch.emotion, batch.value_neu, batch.jacobian_neu)
+        out = self.model(batch.image, self.content_of(batch), batch.emotion, batch.value_neu, batch.jacobian_neu)
         terms = stage1_terms(self.model, out, batch)
         total = stage1_loss(terms, p.lambda_exp_mem, p.lambda_align, p.lambda_pj, p.lambda_expression)
         wide_terms = {}
         if wide is not None:
-            out_wide = self.model(wide.image, wide.content, wide.emotion, wide.value_neu, wide.jacobian_neu)
+            out_wide = self.model(wide.image, self.content_of(wide), wide.emotion, wide.value_neu, wide.jacobian_neu)
             wide_terms = pretraining_terms(self.model, out_wide, wide)
             total = total + stage1_loss(wide_terms, p.lambda_exp_mem, p.lambda_align, p.lambda_pj,
                                         p.lambda_expression)

@@ -308,12 +308,12 @@ class AudioEncoders(nn.Module):
             raise InputError(None, f"expected MFCC windows [B,T,{WINDOW_ROWS},{WINDOW_COEFFS}] with T >= 1, "
                                    f"got {tuple(mfcc.shape)}")
 
-    def encode_content(self, mfcc: torch.Tensor) -> torch.Tensor:
-        """e_c per frame: [B,T,28,12] -> [B,T,content_dim]."""
+    def encode_content(self, mfcc: torch.Tensor, encoder: nn.Module | None = None) -> torch.Tensor:
+        """e_c per frame: [B,T,28,12] -> [B,T,content_dim]; `encoder`: another copy of E_c (a fine-tuned one)."""
         self._check(mfcc)
         b, t = mfcc.shape[:2]
         windows = self._standardized(mfcc).reshape(b * t, 1, WINDOW_ROWS, WINDOW_COEFFS)
-        return self.con_encoder(windows).view(b, t, -1)
+        return (encoder or self.con_encoder)(windows).view(b, t, -1)
 
     @property
     def needs_mel(self) -> bool:

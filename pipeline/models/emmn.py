@@ -43,6 +43,7 @@ emotion_table}, config: EmmnConfig.to_dict(), step, metrics, frozen: {audio: <au
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import tempfile
@@ -60,7 +61,8 @@ from pipeline.core.errors import CheckpointError, InputError
 from pipeline.models.memory import MotionMemory, emo_mouth_query
 
 VARIANTS = ("emmn", "baseline", "mmn")
-TRAINABLE = ("identity_encoder", "mouth_decoder", "expression_decoder", "memory", "keypoint_head", "emotion_table")
+TRAINABLE = ("identity_encoder", "content_encoder", "mouth_decoder", "expression_decoder", "memory", "keypoint_head",
+             "emotion_table")
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,7 @@ class EmmnConfig:
     balance_query: bool = True  # unit-normalise f^_m and e_e before concatenating (Eq. 10)
     mouth_from_a2m_only: bool = True  # emmn: the memory and D_em read f^_m detached, so only L_a2m trains D_m
     temporal_expression: bool = False  # emmn: D_t adds a per-frame residual to the memory's read (head motion)
+    tune_content: bool = False  # a trainable copy of the audio's content encoder E_c (Audio2Mouth pre-training)
     window: int = 32  # frames per inference window (= training window: e_e is pooled over this many frames)
     upper_keypoints: tuple[int, ...] = ()  # mmn: keypoints whose displacement M_exp stores
     emotions: tuple[str, ...] = ()  # rows of the emotion table
@@ -272,6 +275,9 @@ class EmmnNet(nn.Module):
         self.config = config
         self.identity_encoder = IdentityEncoder(config)
         self.mouth_decoder = MouthDecoder(config)
+        # E_c fine-tuned with D_m (the paper pre-trains Audio2Mouth on LRW): a copy, so E_e and audio.pt stay as
+        # train_audio made them; emmn.pt stores the copy with the other trainable parts
+        self.content_encoder = copy.deepcopy(audio.con_encoder).requires_grad_(True) if config.tune_content else None
         self.expression_decoder = (MouthDecoder(config, config.expression_dim, with_emotion=True)
                                    if config.temporal_expression else None)
         self.memory = None if config.variant == "baseline" else MotionMemory(
@@ -284,6 +290,8 @@ class EmmnNet(nn.Module):
     def train(self, mode: bool = True) -> EmmnNet:
         super().train(mode)
         self.audio.eval()
+        if self.content_encoder is not None:  # fine-tuned weights, but the BatchNorm statistics train_audio
+            self.content_encoder.eval()       # recalibrated: batch statistics would make training differ from use
         if self.motion is not None:
             self.motion.eval()
         return self
@@ -322,8 +330,13 @@ class EmmnNet(nn.Module):
         for start in range(0, total, window):
             stop = min(start + window, total)
             lo, hi = max(start - margin, 0), min(stop + margin, total)
-            contents.append(self.audio.encode_content(mfcc[:, lo:hi])[:, start - lo:stop - lo])
+            contents.append(self.content_features(mfcc[:, lo:hi])[:, start - lo:stop - lo])
         return torch.cat(contents, dim=1)
+
+    def content_features(self, mfcc: torch.Tensor) -> torch.Tensor:
+        """e_c (B, T, C) of mfcc (B, T, 28, 12) by the fine-tuned copy of E_c when there is one (differentiable
+        then: training calls it), else by the frozen audio encoder."""
+        return self.audio.encode_content(mfcc, self.content_encoder)
 
     @torch.no_grad()
     def encode_emotion(self, mfcc: torch.Tensor, window: int | None = None, mel: torch.Tensor | None = None,
