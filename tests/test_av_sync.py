@@ -128,6 +128,13 @@ def test_filter_rule_and_report_numbers():
     assert report["mouth_err_all"] == pytest.approx(2.0) and report["mouth_err_kept"] == pytest.approx(1.0)
     assert report["kept_fraction"] == 0.5 and report["threshold"] == 0.2
     assert report["quadruples_kept"] == 1 and report["more_confident_than_original"] == 0.75
+    assert report["checks"] == {"redubs_more_in_sync_than_original": True, "most_kept": False,
+                                "redub_mouths_closer_than_source": False}  # 2.0 px is not below the source's 2.0
+    # the committed default run's regression (re-dubs 0.059 vs original 0.164, 0 of 720 kept) fails two checks
+    bad = scores.assign(confidence=0.059, confidence_original=0.164)
+    bad["kept"] = keep_mask(bad, threshold=0.2, max_offset=1)
+    checks = pseudo_report(clips, bad, pairs, 0.2, 1, "test")["checks"]
+    assert checks["redubs_more_in_sync_than_original"] is False and checks["most_kept"] is False
 
 
 # ------------------------------------------------------------------------------------------- the CLI

@@ -60,6 +60,19 @@ def _mean(values: pd.Series) -> float | None:
     return round(float(values.mean()), 4) if len(values) else None
 
 
+def pseudo_checks(report: dict) -> dict[str, bool | None]:
+    """What a working pseudo-label chain shows (paper §3.2: the re-dubs follow their new audio): the re-dubs are
+    more in sync than the original mouths, most of them pass the filter, and their mouths are closer to the exact
+    counterfactual renders than the source's own mouth (None where a number is missing). A regression such as
+    0 of 720 kept (re-dub confidence 0.059 vs 0.164) fails the first two."""
+    def less(a, b):
+        return None if a is None or b is None else bool(a < b)
+
+    return {"redubs_more_in_sync_than_original": less(report["confidence_original_mean"], report["confidence_mean"]),
+            "most_kept": bool(report["kept_fraction"] > 0.5),
+            "redub_mouths_closer_than_source": less(report["mouth_err_all"], report["mouth_err_original"])}
+
+
 def pseudo_report(clips: pd.DataFrame, scores: pd.DataFrame, pairs: pd.DataFrame, threshold: float,
                   max_offset: int, scorer: str) -> dict:
     """data/reports/pseudo_pairs.json: mouth error of all vs kept pseudo clips against the counterfactuals."""
@@ -67,7 +80,7 @@ def pseudo_report(clips: pd.DataFrame, scores: pd.DataFrame, pairs: pd.DataFrame
     with_cf = table[table.counterfactual_clip_id.notna()]
     kept_ids = set(table.pseudo_clip_id[table.kept])
     kept_pairs = pairs.y_ib.isin(kept_ids) & pairs.y_ja.isin(kept_ids) if len(pairs) else pd.Series([], dtype=bool)
-    return {
+    report = {
         "mouth_err_all": _mean(with_cf.mouth_err),
         "mouth_err_kept": _mean(with_cf.mouth_err[with_cf.kept]),
         "kept_fraction": round(float(table.kept.mean()), 4),
@@ -90,6 +103,7 @@ def pseudo_report(clips: pd.DataFrame, scores: pd.DataFrame, pairs: pd.DataFrame
         "quadruples": int(len(pairs)),
         "quadruples_kept": int(kept_pairs.sum()) if len(pairs) else 0,
     }
+    return {**report, "checks": pseudo_checks(report)}
 
 
 def run_sync_filter(pseudo_dir: Path, corpus_dir: Path, weights: Path, report: Path, hist_png: Path,
@@ -128,4 +142,9 @@ def run_sync_filter(pseudo_dir: Path, corpus_dir: Path, weights: Path, report: P
     write_json(report, summary)
     log(f"sync_filter: kept {summary['kept_clips']}/{summary['pseudo_clips']}; mouth error all "
         f"{summary['mouth_err_all']} px, kept {summary['mouth_err_kept']} px")
+    failed = [name for name, ok in summary["checks"].items() if ok is False]
+    if failed:  # a broken Wav2Lip or scorer must not pass unnoticed (pseudo_pairs.json keeps the checks)
+        log(f"sync_filter: WARNING the pseudo labels fail {', '.join(failed)} (re-dub confidence "
+            f"{summary['confidence_mean']} vs original {summary['confidence_original_mean']}; mouth error "
+            f"{summary['mouth_err_all']} vs the source's own {summary['mouth_err_original']} px)")
     return summary
