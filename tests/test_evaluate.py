@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from pipeline.core.store import ArraySpec, RaggedStoreWriter, open_store
 from pipeline.evaluation.metrics_report import METRICS
+from pipeline.judges.evaluator import JUDGED_CONTROLS, MOUTH_JUDGED
 from stages.cli import app
 from tests.conftest import tiny_params_dict
 from tests.test_evaluator import trained  # noqa: F401  (fixture: the tiny judges, every held-out frame scored)
@@ -81,8 +82,11 @@ def test_metrics_json_has_the_rows_and_keys_the_issue_names(evaluated):
     out, _ = evaluated
     rows = json.loads((out / "metrics.json").read_text())
     assert list(rows) == ["ground_truth", "static"]
-    assert all(list(values) == list(METRICS) for values in rows.values())
+    assert all(list(values) == [*METRICS, "expr_err_by_control"] for values in rows.values())
     gt, static = rows["ground_truth"], rows["static"]
+    # the expression judge, control by control (a 6-step judge: the numbers are only plumbing here)
+    assert set(gt["expr_err_by_control"]) == set(JUDGED_CONTROLS)
+    assert all(v[k] > 0 for v in rows.values() for k in ("expr_err_mouth", "expr_err_upper"))
     assert gt["psnr"] is None and gt["ssim"] == 1.0  # PSNR of identical clips cannot apply
     assert static["psnr"] is not None and 5 < static["psnr"] < 40 and static["ssim"] < 0.95
     assert all(isinstance(v[k], float) for v in rows.values() for k in ("sync_conf", "lse_d"))
@@ -93,6 +97,9 @@ def test_ground_truth_row_equals_the_judges_ceiling_and_floor(evaluated):
     """Real frames scored by evaluate give exactly what train_evaluator reports on the same clips."""
     out, judges = evaluated
     gt = json.loads((out / "metrics.json").read_text())["ground_truth"]
+    mae = judges["expression_mae"]
+    # the judge's own floor on the same frames (a frame mean there, a mean of clip means here)
+    assert gt["expr_err_mouth"] == pytest.approx(np.mean([mae[c] for c in MOUTH_JUDGED]), rel=0.3)
     assert gt["m_lmd"] == pytest.approx(judges["m_lmd_floor"], abs=1e-3)
     assert gt["f_lmd"] == pytest.approx(judges["f_lmd_floor"], abs=1e-3)
     assert gt["emotion_acc"] == pytest.approx(judges["emotion_clip_accuracy"], abs=1e-4)

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from pipeline.core.errors import CheckpointError, InputError
 from pipeline.core.store import open_store
 from pipeline.evaluation.landmark_detect import DlibLandmarks, landmark_detector
-from pipeline.judges.evaluator import load_evaluator
+from pipeline.judges.evaluator import JUDGED_CONTROLS, load_evaluator
 from pipeline.judges.scores import f_lmd, m_lmd
 from stages.cli import app
 from tests.conftest import tiny_params_dict, tiny_section
@@ -61,7 +61,10 @@ def test_stage_writes_checkpoint_report_losses_and_confusion(trained):
     assert report["landmark_error_px"] > 0 and report["mouth_error_px"] > 0
     assert 0 < report["m_lmd_floor"] and 0 < report["f_lmd_floor"] <= report["landmark_error_px"] * 1.5
     header = (out / "losses.csv").read_text().splitlines()[0]
-    assert header == "step,emotion_ce,train_accuracy,landmark_smooth_l1"  # no wall-clock column (reruns same bytes)
+    # no wall-clock column (reruns same bytes)
+    assert header == "step,emotion_ce,train_accuracy,landmark_smooth_l1,controls_smooth_l1"
+    assert set(report["expression_r2"]) == set(JUDGED_CONTROLS) == set(report["expression_mae"])
+    assert load_evaluator(out / "evaluator.pt").control_names == JUDGED_CONTROLS
     confusion = cv2.imread(str(out / "confusion.png"))
     assert confusion is not None and confusion.shape[0] > 4 * 56
 
@@ -123,6 +126,19 @@ def test_both_judges_learn_the_training_frames(tiny_corpus, tmp_path):
     assert error < 0.7 * mean_shape  # measured 1.2 vs 2.5 px
     accuracy = (evaluator.emotion_logits_of_faces(frames.faces).argmax(axis=1) == frames.labels).mean()
     assert accuracy > 0.6  # four classes; measured 0.95
+    # the expression judge reads the controls back off the frames it trained on, in their own units
+    with_controls = load_frame_set(tiny_corpus, clips, class_order(manifest), p.image_size, 1, True, True)
+    truth = with_controls.controls
+    pred = evaluator.expression_controls(store_frames(tiny_corpus, clips))
+    assert pred.shape == truth.shape
+    jaw = JUDGED_CONTROLS.index("jaw_open")
+    spread = np.abs(truth[:, jaw] - truth[:, jaw].mean()).mean()
+    assert np.abs(pred[:, jaw] - truth[:, jaw]).mean() < 0.75 * spread  # measured 0.61 x after 300 steps
+
+
+def store_frames(corpus, clips) -> np.ndarray:
+    store = open_store(corpus / "frames.zarr")
+    return np.concatenate([store["frames"][row.start:row.stop] for row in clips.itertuples()])
 
 
 def test_bad_params_and_wrong_checkpoints_are_one_line_errors(tiny_corpus, tmp_path):

@@ -12,6 +12,7 @@ import scipy.ndimage
 from pipeline.core.image_quality import psnr
 from pipeline.evaluation.metrics import (
     clip_metrics,
+    expression_errors,
     gaussian_window,
     match_lengths,
     ssim,
@@ -192,6 +193,22 @@ def test_clip_metrics_of_the_ground_truth_and_of_a_static_frame():
     assert st["emotion_pred"] is None
 
 
+def test_expression_errors_by_hand():
+    """Mean |estimated - true| per control over frames; the mouth and upper means over their controls."""
+    predicted = np.array([[0.5, 1.0, 0.0], [0.5, 0.0, 0.0]])
+    truth = np.array([[0.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    out = expression_errors(predicted, truth, ("jaw", "smile", "brow"), ("jaw", "smile"), ("brow",))
+    assert out == {"expr_jaw": 0.5, "expr_smile": 0.5, "expr_brow": 0.5, "expr_err_mouth": 0.5,
+                   "expr_err_upper": 0.5}
+    frames = np.zeros((3, 16, 16, 3), np.uint8)
+    read = (lambda f: np.tile([[0.5, 1.0, 0.0]], (len(f), 1)))
+    scored = clip_metrics(frames, frames[:2], expression=(("jaw", "smile", "brow"), read, ("jaw", "smile"), ("brow",)),
+                          truth_controls=truth)
+    assert (scored["expr_jaw"], scored["expr_smile"], scored["expr_err_mouth"], scored["expr_err_upper"]) == (
+        0.5, 0.0, 0.25, 0.5)
+    assert clip_metrics(frames, frames)["expr_err_mouth"] is None  # no judge: no number
+
+
 def test_clip_metrics_match_lengths_and_score_sync():
     frames, samples = coded_clip(40)
     frames = frames.repeat(4, axis=1).repeat(4, axis=2)  # 16x16: room for the SSIM window
@@ -209,6 +226,8 @@ def per_clip_table() -> pd.DataFrame:
             rows.append({"row": row, "clip_id": f"c{k}", "psnr": np.inf if row == "ground_truth" else 20 + base + k,
                          "ssim": 1.0 if row == "ground_truth" else 0.5 + 0.1 * k, "m_lmd": base + k,
                          "f_lmd": base + 2 * k, "sync_conf": 1.0 + k, "lse_d": 8.0 - base,
+                         "expr_err_mouth": 0.1 * base + 0.1 * k, "expr_err_upper": 0.2 * base,
+                         "expr_jaw_open": 0.1 * base, "expr_brow_raise": 0.3 * base + k,
                          "emotion_correct": (k == 0) or row in ("ground_truth", "emmn")})
     return pd.DataFrame(rows)
 
@@ -216,10 +235,11 @@ def per_clip_table() -> pd.DataFrame:
 def test_rows_are_clip_means_and_psnr_of_the_ground_truth_is_null():
     rows = aggregate_rows(per_clip_table())
     assert list(rows) == ["ground_truth", "static", "baseline", "emmn"]  # table order, missing rows left out
-    assert all(list(v) == list(METRICS) for v in rows.values())
+    assert all(list(v) == [*METRICS, "expr_err_by_control"] for v in rows.values())
     assert rows["ground_truth"]["psnr"] is None and rows["ground_truth"]["ssim"] == 1.0
     assert rows["static"] == {"psnr": 21.5, "ssim": 0.55, "m_lmd": 1.5, "f_lmd": 2.0, "sync_conf": 1.5,
-                              "lse_d": 7.0, "emotion_acc": 0.5}
+                              "lse_d": 7.0, "expr_err_mouth": 0.15, "expr_err_upper": 0.2, "emotion_acc": 0.5,
+                              "expr_err_by_control": {"jaw_open": 0.1, "brow_raise": 0.8}}
     assert rows["emmn"]["emotion_acc"] == 1.0 and rows["baseline"]["m_lmd"] == 3.5
 
 

@@ -160,7 +160,8 @@ def test_notes_name_every_ablation_that_beats_the_full_model():
     # emotion: w/o L_self right on both clips, full on one (+0.5 ± 0.5 SE), w/o L_rec on none
     per_clip = pd.DataFrame([
         {"row": row, "clip_id": clip, "psnr": psnr, "ssim": ssim, "emotion_correct": right, "frames": 3,
-         **{m: 1.0 if row == "full" else 1.5 for m in ("m_lmd", "f_lmd", "kp_error", "kp_error_px")}}
+         **{m: 1.0 if row == "full" else 1.5 for m in ("m_lmd", "f_lmd", "expr_err_mouth", "expr_err_upper",
+                                                        "kp_error", "kp_error_px")}}
         for row, clip, psnr, ssim, right in [("full", "a", 20.0, 0.5, True), ("full", "b", 22.0, 0.7, False),
                                              ("no_self", "a", 21.0, 0.4, True), ("no_self", "b", 22.5, 0.5, True),
                                              ("no_rec", "a", 19.0, 0.5, False), ("no_rec", "b", 21.0, 0.7, False)]])
@@ -176,7 +177,8 @@ def test_notes_name_every_ablation_that_beats_the_full_model():
     assert "w/o L_rec beats" not in notes
     assert ("- emotion acc: w/o L_self beats it: 1.000 vs 0.500 (paired difference +0.5000 ± 0.5000 SE over 2 "
             "clips).") in notes
-    assert "Ours (full) is best of the trained rows on: M-LMD, F-LMD, (p, j) error, keypoint px." in notes
+    assert ("Ours (full) is best of the trained rows on: M-LMD, F-LMD, expr err mouth, expr err upper, (p, j) "
+            "error, keypoint px.") in notes
     assert math.isnan(paired_difference(per_clip, "no_con", "full", "psnr")[0])
 
 

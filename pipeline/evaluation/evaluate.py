@@ -3,9 +3,9 @@
 The outputs store holds every table row's clips under ids `<row>/<corpus_clip_id>` (rows: ground_truth,
 static, wav2lip_only, baseline, mmn, emmn), each as long as its corpus clip. Every clip is scored by
 `pipeline.evaluation.metrics.clip_metrics` with the judges of `train_evaluator` (emotion classifier, landmark
-regressor, or dlib when given), the sync scorer against the clip's own wav, and the truth's exact
-landmarks when the corpus has them and the regressor reads the landmarks (dlib reads both videos, as
-the standard protocol does).
+regressor, or dlib when given; the expression judge against the truth's render controls when the corpus has
+them), the sync scorer against the clip's own wav, and the truth's exact landmarks when the corpus has them
+and the regressor reads the landmarks (dlib reads both videos, as the standard protocol does).
 
 `run_evaluate` (the evaluate stage's work) maps `score_output_clip` over Dask workers and writes metrics.json,
 table1.md (with `judge_notes`: how to read the numbers), the per-clip CSV and the confusion sheet.
@@ -40,7 +40,7 @@ from pipeline.evaluation.metrics_report import (
     table1_markdown,
     write_confusion_sheet,
 )
-from pipeline.judges.evaluator import Evaluator, load_evaluator
+from pipeline.judges.evaluator import MOUTH_JUDGED, UPPER_JUDGED, Evaluator, control_columns, load_evaluator
 from pipeline.judges.scores import confusion_matrix
 from pipeline.lipsync.io import load_syncnet_any
 
@@ -107,6 +107,16 @@ def plan_tasks(outputs_store: Path, corpus_dir: Path, rows: tuple[str, ...], eva
     return tasks, [r for r in rows if r not in found]
 
 
+def expression_inputs(evaluator: Evaluator, corpus, rows) -> dict:
+    """clip_metrics' expression arguments for the truth frames `rows` of the corpus store: the judge and the
+    truth's render controls, or nothing when the judge or the corpus has no controls (MEAD, LRW)."""
+    columns = control_columns(corpus) if evaluator.controls is not None else None
+    if columns is None:
+        return {}
+    return {"expression": (evaluator.control_names, evaluator.expression_controls, MOUTH_JUDGED, UPPER_JUDGED),
+            "truth_controls": np.asarray(corpus["render_params"][rows])[:, columns]}
+
+
 def score_output_clip(task: EvalTask) -> dict:
     """Every metric of one generated clip (`pipeline.evaluation.metrics.clip_metrics`), with its row, clip and label."""
     from pipeline.lipsync.sync_scorers import cached_scorer
@@ -123,7 +133,8 @@ def score_output_clip(task: EvalTask) -> dict:
     metrics = clip_metrics(generated, truth, emotion=task.emotion, emotion_logits=evaluator.emotion_logits,
                            emotions=evaluator.emotions, landmarks=detector,
                            truth_landmarks=exact if use_exact else None, scorer=scorer,
-                           samples=load_audio(task.wav) if scorer is not None else None, source=task.wav)
+                           samples=load_audio(task.wav) if scorer is not None else None, source=task.wav,
+                           **expression_inputs(evaluator, corpus, slice(*task.truth)))
     return {"row": task.row, "clip_id": task.clip_id, "emotion": task.emotion, **metrics}
 
 

@@ -128,15 +128,17 @@ def clip_metrics(generated: np.ndarray, truth: np.ndarray, *, emotion: str | Non
                  emotion_logits: Callable[[np.ndarray], np.ndarray] | None = None,
                  emotions: Sequence[str] = (), landmarks: LandmarkFn | None = None,
                  truth_landmarks: np.ndarray | None = None, scorer=None, samples: np.ndarray | None = None,
-                 source=None) -> dict:
+                 source=None, expression: tuple | None = None, truth_controls: np.ndarray | None = None) -> dict:
     """Every metric of one generated clip (T,H,W,3) uint8 against its ground truth.
 
     `landmarks` detects the 68 points on frames (the trained regressor or dlib); the truth's points are
     `truth_landmarks` when known exactly (the built-in corpus), else detected on `truth` too.
     `emotion_logits` maps frames to (T, classes) logits in the order of `emotions`; `scorer` (a
     SyncScorer) with `samples` (16 kHz audio of the clip) gives the sync numbers. A judge left out
-    gives None for its metrics. Returns psnr, ssim, m_lmd, f_lmd, sync_conf, lse_d, sync_offset,
-    emotion_pred, emotion_correct, frames.
+    gives None for its metrics. `expression` (control names, frames -> (T, C) controls, mouth names, upper
+    names) with `truth_controls` (T, C) of the ground truth gives `expression_errors`. Returns psnr, ssim, m_lmd,
+    f_lmd, sync_conf, lse_d, sync_offset, expr_err_mouth, expr_err_upper (+ expr_<control>), emotion_pred,
+    emotion_correct, frames.
     """
     gen_idx, truth_idx = match_lengths(len(generated), len(truth))
     gen, tru = np.asarray(generated)[gen_idx], np.asarray(truth)[truth_idx]
@@ -150,10 +152,28 @@ def clip_metrics(generated: np.ndarray, truth: np.ndarray, *, emotion: str | Non
     out.update({"sync_conf": None, "lse_d": None, "sync_offset": None})
     if scorer is not None and samples is not None:
         out.update(sync_metrics(scorer, np.asarray(generated), samples, source=source))
+    out["expr_err_mouth"] = out["expr_err_upper"] = None
+    if expression is not None and truth_controls is not None:
+        names, read, mouth, upper = expression
+        predicted = read(gen)
+        out.update(expression_errors(predicted, np.asarray(truth_controls)[truth_idx], names, mouth, upper))
     out["emotion_pred"] = out["emotion_correct"] = None
     if emotion_logits is not None:
         out["emotion_pred"] = clip_emotion(emotion_logits(np.asarray(generated)), emotions)
         out["emotion_correct"] = None if emotion is None else bool(out["emotion_pred"] == emotion)
+    return out
+
+
+def expression_errors(predicted: np.ndarray, truth: np.ndarray, names: Sequence[str],
+                      mouth: Sequence[str], upper: Sequence[str]) -> dict[str, float]:
+    """Expression, control by control: mean |estimated - true| over frames of each render control (predicted
+    (T, C) read off the generated frames by the expression judge, truth (T, C) the ground-truth clip's controls,
+    frames already matched), as `expr_<name>`, and the means over the mouth and upper-face controls as
+    `expr_err_mouth` / `expr_err_upper`."""
+    per_control = np.abs(np.asarray(predicted, np.float64) - np.asarray(truth, np.float64)).mean(axis=0)
+    out = {f"expr_{name}": float(v) for name, v in zip(names, per_control)}
+    out["expr_err_mouth"] = float(np.mean([out[f"expr_{n}"] for n in mouth]))
+    out["expr_err_upper"] = float(np.mean([out[f"expr_{n}"] for n in upper]))
     return out
 
 

@@ -1,7 +1,9 @@
 """Per-clip metrics -> the rows of data/reports/metrics.json, Table 1 as markdown, the confusion matrix PNG.
 
 metrics.json: one object per row (`ground_truth`, `static`, `wav2lip_only`, `baseline`, `mmn`, `emmn`),
-each with psnr, ssim, m_lmd, f_lmd, sync_conf, lse_d, emotion_acc. A value is the mean over the row's
+each with psnr, ssim, m_lmd, f_lmd, sync_conf, lse_d, expr_err_mouth, expr_err_upper (the expression judge's
+controls read off the generated frames vs the truth's, mean absolute error; `expr_err_by_control` per control),
+emotion_acc. A value is the mean over the row's
 clips of the per-clip value (each clip first averaged over its frames, as EAT averages over videos);
 emotion_acc is the share of clips classified as their label. null where a metric cannot apply (PSNR of
 the ground truth against itself is infinite) or where no judge could measure it.
@@ -20,7 +22,7 @@ from pipeline.evaluation.metrics import json_number
 from pipeline.judges.scores import confusion_image
 
 ROWS = ("ground_truth", "static", "wav2lip_only", "baseline", "mmn", "emmn")
-METRICS = ("psnr", "ssim", "m_lmd", "f_lmd", "sync_conf", "lse_d", "emotion_acc")
+METRICS = ("psnr", "ssim", "m_lmd", "f_lmd", "sync_conf", "lse_d", "expr_err_mouth", "expr_err_upper", "emotion_acc")
 ROW_LABELS = {
     "ground_truth": "Ground truth",
     "static": "Static reference frame",
@@ -30,9 +32,10 @@ ROW_LABELS = {
     "emmn": "EMMN",
 }
 COLUMNS = {"psnr": "PSNR ↑", "ssim": "SSIM ↑", "m_lmd": "M-LMD ↓", "f_lmd": "F-LMD ↓", "sync_conf": "Sync_conf ↑",
-           "lse_d": "LSE-D ↓", "emotion_acc": "Emotion acc ↑"}
+           "lse_d": "LSE-D ↓", "expr_err_mouth": "Expr err mouth ↓", "expr_err_upper": "Expr err upper ↓",
+           "emotion_acc": "Emotion acc ↑"}
 HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "m_lmd": False, "f_lmd": False, "sync_conf": True,
-                    "lse_d": False, "emotion_acc": True}
+                    "lse_d": False, "expr_err_mouth": False, "expr_err_upper": False, "emotion_acc": True}
 
 
 def _clip_mean(values: pd.Series) -> float | None:
@@ -55,6 +58,9 @@ def aggregate_rows(per_clip: pd.DataFrame, rows: Sequence[str] = ROWS) -> dict[s
         correct = clips["emotion_correct"].dropna() if "emotion_correct" in clips else pd.Series(dtype=bool)
         values["emotion_acc"] = json_number(float(correct.astype(float).mean())) if len(correct) else None
         out[row] = {m: values[m] for m in METRICS}
+        controls = [c for c in clips.columns if c.startswith("expr_") and not c.startswith("expr_err_")]
+        if controls:  # the expression columns, control by control (what is missing: brows? smile? jaw?)
+            out[row]["expr_err_by_control"] = {c[len("expr_"):]: json_number(_clip_mean(clips[c])) for c in controls}
     return out
 
 

@@ -46,7 +46,7 @@ from pipeline.core.precision import pick_device
 from pipeline.core.store import atomic_output, open_store, write_json, write_text
 from pipeline.core.timings import pop_timings, write_timings
 from pipeline.corpus.manifest import read_manifest
-from pipeline.evaluation.evaluate import cached_detector, cached_evaluator
+from pipeline.evaluation.evaluate import cached_detector, cached_evaluator, expression_inputs
 from pipeline.evaluation.landmark_detect import DlibLandmarks, landmark_detector
 from pipeline.evaluation.metrics import clip_metrics
 from pipeline.evaluation.table2_report import row_table, table_markdown, write_sheet
@@ -223,9 +223,12 @@ def run_row(task: RowTask, log=print) -> dict[str, Any]:
             exact = (np.asarray(corpus["landmarks"][clip.frame_start:clip.frame_start + clip.frames])[idx]
                      if "landmarks" in corpus else None)
             use_exact = detector == evaluator.face_landmarks and exact is not None and np.isfinite(exact).all()
+            expression = expression_inputs(evaluator, corpus, slice(clip.frame_start, clip.frame_start + clip.frames))
+            if expression:
+                expression["truth_controls"] = expression["truth_controls"][idx]
             scores = clip_metrics(rendered, truth, emotion=clip.emotion, emotion_logits=evaluator.emotion_logits,
                                   emotions=evaluator.emotions, landmarks=detector,
-                                  truth_landmarks=exact if use_exact else None)
+                                  truth_landmarks=exact if use_exact else None, **expression)
             # The judge on the real frames: how far any rendering of these clips could get.
             real_emotion = clip_emotion(evaluator.emotion_logits(truth), evaluator.emotions)
             kp_target = bank.value[rows], bank.jacobian[rows]
@@ -233,6 +236,7 @@ def run_row(task: RowTask, log=print) -> dict[str, Any]:
                 "row": plan.name, "clip_id": clip.clip_id, "actor": clip.actor, "emotion": clip.emotion,
                 "level": clip.level, "frames": scores["frames"], "psnr": scores["psnr"], "ssim": scores["ssim"],
                 "m_lmd": scores["m_lmd"], "f_lmd": scores["f_lmd"], "emotion_correct": scores["emotion_correct"],
+                "expr_err_mouth": scores["expr_err_mouth"], "expr_err_upper": scores["expr_err_upper"],
                 "emotion_correct_real": real_emotion == clip.emotion,
                 "kp_error": float(motion_errors(value, jacobian, *kp_target).mean()),
                 "kp_error_px": float(value_errors_px(value, kp_target[0], size).mean()),

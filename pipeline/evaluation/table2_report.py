@@ -17,16 +17,18 @@ from pipeline.evaluation.metrics import json_number
 from pipeline.evaluation.metrics_report import aggregate_rows
 from pipeline.motion.ablation import FOMM_ROW, ROW_LABELS, RowPlan
 
-IMAGE_METRICS = ("psnr", "ssim", "m_lmd", "f_lmd", "emotion_acc")
+IMAGE_METRICS = ("psnr", "ssim", "m_lmd", "f_lmd", "expr_err_mouth", "expr_err_upper", "emotion_acc")
 KEYPOINT_METRICS = ("kp_error", "kp_error_px")
 METRICS = IMAGE_METRICS + KEYPOINT_METRICS
-HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "m_lmd": False, "f_lmd": False, "emotion_acc": True,
-                    "kp_error": False, "kp_error_px": False}
-NAMES = {"psnr": "PSNR", "ssim": "SSIM", "m_lmd": "M-LMD", "f_lmd": "F-LMD", "emotion_acc": "emotion acc",
+HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "m_lmd": False, "f_lmd": False, "expr_err_mouth": False,
+                    "expr_err_upper": False, "emotion_acc": True, "kp_error": False, "kp_error_px": False}
+NAMES = {"psnr": "PSNR", "ssim": "SSIM", "m_lmd": "M-LMD", "f_lmd": "F-LMD", "expr_err_mouth": "expr err mouth",
+         "expr_err_upper": "expr err upper", "emotion_acc": "emotion acc",
          "kp_error": "(p, j) error",
          "kp_error_px": "keypoint px"}
 HEADERS = {m: f"{name} {'↑' if HIGHER_IS_BETTER[m] else '↓'}" for m, name in NAMES.items()}
-DIGITS = {"psnr": 2, "ssim": 4, "m_lmd": 3, "f_lmd": 3, "emotion_acc": 3, "kp_error": 4, "kp_error_px": 3}
+DIGITS = {"psnr": 2, "ssim": 4, "m_lmd": 3, "f_lmd": 3, "expr_err_mouth": 3, "expr_err_upper": 3, "emotion_acc": 3,
+          "kp_error": 4, "kp_error_px": 3}
 # per-clip column behind a table metric where the names differ (clips are right or wrong; the row is their share)
 PER_CLIP_COLUMN = {"emotion_acc": "emotion_correct"}
 # motion.json numbers shown in the keypoint-space table: (section, key, header)

@@ -6,8 +6,12 @@ regressor of pseudo_pairs do) through the same small conv stack (`pipeline.judge
   a clip's emotion is the argmax of its frames' mean logits.
 * the landmark regressor: `pipeline.judges.mouth_landmarks.LandmarkNet` with 68 points over the whole face
   (`crop_top` 0), points as fractions of the frame side.
-Checkpoint: {model: {emotion, landmarks?}, config: {arch: evaluator, emotions, image_size, width,
-frame_size, landmarks_heldout_err_px}, step, metrics}. A corpus without landmarks (MEAD ingest) gives
+* the expression judge (`ControlNet`): the corpus's per-frame render controls (`JUDGED_CONTROLS`: the mouth and
+  upper-face controls and the head's rotation) read back from a frame, so a table can say WHAT a generated face
+  misses (a smile, raised brows, an open jaw), which a class accuracy cannot. Framing (tx, ty, scale) is left
+  out: the training shift augmentation moves it on purpose.
+Checkpoint: {model: {emotion, landmarks?, controls?}, config: {arch: evaluator, emotions, image_size, width,
+frame_size, controls}, step, metrics}. A corpus without landmarks (MEAD ingest) gives
 a checkpoint without `landmarks`: LMD then needs dlib (`pipeline.evaluation.landmark_detect`).
 """
 
@@ -25,15 +29,42 @@ from torch import nn
 from pipeline.core.checkpoints import load_strict, load_training_state
 from pipeline.core.errors import CheckpointError
 from pipeline.core.media import faces_bgr
+from pipeline.corpus.controls import FACE_CONTROLS, MOUTH_CONTROLS
 from pipeline.judges.mouth_landmarks import (
     LandmarkNet,
     LandmarkRegressor,
     conv_features,
     face_input,
+    features_hw,
 )
 
 ARCH = "evaluator"
 FACE_POINTS = 68
+MOUTH_JUDGED = MOUTH_CONTROLS
+UPPER_JUDGED = FACE_CONTROLS
+JUDGED_CONTROLS = MOUTH_JUDGED + UPPER_JUDGED + ("yaw", "pitch", "roll")
+
+
+class ControlNet(nn.Module):
+    """[B,3,S,S] BGR in [0,1] -> [B,C] render controls in their own units (the head learns them standardised by
+    the training frames' mean and std, kept as buffers)."""
+
+    def __init__(self, width: int, controls: int, input_hw: tuple[int, int]):
+        super().__init__()
+        self.width, self.controls, self.input_hw = width, controls, tuple(input_hw)
+        self.features, channels = conv_features(width)
+        h, w = features_hw(self.input_hw)
+        self.head = nn.Linear(channels * h * w, controls)
+        self.register_buffer("mean", torch.zeros(controls))
+        self.register_buffer("std", torch.ones(controls))
+
+    def standardized(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.features(x).flatten(1)
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            return self.head(features.float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.standardized(x) * self.std + self.mean
 
 
 class EmotionNet(nn.Module):
@@ -65,6 +96,8 @@ class Evaluator:
     landmarks: LandmarkRegressor | None = None
     metrics: dict = field(default_factory=dict)
     batch_size: int = 256
+    controls: ControlNet | None = None
+    control_names: tuple[str, ...] = ()
 
     def faces(self, frames_rgb: np.ndarray) -> np.ndarray:
         return faces_bgr(np.asarray(frames_rgb), self.image_size)
@@ -81,6 +114,17 @@ class Evaluator:
                for i in range(0, len(faces), self.batch_size)]
         return np.concatenate(out) if out else np.zeros((0, len(self.emotions)), np.float32)
 
+    @torch.inference_mode()
+    def expression_controls(self, frames_rgb: np.ndarray) -> np.ndarray:
+        """(T, C) render controls read from frames (names `control_names`)."""
+        if self.controls is None:
+            raise CheckpointError(None, "this evaluator has no expression judge (corpus without render controls)")
+        faces = self.faces(frames_rgb)
+        self.controls.eval()
+        out = [self.controls(face_input(faces[i:i + self.batch_size])).numpy()
+               for i in range(0, len(faces), self.batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, len(self.control_names)), np.float32)
+
     def face_landmarks(self, frames_rgb: np.ndarray) -> np.ndarray:
         """(T,68,2) points in pixels of the given frames (x along width, y along height)."""
         if self.landmarks is None:
@@ -90,11 +134,22 @@ class Evaluator:
         return (fractions * np.array([frames_rgb.shape[2], frames_rgb.shape[1]], np.float64)).astype(np.float32)
 
 
-def evaluator_config(emotions: Sequence[str], image_size: int, width: int, frame_size: int) -> dict[str, Any]:
-    """What rebuilds the judges (frame_size 0: no landmark regressor). Fixed before training, so a resumed run
-    can check it; the regressor's held-out error is a result and lives in the metrics (landmark_error_px)."""
+def control_columns(store) -> list[int] | None:
+    """Columns of JUDGED_CONTROLS in the store's `render_params` (built-in corpus, wide set), None without them
+    (MEAD, LRW: no render controls)."""
+    names = list(store.attrs.get("render_params", []))
+    if "render_params" not in store or not set(JUDGED_CONTROLS) <= set(names) or store["render_params"].shape[0] == 0:
+        return None
+    columns = [names.index(c) for c in JUDGED_CONTROLS]
+    return columns if np.isfinite(store["render_params"][0][columns]).all() else None
+
+
+def evaluator_config(emotions: Sequence[str], image_size: int, width: int, frame_size: int,
+                     controls: Sequence[str] = ()) -> dict[str, Any]:
+    """What rebuilds the judges (frame_size 0: no landmark regressor; no controls: no expression judge). Fixed
+    before training, so a resumed run can check it; held-out errors are results and live in the metrics."""
     return {"arch": ARCH, "emotions": list(emotions), "image_size": int(image_size), "width": int(width),
-            "frame_size": int(frame_size)}
+            "frame_size": int(frame_size), "controls": list(controls)}
 
 
 def load_evaluator(path: str | Path) -> Evaluator:
@@ -121,4 +176,13 @@ def load_evaluator(path: str | Path) -> Evaluator:
         err = metrics.get("landmark_error_px", config.get("landmarks_heldout_err_px"))
         landmarks = LandmarkRegressor(net.eval(), float(err or 0.0),
                                       int(config["frame_size"]), int(ckpt["step"]), crop_top=0)
-    return Evaluator(emotion_net.eval(), emotions, size, landmarks, dict(ckpt.get("metrics") or {}))
+    names = tuple(str(c) for c in config.get("controls") or ())
+    controls = None
+    if names:
+        if "controls" not in model:
+            raise CheckpointError(path, "the config names expression controls but the checkpoint has no 'controls'")
+        controls = ControlNet(width, len(names), (size, size))
+        load_strict(controls, model["controls"], path)
+        controls.eval()
+    return Evaluator(emotion_net.eval(), emotions, size, landmarks, dict(ckpt.get("metrics") or {}),
+                     controls=controls, control_names=names)

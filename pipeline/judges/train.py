@@ -8,12 +8,17 @@ the batch, so a generator's softer frames read like real ones) and takes one Ada
 rates decay on a cosine over `steps`, so the judges (and every score they give) are reproducible;
 `max_minutes` only guards the wall clock (a run it stops is logged as such).
 
+A third net, the expression judge (`ControlNet`), learns the render controls of the same frames (standardised
+smooth L1) when the corpus stores them.
+
 Held-out numbers (TEST actors' real clips, never seen in training):
 * emotion: per-frame accuracy, per-clip accuracy by mean logits (what `evaluate` uses) and by majority
   vote, per level and per emotion; this is the ceiling a generated clip can reach.
 * landmarks: mean point error in corpus pixels over the 68 points and over the 20 mouth points, and
   the F-LMD / M-LMD of the regressor's points against the exact ones under the metric's protocol
   (mean-centred, clip means averaged): the floor of the LMD columns.
+* expression: per-control R^2 and mean absolute error of the expression judge (`expression_r2`,
+  `expression_mae`): how well each control can be read off a frame at all (the floor of the expr_err columns).
 """
 
 from __future__ import annotations
@@ -36,8 +41,11 @@ from pipeline.core.precision import announce_precision, pick_device, resolve_pre
 from pipeline.core.store import open_store
 from pipeline.corpus.manifest import read_manifest
 from pipeline.judges.evaluator import (
+    JUDGED_CONTROLS,
+    ControlNet,
     EmotionNet,
     Evaluator,
+    control_columns,
     evaluator_config,
     face_landmark_net,
 )
@@ -76,14 +84,17 @@ class FrameSet:
     labels: np.ndarray  # (N,) class index
     clip_index: np.ndarray  # (N,) row of `clips`
     landmarks: np.ndarray | None  # (N,68,2) corpus px, None when the corpus has none
+    controls: np.ndarray | None = None  # (N,C) render controls (JUDGED_CONTROLS), None when the corpus has none
 
     def joined(self, other: FrameSet, landmark_scale: float = 1.0) -> FrameSet:
         """This set followed by `other` (its landmarks scaled by `landmark_scale` into this set's pixels)."""
         landmarks = (None if self.landmarks is None or other.landmarks is None
                      else np.concatenate([self.landmarks, other.landmarks * landmark_scale]))
+        controls = (None if self.controls is None or other.controls is None
+                    else np.concatenate([self.controls, other.controls]))
         return FrameSet(pd.concat([self.clips, other.clips], ignore_index=True),
                         np.concatenate([self.faces, other.faces]), np.concatenate([self.labels, other.labels]),
-                        np.concatenate([self.clip_index, other.clip_index + len(self.clips)]), landmarks)
+                        np.concatenate([self.clip_index, other.clip_index + len(self.clips)]), landmarks, controls)
 
 
 def class_order(manifest: pd.DataFrame) -> tuple[str, ...]:
@@ -99,11 +110,12 @@ def has_landmarks(store) -> bool:
 
 
 def load_frame_set(corpus_dir: Path, clips: pd.DataFrame, emotions: tuple[str, ...], size: int, stride: int,
-                   with_landmarks: bool) -> FrameSet:
+                   with_landmarks: bool, with_controls: bool = False) -> FrameSet:
     store = open_store(Path(corpus_dir) / "frames.zarr")
     frames, lms = store["frames"], store["landmarks"]
+    columns = control_columns(store) if with_controls else None
     index = {e: i for i, e in enumerate(emotions)}
-    faces, labels, owner, points = [], [], [], []
+    faces, labels, owner, points, controls = [], [], [], [], []
     for i, row in enumerate(clips.itertuples()):
         rows = slice(int(row.start), int(row.stop))
         block = np.asarray(frames[rows])[::stride]
@@ -112,8 +124,11 @@ def load_frame_set(corpus_dir: Path, clips: pd.DataFrame, emotions: tuple[str, .
         owner.append(np.full(len(block), i, np.int64))
         if with_landmarks:
             points.append(np.asarray(lms[rows], np.float32)[::stride])
+        if columns is not None:
+            controls.append(np.asarray(store["render_params"][rows], np.float32)[::stride][:, columns])
     return FrameSet(clips.reset_index(drop=True), np.concatenate(faces), np.concatenate(labels),
-                    np.concatenate(owner), np.concatenate(points) if with_landmarks else None)
+                    np.concatenate(owner), np.concatenate(points) if with_landmarks else None,
+                    np.concatenate(controls) if columns is not None else None)
 
 
 def augment(x: torch.Tensor, targets: torch.Tensor | None, rng: np.random.Generator, shift: int, jitter: float,
@@ -171,7 +186,7 @@ def train_evaluator_models(corpus_dir: Path, model_out: Path, losses_csv: Path, 
 
 
 def _wide_frames(wide: Path, emotions: tuple[str, ...], p: TrainEvaluatorParams, with_landmarks: bool,
-                 frame_size: int, log) -> tuple[FrameSet | None, float]:
+                 frame_size: int, log, with_controls: bool = False) -> tuple[FrameSet | None, float]:
     """The wide set's training frames of the corpus's emotions, and the scale of its landmarks into corpus px;
     None when its landmarks cannot join the corpus's (one set has them, the other not)."""
     manifest = read_manifest(wide)
@@ -181,7 +196,10 @@ def _wide_frames(wide: Path, emotions: tuple[str, ...], p: TrainEvaluatorParams,
         why = "no usable clips" if clips.empty else "landmarks in one set only"
         log(f"train_evaluator: the wide set {wide} is left out ({why})")
         return None, 1.0
-    frames = load_frame_set(wide, clips, emotions, p.image_size, p.frame_stride, with_landmarks)
+    if with_controls and control_columns(store) is None:
+        log(f"train_evaluator: the wide set {wide} is left out (no render controls, the corpus has them)")
+        return None, 1.0
+    frames = load_frame_set(wide, clips, emotions, p.image_size, p.frame_stride, with_landmarks, with_controls)
     return frames, frame_size / int(store["frames"].shape[1])
 
 
@@ -197,15 +215,18 @@ def _train(corpus_dir: Path, model_out: Path, losses_csv: Path, confusion_png: P
     store = open_store(corpus_dir / "frames.zarr")
     frame_size = int(store["frames"].shape[1])
     with_landmarks = has_landmarks(store)
+    with_controls = control_columns(store) is not None
     emotions = class_order(manifest)
-    train = load_frame_set(corpus_dir, train_clips, emotions, p.image_size, p.frame_stride, with_landmarks)
+    train = load_frame_set(corpus_dir, train_clips, emotions, p.image_size, p.frame_stride, with_landmarks,
+                           with_controls)
     if wide is not None:
-        extra, scale = _wide_frames(wide, emotions, p, with_landmarks, frame_size, log)
+        extra, scale = _wide_frames(wide, emotions, p, with_landmarks, frame_size, log, with_controls)
         if extra is not None:
             train = train.joined(extra, scale)
             train_clips = train.clips
     log(f"train_evaluator: {len(train.faces)} training frames from {len(train_clips)} clips, {len(emotions)} emotions,"
-        f" landmarks {'yes' if with_landmarks else 'no'} ({time.monotonic() - started:.0f}s to load)")
+        f" landmarks {'yes' if with_landmarks else 'no'}, expression controls {'yes' if with_controls else 'no'}"
+        f" ({time.monotonic() - started:.0f}s to load)")
 
     device = pick_device(base.device)
     precision = resolve_precision(base.precision, device)
@@ -213,10 +234,18 @@ def _train(corpus_dir: Path, model_out: Path, losses_csv: Path, confusion_png: P
     seed_all(base.seed)
     emotion_net = EmotionNet(p.width, len(emotions)).to(device)
     landmark_net = face_landmark_net(p.width, p.image_size).to(device) if with_landmarks else None
-    nets = [n for n in (emotion_net, landmark_net) if n is not None]
+    control_net = None
+    if with_controls:
+        control_net = ControlNet(p.width, len(JUDGED_CONTROLS), (p.image_size, p.image_size))
+        control_net.mean.copy_(torch.from_numpy(train.controls.mean(0)))
+        control_net.std.copy_(torch.from_numpy(np.maximum(train.controls.std(0), 1e-3)))
+        control_net.to(device)
+    nets = [n for n in (emotion_net, landmark_net, control_net) if n is not None]
     optimizers = {name: torch.optim.Adam(n.parameters(), lr=p.lr)
-                  for name, n in (("emotion", emotion_net), ("landmarks", landmark_net)) if n is not None}
+                  for name, n in (("emotion", emotion_net), ("landmarks", landmark_net), ("controls", control_net))
+                  if n is not None}
     targets = torch.from_numpy(train.landmarks / frame_size) if with_landmarks else None
+    control_targets = torch.from_numpy(train.controls) if with_controls else None
     labels = torch.from_numpy(train.labels)
     soften_count = int(round(p.soften_fraction * p.batch_size))
     compress_count = int(round(p.compress_fraction * p.batch_size))
@@ -241,6 +270,13 @@ def _train(corpus_dir: Path, model_out: Path, losses_csv: Path, confusion_png: P
                 lm_loss = landmark_loss(landmark_net, x, target.to(device))
             total = total + lm_loss
             losses["landmark_smooth_l1"] = lm_loss
+        if control_net is not None:  # standardised controls: every control weighs alike whatever its unit
+            with autocast(device, precision.bf16):
+                predicted = control_net.standardized(x)
+            wanted = (control_targets[idx].to(device) - control_net.mean) / control_net.std
+            control_loss = F.smooth_l1_loss(predicted.float(), wanted)
+            total = total + control_loss
+            losses["controls_smooth_l1"] = control_loss
         for opt in optimizers.values():
             opt.zero_grad(set_to_none=True)
         total.backward()  # the nets share no parameters: one backward gives each its own gradient
@@ -259,9 +295,12 @@ def _train(corpus_dir: Path, model_out: Path, losses_csv: Path, confusion_png: P
         landmarks = None
         if landmark_net is not None:
             landmarks = LandmarkRegressor(landmark_net.eval().cpu(), 0.0, frame_size, step, crop_top=0)
-        test = load_frame_set(corpus_dir, test_clips, emotions, p.image_size, p.eval_stride, with_landmarks)
-        heldout.update(heldout_metrics(Evaluator(emotion_net, emotions, p.image_size, landmarks), test, frame_size,
-                                       confusion_png))
+        test = load_frame_set(corpus_dir, test_clips, emotions, p.image_size, p.eval_stride, with_landmarks,
+                              with_controls)
+        controls = None if control_net is None else control_net.eval().cpu()
+        judges = Evaluator(emotion_net, emotions, p.image_size, landmarks, controls=controls,
+                           control_names=JUDGED_CONTROLS if controls is not None else ())
+        heldout.update(heldout_metrics(judges, test, frame_size, confusion_png))
 
     def metrics(step: int, recent: dict[str, float]) -> dict[str, Any]:
         return {**heldout, "steps": int(step), "stopped_by": "steps" if step >= p.steps else "max_minutes",
@@ -269,8 +308,10 @@ def _train(corpus_dir: Path, model_out: Path, losses_csv: Path, confusion_png: P
                 "train_clips": int(len(train_clips)), "image_size": p.image_size, "frame_size": frame_size,
                 "parameters": count_parameters(*nets), "final_losses": recent}
 
-    modules = {"emotion": emotion_net, **({"landmarks": landmark_net} if landmark_net is not None else {})}
-    config = evaluator_config(emotions, p.image_size, p.width, frame_size if with_landmarks else 0)
+    modules = {"emotion": emotion_net, **({"landmarks": landmark_net} if landmark_net is not None else {}),
+               **({"controls": control_net} if control_net is not None else {})}
+    config = evaluator_config(emotions, p.image_size, p.width, frame_size if with_landmarks else 0,
+                              JUDGED_CONTROLS if with_controls else ())
     fitted = fit(step_fn, stage="train_evaluator", out=model_out, losses_csv=losses_csv, config=config,
                  modules=modules, optimizers=optimizers, p=p, metrics=metrics, finish=finish, log=log)
     log(f"train_evaluator: held-out clip accuracy {fitted.metrics['emotion_clip_accuracy']:.3f} (chance "
@@ -304,7 +345,19 @@ def heldout_metrics(evaluator: Evaluator, test: FrameSet, frame_size: int, confu
                                              for k, v in clips.groupby("emotion").correct.mean().items()},
         "test_clips": int(len(clips)), "test_frames": int(len(test.faces)),
         "landmark_error_px": None, "mouth_error_px": None, "f_lmd_floor": None, "m_lmd_floor": None,
+        "expression_r2": None, "expression_mae": None,
     }
+    if evaluator.controls is not None and test.controls is not None:
+        with torch.inference_mode():
+            pred = np.concatenate([evaluator.controls(face_input(test.faces[i:i + 256])).numpy()
+                                   for i in range(0, len(test.faces), 256)])
+        truth = test.controls
+        residual = ((pred - truth) ** 2).sum(0)
+        spread = ((truth - truth.mean(0)) ** 2).sum(0)
+        out["expression_r2"] = {name: round(float(1 - r / s), 4) if s > 1e-12 else None
+                                for name, r, s in zip(evaluator.control_names, residual, spread)}
+        out["expression_mae"] = {name: round(float(e), 4)
+                                 for name, e in zip(evaluator.control_names, np.abs(pred - truth).mean(0))}
     if evaluator.landmarks is not None and test.landmarks is not None:
         pred = evaluator.landmarks.predict(test.faces)  # corpus px
         owners = [test.clip_index == i for i in range(len(clips))]
