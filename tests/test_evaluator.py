@@ -64,6 +64,7 @@ def test_stage_writes_checkpoint_report_losses_and_confusion(trained):
     # no wall-clock column (reruns same bytes)
     assert header == "step,emotion_ce,train_accuracy,landmark_smooth_l1,controls_smooth_l1"
     assert set(report["expression_r2"]) == set(JUDGED_CONTROLS) == set(report["expression_mae"])
+    assert report["reference_judged_neutral"] in (0.0, 1.0)  # one held-out actor's neutral photo
     assert load_evaluator(out / "evaluator.pt").control_names == JUDGED_CONTROLS
     confusion = cv2.imread(str(out / "confusion.png"))
     assert confusion is not None and confusion.shape[0] > 4 * 56

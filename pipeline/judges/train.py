@@ -300,7 +300,8 @@ def _train(corpus_dir: Path, model_out: Path, losses_csv: Path, confusion_png: P
         controls = None if control_net is None else control_net.eval().cpu()
         judges = Evaluator(emotion_net, emotions, p.image_size, landmarks, controls=controls,
                            control_names=JUDGED_CONTROLS if controls is not None else ())
-        heldout.update(heldout_metrics(judges, test, frame_size, confusion_png))
+        heldout.update(heldout_metrics(judges, test, frame_size, confusion_png,
+                                       reference_faces(corpus_dir, sorted(set(test_clips.actor)), p.image_size)))
 
     def metrics(step: int, recent: dict[str, float]) -> dict[str, Any]:
         return {**heldout, "steps": int(step), "stopped_by": "steps" if step >= p.steps else "max_minutes",
@@ -319,8 +320,21 @@ def _train(corpus_dir: Path, model_out: Path, losses_csv: Path, confusion_png: P
     return fitted.metrics
 
 
-def heldout_metrics(evaluator: Evaluator, test: FrameSet, frame_size: int, confusion_png: Path) -> dict[str, Any]:
-    """Emotion accuracy (frame, clip by mean logits, clip by majority) and landmark errors on `test`."""
+def reference_faces(corpus_dir: Path, actors: list[str], size: int) -> np.ndarray | None:
+    """The neutral reference photos of `actors` (the frame every generated row starts from) at the judges' size;
+    None when the corpus stores none."""
+    store = open_store(Path(corpus_dir) / "frames.zarr")
+    if "reference_frames" not in store or "reference_actor" not in store:
+        return None
+    names = [str(a) for a in store["reference_actor"][:]]
+    rows = [names.index(a) for a in actors if a in names]
+    return faces_bgr(np.asarray(store["reference_frames"][:])[rows], size) if rows else None
+
+
+def heldout_metrics(evaluator: Evaluator, test: FrameSet, frame_size: int, confusion_png: Path,
+                    references: np.ndarray | None = None) -> dict[str, Any]:
+    """Emotion accuracy (frame, clip by mean logits, clip by majority) and landmark errors on `test`; with the
+    held-out actors' neutral reference photos, the share of them judged neutral (the static row's honesty)."""
     emotions = evaluator.emotions
     logits = evaluator.emotion_logits_of_faces(test.faces)
     frame_pred = logits.argmax(axis=1)
@@ -345,8 +359,11 @@ def heldout_metrics(evaluator: Evaluator, test: FrameSet, frame_size: int, confu
                                              for k, v in clips.groupby("emotion").correct.mean().items()},
         "test_clips": int(len(clips)), "test_frames": int(len(test.faces)),
         "landmark_error_px": None, "mouth_error_px": None, "f_lmd_floor": None, "m_lmd_floor": None,
-        "expression_r2": None, "expression_mae": None,
+        "expression_r2": None, "expression_mae": None, "reference_judged_neutral": None,
     }
+    if references is not None and "neutral" in emotions:
+        judged = evaluator.emotion_logits_of_faces(references).argmax(axis=1)
+        out["reference_judged_neutral"] = round(float(np.mean(judged == emotions.index("neutral"))), 4)
     if evaluator.controls is not None and test.controls is not None:
         with torch.inference_mode():
             pred = np.concatenate([evaluator.controls(face_input(test.faces[i:i + 256])).numpy()
