@@ -24,6 +24,7 @@ from stages import (
     motion_report,
     prosody,
     pseudo_pairs,
+    report,
     sync_filter,
     sync_score,
     table2,
@@ -72,6 +73,7 @@ app.command("motion-report", hidden=True)(motion_report.motion_report)
 app.command("table2")(table2.table2)
 app.command("emotion_ceiling")(emotion_ceiling.emotion_ceiling)
 app.command("loss_curves")(loss_curves.loss_curves)
+app.command("report")(report.report)
 
 
 @app.command("env")

@@ -22,6 +22,7 @@ import yaml
 import zarr
 
 from pipeline.core.media import has_audio_stream, read_video
+from pipeline.evaluation.report_page import broken_references
 from tests.conftest import ROOT, tiny_params_dict
 from tests.dvc_closure import expanded_stages
 
@@ -152,6 +153,10 @@ def test_whole_repro_noop_and_param_changes(repo):
     table2 = json.loads((reports / "table2.json").read_text())
     assert list(table2) == tiny_params_dict()["table2"]["rows"]
     assert all(row["clips"] > 0 and math.isfinite(row["psnr"]) for row in table2.values()), table2
+    # the results page: one file, everything inside it (tests/test_report_page.py opens one in Chromium)
+    page = (reports / "index.html").read_text()
+    assert broken_references(page, reports) == [] and "<table>" in page
+    assert page.count("data:video/mp4;base64,") == 2 and page.count("data:image/png;base64,") >= 20
     shown = run([DVC, "metrics", "show"], repo)
     assert "data/reports/metrics.json" in shown
 

@@ -469,6 +469,13 @@ class EmotionCeilingParams:
     threads: int = 0  # torch threads; 0 = torch's default
 
 
+@dataclass(frozen=True)
+class ReportParams:
+    """The results page, data/reports/index.html (pipeline.evaluation.report_page)."""
+
+    embed_videos: bool = True  # the side-by-side mp4s inside the page (playable offline); false: named only
+
+
 SECTIONS: dict[str, type] = {
     "base": BaseParams,
     "corpus": CorpusParams,
@@ -494,6 +501,7 @@ SECTIONS: dict[str, type] = {
     "generate": GenerateParams,
     "figures": FiguresParams,
     "emotion_ceiling": EmotionCeilingParams,
+    "report": ReportParams,
 }
 
 

@@ -520,8 +520,9 @@ class MemoryTrainer:
         logged = {"total": float(total.detach())}
         logged.update({name: float(terms[name].detach()) if name in terms else 0.0
                        for name in ("a2m", "exp_mem", "align", "pj", "expression")})
-        if wide is not None:
-            logged.update({f"wide_{name}": float(value.detach()) for name, value in wide_terms.items()})
+        # every column always (0 = unused), so the loss log and its DVC plot keep one layout
+        logged.update({f"wide_{name}": float(wide_terms[name].detach()) if name in wide_terms else 0.0
+                       for name in ("a2m", "expression", "pj")})
         return logged
 
     @torch.no_grad()
