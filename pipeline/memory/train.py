@@ -90,15 +90,8 @@ def _check_aligned(store: Path, clips: pd.DataFrame) -> None:
 
 
 def _gather(store: Path, name: str, clips: pd.DataFrame) -> np.ndarray:
-    root = open_store(store)
-    if name not in root:
-        raise InputError(store, f"no '{name}' array")
-    lo, hi = int(clips.start.min()), int(clips.stop.max())
-    block = root[name][lo:hi]
-    out = np.concatenate([block[a - lo:b - lo] for a, b in zip(clips.start, clips.stop)])
-    if not np.isfinite(out).all():
-        raise InputError(store, f"'{name}' has NaN/inf in the corpus real clips")
-    return out.astype(np.float32, copy=False)
+    """Rows of `name` for the manifest's `clips` (their store rows checked by `_check_aligned` first)."""
+    return _gather_indexed(store, name, list(clips.clip_id), (clips.stop - clips.start).to_numpy(np.int64))
 
 
 def _per_actor(store: Path, names: tuple[str, ...], actors: list[str]) -> list[np.ndarray]:
