@@ -269,3 +269,16 @@ def test_compression_augmentation_degrades_only_the_last_images():
     again, _ = augment(x.clone(), None, np.random.default_rng(1), shift=0, jitter=0.0, soften_count=0,
                        compress_count=2)
     assert torch.equal(out, again)  # seeded
+
+
+def test_balanced_draw_gives_every_emotion_alike():
+    """The wide set is 80% neutral: unbalanced, the judge learned to call everything neutral."""
+    from pipeline.judges.train import draw_frames
+
+    labels = np.array([0] * 900 + [1] * 90 + [2] * 10)
+    by_class = [np.flatnonzero(labels == c) for c in range(3)]
+    drawn = labels[draw_frames(np.random.default_rng(0), by_class, 3000)]
+    assert np.allclose(np.bincount(drawn) / 3000, 1 / 3, atol=0.03)
+    assert (draw_frames(np.random.default_rng(1), by_class, 64) == draw_frames(np.random.default_rng(1), by_class,
+                                                                              64)).all()
+

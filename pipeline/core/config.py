@@ -286,13 +286,14 @@ class TrainEvaluatorParams:
     frame_stride: int = 2  # every n-th frame of each training clip (neighbours are near duplicates)
     eval_stride: int = 1  # every n-th frame of the held-out clips
     batch_size: int = 64
-    steps: int = 800  # the cosine schedule runs over these: a run that reaches them is reproducible
-    max_minutes: float = 3.0  # wall-clock guard for both nets together
+    steps: int = 2400  # the cosine schedule runs over these: a run that reaches them is reproducible
+    max_minutes: float = 20.0  # wall-clock guard for the three nets together
     lr: float = 2.0e-3
     shift: int = 3  # random shift in px of image_size (landmark targets move along)
     jitter: float = 0.1  # per-channel gain and brightness offset range (unseen actors' colours)
     soften_fraction: float = 0.5  # share of each batch blurred 2x down/up (generated frames are softer)
     compress_fraction: float = 0.25  # share of each batch JPEG-compressed at quality 20-70 (real videos are)
+    balance_classes: bool = True  # each batch draws every emotion alike (the wide set is 80% neutral)
     resume: bool = False  # continue from evaluator.pt's step and optimizer states (same config)
     checkpoint_every: int = 200
     log_every: int = 20

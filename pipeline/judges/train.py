@@ -247,6 +247,8 @@ def _train(corpus_dir: Path, model_out: Path, losses_csv: Path, confusion_png: P
     targets = torch.from_numpy(train.landmarks / frame_size) if with_landmarks else None
     control_targets = torch.from_numpy(train.controls) if with_controls else None
     labels = torch.from_numpy(train.labels)
+    by_class = [np.flatnonzero(train.labels == c) for c in range(len(emotions))] if p.balance_classes else []
+    by_class = [rows for rows in by_class if len(rows)]
     soften_count = int(round(p.soften_fraction * p.batch_size))
     compress_count = int(round(p.compress_fraction * p.batch_size))
     for net in nets:
@@ -256,7 +258,8 @@ def _train(corpus_dir: Path, model_out: Path, losses_csv: Path, confusion_png: P
         rng, _ = step_rngs(base.seed, step)
         for opt in optimizers.values():  # over steps only, so a run that reaches `steps` is reproducible
             set_cosine_lr(opt, p.lr, step / p.steps)
-        idx = rng.integers(len(train.faces), size=p.batch_size)
+        idx = draw_frames(rng, by_class, p.batch_size) if by_class else rng.integers(len(train.faces),
+                                                                                     size=p.batch_size)
         x, target = augment(face_input(train.faces[idx]), targets[idx] if targets is not None else None, rng,
                             p.shift, p.jitter, soften_count, compress_count)
         x = x.to(device)
@@ -329,6 +332,12 @@ def reference_faces(corpus_dir: Path, actors: list[str], size: int) -> np.ndarra
     names = [str(a) for a in store["reference_actor"][:]]
     rows = [names.index(a) for a in actors if a in names]
     return faces_bgr(np.asarray(store["reference_frames"][:])[rows], size) if rows else None
+
+
+def draw_frames(rng: np.random.Generator, by_class: list[np.ndarray], count: int) -> np.ndarray:
+    """`count` frame indices: a class drawn uniformly, then a frame of it (every emotion alike in a batch)."""
+    classes = rng.integers(len(by_class), size=count)
+    return np.array([by_class[c][rng.integers(len(by_class[c]))] for c in classes], np.int64)
 
 
 def heldout_metrics(evaluator: Evaluator, test: FrameSet, frame_size: int, confusion_png: Path,
