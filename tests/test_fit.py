@@ -21,7 +21,7 @@ class Knobs:
     threads: int = 0
 
 
-def run(tmp_path, name: str, p: Knobs, config=None, fresh=()):
+def run(tmp_path, name: str, p: Knobs, config=None, fresh=(), log=lambda s: None):
     torch.manual_seed(0)
     net, critic = torch.nn.Linear(3, 1), torch.nn.Linear(1, 1)
     optimizers = {"optimizer": torch.optim.SGD(net.parameters(), lr=p.lr),
@@ -41,7 +41,7 @@ def run(tmp_path, name: str, p: Knobs, config=None, fresh=()):
     fitted = fit(step_fn, stage="toy", out=tmp_path / f"{name}.pt", losses_csv=tmp_path / f"{name}.csv",
                  config=config or {"width": 3}, modules={"net": net}, optimizers=optimizers,
                  extra_modules={"critic": critic}, p=p, metrics=lambda step, recent: {"steps": step, **recent},
-                 fresh_on_resume=lambda ckpt: fresh, log=lambda s: None)
+                 fresh_on_resume=lambda ckpt: fresh, log=log)
     return net, optimizers, fitted
 
 
@@ -57,6 +57,22 @@ def test_resume_equals_unbroken_and_takes_lr_from_params(tmp_path):
 
     _, optimizers, _ = run(tmp_path, "b", Knobs(steps=7, lr=0.05, resume=True))
     assert {g["lr"] for opt in optimizers.values() for g in opt.param_groups} == {0.05}
+
+
+def test_a_binding_wall_clock_guard_is_a_warning(tmp_path, monkeypatch):
+    """max_minutes is a guard; when it stops a run before its steps, the weights depend on the machine: say so
+    (an 8-minute guard cut Wav2Lip at step 903 and the pseudo labels broke unnoticed)."""
+    import pipeline.training.loop as loop
+
+    lines = []
+    monkeypatch.setattr(loop.Budget, "exhausted", lambda self, step: step >= 3)  # the guard binds at step 3
+    _, _, fitted = run(tmp_path, "g", Knobs(steps=100, max_minutes=2.0), log=lines.append)
+    assert fitted.step == 3
+    assert any("toy: WARNING max_minutes (2) stopped training at step 3 of 100" in s for s in lines)
+    lines.clear()
+    monkeypatch.undo()
+    run(tmp_path, "h", Knobs(), log=lines.append)
+    assert not any("WARNING" in s for s in lines)
 
 
 def test_refuses_another_config_naming_the_key(tmp_path):

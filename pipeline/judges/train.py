@@ -291,9 +291,6 @@ def _train(corpus_dir: Path, model_out: Path, losses_csv: Path, confusion_png: P
 
     def finish(step: int) -> None:
         """Measure the trained judges on the held-out actors' real frames (the final checkpoint's metrics)."""
-        if step < p.steps:
-            log(f"train_evaluator: max_minutes stopped training at step {step} of {p.steps}: the judges depend on "
-                f"this machine's speed (raise max_minutes or lower steps for a reproducible run)")
         emotion_net.eval().cpu()
         landmarks = None
         if landmark_net is not None:

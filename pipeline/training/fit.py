@@ -135,6 +135,9 @@ def fit(step_fn: Callable[[int], Mapping[str, float]], *, stage: str, out: Path,
 
     step = run_loop(step_fn, start_step=start_step, budget=budget, log=loss_log, log_every=p.log_every,
                     checkpoint_fn=save, checkpoint_every=p.checkpoint_every, description=stage)
+    if step < p.steps:  # the budget is the step count; a binding guard makes the weights depend on the machine
+        log(f"{stage}: WARNING max_minutes ({p.max_minutes:g}) stopped training at step {step} of {p.steps}: the result "
+            f"depends on this machine's speed (raise {stage}.max_minutes)")
     rng_state = global_rng_state()  # what a longer run would continue from, whatever `finish` draws
     if finish is not None:
         finish(step)
