@@ -249,4 +249,7 @@ def evaluate_expert(model: SyncNetColor, corpus_dir: Path, audio_store: Path, ba
     log(f"{stage}: held-out accuracy {metrics['heldout_accuracy']:.3f} (in-sync {metrics['in_sync_accuracy']:.3f},"
         f" off-sync {metrics['off_sync_accuracy']:.3f}); offset recovered {metrics['offset_recovery']:.3f}"
         f" (+-1: {metrics['offset_recovery_within_1']:.3f}) over {metrics['offset_trials']} trials")
+    if metrics["heldout_accuracy"] < 0.6:  # SyncNet can sit on the chance plateau (bce ln 2) for its whole budget
+        log(f"{stage}: WARNING held-out accuracy {metrics['heldout_accuracy']:.3f} is near chance: this model did not "
+            f"learn sync, and every confidence it gives (sync_filter, Sync_conf, LSE-D) is noise")
     return metrics
