@@ -28,7 +28,8 @@ from tests.dvc_closure import expanded_stages
 
 DVC = str(Path(sys.executable).with_name("dvc"))
 STAGES: dict = expanded_stages()  # foreach stages as name@item, as dvc names them
-METRIC_KEYS = ("psnr", "ssim", "m_lmd", "f_lmd", "sync_conf", "lse_d", "emotion_acc")
+METRIC_KEYS = ("psnr", "ssim", "m_lmd", "f_lmd", "sync_conf", "lse_d", "expr_err_mouth", "expr_err_upper",
+               "emotion_acc")
 
 
 def run(cmd: list[str], cwd: Path) -> str:
@@ -122,7 +123,8 @@ def check_metrics(reports: Path) -> None:
     assert "emmn" in produced and "ground_truth" in produced
     assert list(metrics) == produced, "metrics.json: one object per generated row, in order"
     for row, values in metrics.items():
-        assert set(values) == set(METRIC_KEYS), row
+        assert set(values) == {*METRIC_KEYS, "expr_err_by_control"}, row
+        assert all(isinstance(v, float) for v in values.pop("expr_err_by_control").values()), row
         for key, v in values.items():
             if row == "ground_truth" and key == "psnr":
                 assert v is None  # PSNR of the ground truth against itself: infinite

@@ -152,7 +152,7 @@ class TrainSyncnetParams:
     batch_size: int = 32  # windows per step
     windows_per_clip: int = 8  # windows drawn from each clip; every in-clip pairing is an example
     steps: int = 2000  # the budget; max_minutes is only a guard
-    max_minutes: float = 10.0  # wall-clock budget of one run (0 = none)
+    max_minutes: float = 25.0  # wall-clock budget of one run (0 = none)
     lr: float = 1.0e-3
     negative_min_shift: int = 1  # off-sync windows take audio at least this many frames away (Wav2Lip: 1)
     eval_windows: int = 2000  # held-out windows for the in-sync / off-sync accuracy
@@ -172,7 +172,7 @@ class TrainSyncScorerParams(TrainSyncnetParams):
     filters with SyncNet, a model Wav2Lip never saw)."""
 
     steps: int = 1300
-    max_minutes: float = 10.0
+    max_minutes: float = 25.0
     seed_offset: int = 1
 
 
@@ -183,7 +183,7 @@ class TrainWav2lipParams:
     width: float = 0.25  # channel multiplier of the generator (1.0 = the official layout)
     batch_size: int = 8  # 5-frame windows per step
     steps: int = 1000
-    max_minutes: float = 8.0
+    max_minutes: float = 25.0
     lr: float = 1.0e-3
     sync_weight: float = 0.03  # expert sync loss weight (Wav2Lip: 0.03 once the expert loss is low)
     sync_warmup_steps: int = 300  # steps of pure L1 before the sync loss joins
@@ -327,7 +327,7 @@ class TrainAudioParams:
     classification_weight: float = 1.0
     lr: float = 1.0e-3
     steps: int = 1000  # the budget; max_minutes is only a guard
-    max_minutes: float = 15.0
+    max_minutes: float = 40.0
     bn_recalibration_batches: int = 30  # training batches whose exact BN statistics replace the running ones
     eval_quads: int = 64  # held-out quads for the reconstruction errors
     probe_alphas: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0, 1000.0)  # linear-probe penalties (leave-one-actor-out)
