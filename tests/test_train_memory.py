@@ -129,7 +129,7 @@ def test_train_memory_with_the_wide_set(wide_stores, tmp_path, variant):
     """Each step also trains on a wide batch (emmn: L_a2m and D_t's residual; the ablations: L_p,j); memory.json
     scores the wide set's held-out identity too. pretrain_wide false reads no wide store."""
     s = wide_stores
-    p = with_field(tiny_section("train_memory"), max_minutes=0, variant=variant)
+    p = with_field(tiny_section("train_memory"), max_minutes=0, variant=variant, tune_content=True)
     report = run_train_memory(s["corpus"], s["keypoints"], s["motion"], s["audio"], s["audio_model"],
                               s["motion_model"], tmp_path / "m.pt", tmp_path / "m.json", tmp_path / "m.csv", BASE, p,
                               prosody_store=s["prosody"], wide=s["wide_inputs"])

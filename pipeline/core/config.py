@@ -349,7 +349,7 @@ class TrainMemoryParams:
     mouth_from_a2m_only: bool = True  # emmn: f^_m reaches the memory and D_em as a constant (D_m learns from Eq. 6 only)
     temporal_expression: bool = True  # emmn: D_t adds a per-frame residual to the memory's read (head motion)
     pretrain_wide: bool = True  # every step also trains on a batch of wide-set windows (emmn: Audio2Mouth and D_t)
-    tune_content: bool = True  # fine-tune a copy of the content encoder E_c with D_m (Audio2Mouth pre-training)
+    tune_content: bool = False  # fine-tune a copy of the content encoder E_c with D_m (~15x the step time on CPU)
     lambda_exp_mem: float = 1.0  # Eq. 14 weights
     lambda_align: float = 1.0
     lambda_pj: float = 1.0
