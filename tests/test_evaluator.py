@@ -116,7 +116,7 @@ def test_both_judges_learn_the_training_frames(tiny_corpus, tmp_path):
 
     # the frames as they come (the plumbing of targets, shifts and labels); balanced draws: test_balanced_draw_...
     p = tiny_section("train_evaluator", steps=300, frame_stride=1, width=8, shift=1, log_every=100,
-                     balance_classes=False)
+                     balance_classes=False, max_minutes=0)  # no guard: on a busy CPU it cut the 300 steps short
     train_evaluator_models(tiny_corpus, tmp_path / "e.pt", tmp_path / "l.csv", tmp_path / "c.png",
                            tiny_section("base"), p, log=lambda _: None)
     evaluator = load_evaluator(tmp_path / "e.pt")

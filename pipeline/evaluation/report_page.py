@@ -5,7 +5,9 @@ Table 1 and Table 2 (from their markdown), the judges' own ceilings, the emotion
 generalisation numbers, the sheets and loss curves (PNG, embedded as data URIs), the side-by-side videos (mp4,
 embedded, playable in place), the run's params and the machine it ran on. Missing inputs are named on the page,
 never fatal: a partial run still gets a page. Stage wall times come from the `*.timings.json` files beside the
-outputs (not DVC-tracked: they differ on every run), read as they are when the page is built.
+outputs (not DVC-tracked: they differ on every run) and the params from params.yaml, both read as they are when
+the page is built: the stage declares neither, so run-only knobs (threads, workers, log_every) rebuild nothing,
+while any param that changes an output changes a report the page depends on, which rebuilds it.
 
 A small script in the page counts images and videos that failed to load into `data-broken` on <body>, so a
 headless browser can check that every reference resolves (tests/test_report_page.py).
