@@ -155,8 +155,9 @@ def build_page(reports: Path, params_text: str, *, data_root: Path | None = None
         parts.append(f"<p class='missing'>{html.escape(name)}: not produced by this run.</p>")
 
     parts.append("<h2>Key numbers</h2><table><tr><th>what</th><th>value</th><th>from</th></tr>")
+    loaded = {name: read_json(reports / name) for name in {report for report, _, _ in NUMBERS}}
     for report, key, label in NUMBERS:
-        value = lookup(read_json(reports / report), key)
+        value = lookup(loaded[report], key)
         shown = "n/a" if value is None else f"{value:.4g}" if isinstance(value, float) else html.escape(str(value))
         parts.append(f"<tr><td>{html.escape(label)}</td><td>{shown}</td><td>{report} {key}</td></tr>")
     parts.append("</table>")

@@ -114,12 +114,15 @@ class Evaluator:
                for i in range(0, len(faces), self.batch_size)]
         return np.concatenate(out) if out else np.zeros((0, len(self.emotions)), np.float32)
 
-    @torch.inference_mode()
     def expression_controls(self, frames_rgb: np.ndarray) -> np.ndarray:
         """(T, C) render controls read from frames (names `control_names`)."""
+        return self.expression_controls_of_faces(self.faces(frames_rgb))
+
+    @torch.inference_mode()
+    def expression_controls_of_faces(self, faces: np.ndarray) -> np.ndarray:
+        """Controls of uint8 BGR faces already at `image_size` (T,S,S,3)."""
         if self.controls is None:
             raise CheckpointError(None, "this evaluator has no expression judge (corpus without render controls)")
-        faces = self.faces(frames_rgb)
         self.controls.eval()
         out = [self.controls(face_input(faces[i:i + self.batch_size])).numpy()
                for i in range(0, len(faces), self.batch_size)]

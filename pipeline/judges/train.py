@@ -371,9 +371,7 @@ def heldout_metrics(evaluator: Evaluator, test: FrameSet, frame_size: int, confu
         judged = evaluator.emotion_logits_of_faces(references).argmax(axis=1)
         out["reference_judged_neutral"] = round(float(np.mean(judged == emotions.index("neutral"))), 4)
     if evaluator.controls is not None and test.controls is not None:
-        with torch.inference_mode():
-            pred = np.concatenate([evaluator.controls(face_input(test.faces[i:i + 256])).numpy()
-                                   for i in range(0, len(test.faces), 256)])
+        pred = evaluator.expression_controls_of_faces(test.faces)
         truth = test.controls
         residual = ((pred - truth) ** 2).sum(0)
         spread = ((truth - truth.mean(0)) ** 2).sum(0)
