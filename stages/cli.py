@@ -89,6 +89,22 @@ def env(params: Annotated[Path, typer.Option(help="params.yaml whose base.precis
     typer.echo(format_environment(describe_environment(base.precision, base.device)))
 
 
+@app.command("profile")
+@one_line_errors
+def profile(name: Annotated[str, typer.Argument(help="default | tiny | quick | paper (profiles/<name>.yaml)")],
+            params: Annotated[Path, typer.Option(help="the params file to rewrite")] = Path("params.yaml")) -> None:
+    """Set params.yaml to a profile: the built-in defaults plus profiles/<name>.yaml, changing only the keys that
+    differ (comments kept). Then `dvc repro` re-runs what those keys feed, or `dvc exp run -n <name>`."""
+    from pipeline.core.errors import InputError
+    from pipeline.core.profiles import profile_params, write_profile
+
+    if not params.is_file():
+        raise InputError(params, "no params file here (run in the repository, or pass --params)")
+    changed = write_profile(params, profile_params(name))
+    typer.echo(f"{params}: profile {name}, {len(changed)} value(s) changed" + (f": {', '.join(changed)}"
+                                                                              if len(changed) <= 12 else ""))
+
+
 @app.command("inspect")
 @one_line_errors
 def inspect(path: Annotated[Path, typer.Argument(help="a Zarr store written by a stage")]) -> None:

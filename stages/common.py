@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +32,24 @@ def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(code=2) from None
 
     return wrapper
+
+
+def run_ranks(processes: int, module: str) -> None:
+    """`base.processes` > 1: run this training stage again under torchrun with that many ranks (DDP, see
+    pipeline.training.distributed) and exit with its status. Inside torchrun, or with 1, it does nothing."""
+    from pipeline.training.distributed import launched_ranks
+
+    if processes < 1:
+        raise InputError("params.yaml", f"base.processes must be >= 1, not {processes}")
+    if processes == 1 or launched_ranks() > 1:
+        return
+    args = sys.argv[1:]
+    command = module.rsplit(".", 1)[-1]
+    if args and args[0] == command:  # `emmn <command> ...`: the module takes the options alone
+        args = args[1:]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+              "-m", module, *args]
+    raise typer.Exit(code=subprocess.call(launch))
 
 
 def stage_app() -> typer.Typer:

@@ -21,7 +21,7 @@ from pipeline.audio.prosody import DEFAULT_STORE as DEFAULT_PROSODY_STORE
 from pipeline.core.config import BaseParams, FinetuneRenderParams, load_section
 from pipeline.core.store import write_json
 from pipeline.render.finetune import finetune_render as finetune
-from stages.common import ParamsOption, one_line_errors, stage_app
+from stages.common import ParamsOption, one_line_errors, run_ranks, stage_app
 
 app = stage_app()
 
@@ -55,6 +55,7 @@ def finetune_render(
 ) -> None:
     """Stage 2 (Eq. 15): fine-tune the FOMM renderer on frames driven by EmmnNet's predicted keypoints."""
     base, p = load_section("base", params), load_section("finetune_render", params)
+    run_ranks(base.processes, "stages.finetune_render")
     metrics = run_finetune_render(corpus, audio_features, emmn, fomm, out, losses, report, base, p,
                                   prosody, keypoints)
     typer.echo(json.dumps({k: metrics[k] for k in ("loss", "steps", "heldout_psnr_before", "heldout_psnr_after")}))

@@ -19,7 +19,7 @@ import typer
 
 from pipeline.audio.train import run_train_audio
 from pipeline.core.config import load_section
-from stages.common import ParamsOption, one_line_errors, stage_app
+from stages.common import ParamsOption, one_line_errors, run_ranks, stage_app
 
 app = stage_app()
 
@@ -40,6 +40,7 @@ def train_audio(
 ) -> None:
     """Train the audio content/emotion encoders (EVP disentanglement) or import EVP's weights; held-out report."""
     base, p = load_section("base", params), load_section("train_audio", params)
+    run_ranks(base.processes, "stages.train_audio")
     metrics = run_train_audio(corpus, audio, out, report, losses, confusion_png, base, p,
                               prosody_store=prosody)
     typer.echo(json.dumps({k: metrics[k] for k in ("emotion_acc_from_ee", "emotion_acc_from_ec", "cross_rec_err")}))

@@ -21,7 +21,13 @@ import typer
 from pipeline.core.config import BaseParams, TrainEvaluatorParams, load_section
 from pipeline.core.store import write_json
 from pipeline.judges.train import train_evaluator_models
-from stages.common import ParamsOption, WideOption, one_line_errors, stage_app
+from stages.common import (
+    ParamsOption,
+    WideOption,
+    one_line_errors,
+    run_ranks,
+    stage_app,
+)
 
 app = stage_app()
 
@@ -48,6 +54,7 @@ def train_evaluator(
 ) -> None:
     """Train the emotion classifier and landmark regressor that score generated clips; held-out ceiling/floor."""
     base, p = load_section("base", params), load_section("train_evaluator", params)
+    run_ranks(base.processes, "stages.train_evaluator")
     metrics = run_train_evaluator(corpus, out, report, losses, confusion, base, p, wide=wide)
     typer.echo(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}))
 

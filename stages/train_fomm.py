@@ -17,7 +17,13 @@ import typer
 
 from pipeline.core.config import BaseParams, TrainFommParams, load_section
 from pipeline.fomm.train import train_fomm_model
-from stages.common import ParamsOption, WideOption, one_line_errors, stage_app
+from stages.common import (
+    ParamsOption,
+    WideOption,
+    one_line_errors,
+    run_ranks,
+    stage_app,
+)
 
 app = stage_app()
 
@@ -39,6 +45,7 @@ def train_fomm(
 ) -> None:
     """Train FOMM (keypoint detector + dense motion + generator) on corpus frames, or import official weights."""
     base, p = load_section("base", params), load_section("train_fomm", params)
+    run_ranks(base.processes, "stages.train_fomm")
     summary = run_train_fomm(corpus, out, losses, base, p, wide=wide)
     typer.echo(json.dumps(summary))
 

@@ -24,7 +24,14 @@ from pipeline.core.errors import InputError
 from pipeline.core.store import write_json
 from pipeline.memory.train import WideInputs, train_memory_model
 from pipeline.models.emmn import VARIANTS
-from stages.common import ParamsOption, WideAudioOption, WideOption, one_line_errors, stage_app
+from stages.common import (
+    ParamsOption,
+    WideAudioOption,
+    WideOption,
+    one_line_errors,
+    run_ranks,
+    stage_app,
+)
 
 app = stage_app()
 
@@ -69,6 +76,7 @@ def train_memory(
 ) -> None:
     """Train E_i, D_m and the Motion Memory-Net (Eq. 14) on the training actors; report on held-out actors."""
     base, p = load_section("base", params), load_section("train_memory", params)
+    run_ranks(base.processes, "stages.train_memory")
     if variant is not None:
         p = with_field(p, variant=variant)
     summary = run_train_memory(corpus, keypoints, motion_store, audio_store, audio_model, motion_model, out, report,

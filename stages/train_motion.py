@@ -20,7 +20,7 @@ import typer
 
 from pipeline.core.config import load_section
 from pipeline.motion.train import run_train_motion
-from stages.common import ParamsOption, one_line_errors, stage_app
+from stages.common import ParamsOption, one_line_errors, run_ranks, stage_app
 
 app = stage_app()
 
@@ -38,6 +38,7 @@ def train_motion(
 ) -> None:
     """Train E_e, E_m, D_em (Eq. 1-5) on keypoints of the kept pseudo-pair quadruples."""
     base, p = load_section("base", params), load_section("train_motion", params)
+    run_ranks(base.processes, "stages.train_motion")
     summary = run_train_motion(keypoints, pseudo, out, losses, base, p)
     typer.echo(json.dumps({k: v for k, v in summary.items() if k != "train_params"}))
 

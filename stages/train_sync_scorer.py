@@ -18,7 +18,14 @@ from typing import Annotated
 import typer
 
 from pipeline.core.config import load_section
-from stages.common import ParamsOption, WideAudioOption, WideOption, one_line_errors, stage_app
+from stages.common import (
+    ParamsOption,
+    WideAudioOption,
+    WideOption,
+    one_line_errors,
+    run_ranks,
+    stage_app,
+)
 from stages.train_syncnet import run_train_syncnet
 
 app = stage_app()
@@ -39,6 +46,7 @@ def train_sync_scorer(
 ) -> None:
     """Train the independent SyncNet_color that scores pseudo clips (sync_filter, sync-score)."""
     base, p = load_section("base", params), load_section("train_sync_scorer", params)
+    run_ranks(base.processes, "stages.train_sync_scorer")
     metrics = run_train_syncnet(corpus, audio, out, report, losses, base, p, stage="train_sync_scorer",
                                 wide=(wide, wide_audio))
     typer.echo(json.dumps(metrics))

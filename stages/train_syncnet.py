@@ -18,7 +18,14 @@ import typer
 from pipeline.core.config import BaseParams, TrainSyncnetParams, load_section
 from pipeline.core.store import write_json
 from pipeline.lipsync.syncnet_train import train_syncnet_model
-from stages.common import ParamsOption, WideAudioOption, WideOption, one_line_errors, stage_app
+from stages.common import (
+    ParamsOption,
+    WideAudioOption,
+    WideOption,
+    one_line_errors,
+    run_ranks,
+    stage_app,
+)
 
 app = stage_app()
 
@@ -46,6 +53,7 @@ def train_syncnet(
 ) -> None:
     """Train the SyncNet_color lip-sync expert on corpus windows (or import official weights); held-out report."""
     base, p = load_section("base", params), load_section("train_syncnet", params)
+    run_ranks(base.processes, "stages.train_syncnet")
     metrics = run_train_syncnet(corpus, audio, out, report, losses, base, p, wide=(wide, wide_audio))
     typer.echo(json.dumps(metrics))
 

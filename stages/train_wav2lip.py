@@ -19,7 +19,14 @@ import typer
 from pipeline.core.config import BaseParams, TrainWav2lipParams, load_section
 from pipeline.core.store import write_json
 from pipeline.lipsync.wav2lip_train import train_wav2lip_model
-from stages.common import ParamsOption, WideAudioOption, WideOption, one_line_errors, stage_app
+from stages.common import (
+    ParamsOption,
+    WideAudioOption,
+    WideOption,
+    one_line_errors,
+    run_ranks,
+    stage_app,
+)
 
 app = stage_app()
 
@@ -49,6 +56,7 @@ def train_wav2lip(
 ) -> None:
     """Train the Wav2Lip generator (L1 + expert sync loss) on corpus windows, or import official weights."""
     base, p = load_section("base", params), load_section("train_wav2lip", params)
+    run_ranks(base.processes, "stages.train_wav2lip")
     metrics = run_train_wav2lip(corpus, audio, expert, out, report, losses, base, p, wide=(wide, wide_audio))
     typer.echo(json.dumps(metrics))
 

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.core.config import (
+    RUN_ONLY,  # knobs that change how a run goes, never what it produces
+)
+
 ROOT = Path(__file__).resolve().parents[1]
 CODE_ROOTS = ("pipeline", "stages")
-# knobs that change how a run goes, never what it produces: listed in no stage's params, so changing them
-# re-runs nothing (max_minutes is a guard; a run it stops says so in its log)
-RUN_ONLY = frozenset({"threads", "log_every", "checkpoint_every", "max_minutes", "resume", "workers",
-                      "scheduler_address"})
 
 
 def module_file(name: str) -> Path | None:

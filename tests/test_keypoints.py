@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -232,3 +233,53 @@ def test_centre_per_group_removes_each_groups_mean():
     np.testing.assert_allclose(centred[:3], [[-1.0, -2.0], [1.0, 2.0], [-2.0, -1.0]])
     assert np.isnan(centred[3]).all()
     np.testing.assert_allclose(centred[4], [2.0, 1.0])
+
+
+def _tree_md5(folder: Path) -> dict[str, str]:
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.md5(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_keypoints_through_a_real_dask_cluster_write_the_same_bytes(stage_run, tiny_corpus, tmp_path):
+    """`dask scheduler` + two `dask worker` processes on 127.0.0.1, reached through base.scheduler_address, give
+    the same keypoints.zarr, file by file, as the in-process run."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from distributed import Client
+
+    from tests.conftest import ROOT
+
+    out, _ = stage_run
+    scheduler_file = tmp_path / "scheduler.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    dask = [sys.executable, "-m", "dask"]
+    processes = [subprocess.Popen([*dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                                   "--scheduler-file", str(scheduler_file)], cwd=ROOT, env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        deadline = time.monotonic() + 60
+        while not (scheduler_file.is_file() and scheduler_file.stat().st_size):
+            assert processes[0].poll() is None and time.monotonic() < deadline, "dask scheduler did not start"
+            time.sleep(0.1)
+        processes += [subprocess.Popen([*dask, "worker", "--scheduler-file", str(scheduler_file), "--nthreads", "1",
+                                        "--no-dashboard", "--name", f"w{i}"], cwd=ROOT, env=env,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(2)]
+        with Client(scheduler_file=str(scheduler_file), timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+            address = client.scheduler.address
+        cluster = tmp_path / "cluster"
+        run_keypoints(tiny_corpus, out / "fomm.pt", cluster / "keypoints.zarr", cluster / "fomm.json",
+                      cluster / "heldout.mp4", cluster / "heldout.png",
+                      BaseParams(seed=11, workers=0, device="cpu", scheduler_address=address),
+                      tiny_section("keypoints", extra_frames=()))
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+        for process in processes:
+            process.wait(timeout=30)
+    assert _tree_md5(cluster / "keypoints.zarr") == _tree_md5(out / "keypoints.zarr")

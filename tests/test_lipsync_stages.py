@@ -213,3 +213,57 @@ def test_bf16_redub_stays_close_to_fp32(chain):
     exact = generate_faces(generator, faces, faces, mel).astype(np.int16)
     fast = generate_faces(generator, faces, faces, mel, bf16=True).astype(np.int16)
     assert fast.shape == exact.shape and np.abs(fast - exact).mean() < 3.0  # uint8 levels
+
+
+def test_in_clip_contrastive_loss_hand_case():
+    """W=3 windows starting at frames 0, 1, 5 with minimum shift 2: pair (0, 1) is neither in nor off sync.
+    Cosines 0.6 on the diagonal, 0.5 elsewhere, temperature 0.1 -> logits 6 vs 5: rows 0 and 1 pick among
+    two candidates, -log(e^6 / (e^6 + e^5)) = log(1 + e^-1); row 2 among three, log(1 + 2 e^-1)."""
+    from pipeline.lipsync.syncnet_train import in_clip_contrastive_loss
+    cosine = torch.full((1, 3, 3), 0.5) + 0.1 * torch.eye(3)
+    first = torch.tensor([[0, 1, 5]])
+    in_sync = torch.eye(3, dtype=torch.bool)[None]
+    off_sync = ~in_sync & ((first[:, :, None] - first[:, None, :]).abs() >= 2)
+    expected = (2 * np.log1p(np.exp(-1)) + np.log1p(2 * np.exp(-1))) / 3  # columns: the same (symmetric)
+    assert float(in_clip_contrastive_loss(cosine, in_sync, off_sync, 0.1)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_block_sync_loss_adds_the_ranking_term_by_its_weight():
+    """All cosines 0.5 (SyncNet's stall): BCE is ln 2, the ranking among 4 candidates ln 4; it is always
+    logged and joins the loss by contrastive_weight."""
+    from pipeline.lipsync.syncnet_train import block_sync_loss
+    unit = torch.tensor([1.0, 1.0, 0.0, 0.0]) / np.sqrt(2)
+    face = unit.repeat(4, 1)
+    audio = torch.tensor([1.0, 0.0, 1.0, 0.0]).repeat(4, 1) / np.sqrt(2)  # cosine 0.5 with every face
+    first = torch.tensor([[0, 3, 6, 9]])
+    plain, terms = block_sync_loss(audio, face, first, 1)
+    assert float(plain) == pytest.approx(np.log(2), rel=1e-5)
+    assert terms["bce"] == pytest.approx(np.log(2), rel=1e-5) and terms["contrastive"] == pytest.approx(np.log(4))
+    ranked, _ = block_sync_loss(audio, face, first, 1, contrastive_weight=0.5)
+    assert float(ranked) == pytest.approx(np.log(2) + 0.5 * np.log(4), rel=1e-5)
+
+
+def test_train_syncnet_runs_under_torchrun_with_two_ranks(chain, tmp_path):
+    """base.processes: 2 relaunches the stage under torchrun (gloo): 2 clips a rank, rank 0 alone writes."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.conftest import ROOT, tiny_params_dict
+
+    params = tiny_params_dict()
+    params["base"]["processes"] = 2
+    params["train_syncnet"]["pretrain_wide"] = False
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "stages.train_syncnet", "--params", str(tmp_path / "params.yaml"),
+                           "--corpus", str(chain["corpus"]), "--audio", str(chain["audio"]),
+                           "--out", str(out / "syncnet.pt"), "--report", str(out / "syncnet.json"),
+                           "--losses", str(out / "losses.csv")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert load_pipeline_model(out / "syncnet.pt", "syncnet_color").step == 4
+    assert [r["step"] for r in read_loss_csv(out / "losses.csv")] == [2, 4]
+    assert "heldout_accuracy" in json.loads((out / "syncnet.json").read_text())
+    assert sorted(p.name for p in out.iterdir()) == ["losses.csv", "syncnet.json", "syncnet.pt",
+                                                    "syncnet.pt.timings.json"]

@@ -22,6 +22,7 @@ import yaml
 import zarr
 
 from pipeline.core.media import has_audio_stream, read_video
+from pipeline.core.profiles import write_profile
 from pipeline.evaluation.report_page import broken_references
 from tests.conftest import ROOT, tiny_params_dict
 from tests.dvc_closure import expanded_stages
@@ -97,7 +98,15 @@ def copy_sources(repo: Path) -> None:
 def repo(tmp_path_factory) -> Path:
     repo = tmp_path_factory.mktemp("e2e")
     copy_sources(repo)
-    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict(), sort_keys=False))
+    # the user's way to a profile: `emmn profile tiny` on the annotated params.yaml (device pinned for the smoke
+    # test of bench/gpu_check.sh below, which runs on this repository with --device cpu)
+    shutil.copy2(ROOT / "params.yaml", repo / "params.yaml")
+    run([sys.executable, "-m", "stages.cli", "profile", "tiny"], repo)
+    write_profile(repo / "params.yaml", {"base": {"device": "cpu"}})
+    wanted = tiny_params_dict()
+    wanted["base"]["device"] = "cpu"
+    assert yaml.safe_load((repo / "params.yaml").read_text()) == wanted
+    assert "# " in (repo / "params.yaml").read_text()  # comments kept
     run(["git", "init", "-q"], repo)
     run(["git", "-c", "user.email=ci@x", "-c", "user.name=ci", "add", "-A"], repo)
     run(["git", "-c", "user.email=ci@x", "-c", "user.name=ci", "commit", "-qm", "init"], repo)
@@ -164,6 +173,16 @@ def test_whole_repro_noop_and_param_changes(repo):
 
     again = run([DVC, "repro"], repo)
     assert "Running stage" not in again
+
+    # bench/gpu_check.sh on the CPU: profile and device as they are here, so its repro is a no-op; then the
+    # generate speed rows
+    checked = run(["bash", str(ROOT / "bench" / "gpu_check.sh"), "--device", "cpu", "--profile", "tiny",
+                   "--workdir", str(repo), "--sizes", "64", "--iters", "1", "--json", str(repo / "check.json")], ROOT)
+    assert "dvc repro (all)" in checked and '"ms_per_frame"' in checked
+    check = json.loads((repo / "check.json").read_text())
+    assert check["stages"] == {} and check["generate"][0]["side"] == 64 and check["generate"][0]["fps"] > 0
+    (repo / "check.json").unlink()
+    (repo / "generate_speed.json").unlink()
 
     # Re-running both corpora and every training stage reproduces the same weights, so every output keeps its md5
     # (no wall-clock time inside a checkpoint, report or loss log) and nothing downstream goes stale. The memory's

@@ -20,6 +20,7 @@ from pipeline.audio.dtw import align_clips
 from pipeline.audio.prosody import ProsodyStore
 from pipeline.core.errors import InputError
 from pipeline.core.store import open_store, read_index
+from pipeline.training.distributed import shard, world
 
 
 @dataclass
@@ -231,6 +232,20 @@ def sample_batch(bank: AudioBank, labels: np.ndarray, rng: np.random.Generator, 
         voice = torch.from_numpy(bank.voices[emo_clips])
     return QuadBatch(stack(seg_a), stack(seg_b), stack(seg_c), stack(seg_d), stack(emo),
                      torch.from_numpy(labels[emo_clips]), prosody, voice)
+
+
+def shard_quads(batch: QuadBatch) -> QuadBatch:
+    """This rank's quads of a batch (pipeline.training.distributed): the segments' first dim is the quad, the
+    emotion crops' is (a..., b..., c..., d...), so each of the four blocks is cut alike."""
+    w = world()
+    if not w.parallel:
+        return batch
+
+    def blocks(x: torch.Tensor | None) -> torch.Tensor | None:
+        return None if x is None else shard(x.unflatten(0, (4, -1)).transpose(0, 1), w).transpose(0, 1).flatten(0, 1)
+
+    return QuadBatch(*(shard(t, w) for t in (batch.seg_a, batch.seg_b, batch.seg_c, batch.seg_d)),
+                     blocks(batch.emo), blocks(batch.labels), blocks(batch.prosody), blocks(batch.voice))
 
 
 def eval_quads(bank: AudioBank, seed: int, count: int) -> list[Quad]:

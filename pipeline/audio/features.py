@@ -15,7 +15,11 @@ import pandas as pd
 
 from pipeline.audio.frontends import evp_mfcc_windows, wav2lip_mel
 from pipeline.audio.stream import mel_windows
-from pipeline.core.config import AudioFeaturesParams, BaseParams, as_dict
+from pipeline.core.config import (
+    AudioFeaturesParams,
+    BaseParams,
+    recorded_params,
+)
 from pipeline.core.errors import InputError
 from pipeline.core.media import load_audio
 from pipeline.core.parallel import ordered_map
@@ -51,7 +55,7 @@ def build_audio_features(corpus_dir: Path, out: Path, base: BaseParams, p: Audio
     tasks = [(corpus_dir / row.wav_path, int(row.frames), base.fps, base.sample_rate, p.mel_step, p.mel_pad_mode)
              for row in manifest.itertuples()]
     attrs = {"schema": SCHEMA, "stage": "audio_features",
-             "params": {"base": as_dict(base), "audio_features": as_dict(p)},
+             "params": recorded_params("audio_features", base, p),
              "mel": "Wav2Lip melspectrogram windows, s = int(i*80/fps), 16 steps, last-chunk rule at the end",
              "mfcc": "EVP/EAMM MFCC windows (28 x 12, c0 dropped), one per video frame"}
     with atomic_output(out) as tmp:

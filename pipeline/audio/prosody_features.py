@@ -21,7 +21,7 @@ from pipeline.audio.prosody import (
     frame_prosody,
     voice_baseline,
 )
-from pipeline.core.config import BaseParams, ProsodyParams, as_dict
+from pipeline.core.config import BaseParams, ProsodyParams, recorded_params
 from pipeline.core.errors import InputError
 from pipeline.core.media import load_audio
 from pipeline.core.parallel import ordered_map
@@ -50,7 +50,7 @@ def build_prosody(corpus_dir: Path, out: Path, base: BaseParams, p: ProsodyParam
             tmp, list(manifest.clip_id), list(manifest.frames),
             {PROSODY_ARRAY: ArraySpec((STEPS_PER_FRAME, CHANNELS), "float32", ("step", "channel"))},
             attrs={"schema": SCHEMA, "stage": "prosody",
-                   "params": {"base": as_dict(base), "prosody": as_dict(p)},
+                   "params": recorded_params("prosody", base, p),
                    PROSODY_ARRAY: "per video frame, 4 sub-steps of (f0 semitones re 1 Hz, 0 unvoiced; voiced 0/1; "
                                   "RMS energy dB FS)"},
             chunk_frames=p.chunk_frames, shard_frames=p.shard_frames)

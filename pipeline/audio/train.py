@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.audio.data import AudioBank, QuadBatch, sample_batch
+from pipeline.audio.data import AudioBank, QuadBatch, sample_batch, shard_quads
 from pipeline.audio.losses import (
     content_consistency_loss,
     cross_reconstruction_loss,
@@ -164,7 +164,7 @@ def train_audio_model(train_bank: AudioBank, emotions: tuple[str, ...], model_ou
         if batch.voice is not None and p.voice_dropout > 0:  # some crops as a caller who knows no voice hears them
             unknown = torch.from_numpy(rng.random(len(batch.voice)) < p.voice_dropout)
             batch.voice[unknown] = float("nan")
-        batch = _to(batch, device)
+        batch = _to(shard_quads(batch), device)
         model.train()
         loss, terms = disentanglement_losses(model, batch, p)
         optimizer.zero_grad(set_to_none=True)

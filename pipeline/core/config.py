@@ -29,6 +29,7 @@ class BaseParams:
     sample_rate: int = 16000
     workers: int = 2  # local Dask workers (processes, one thread each)
     scheduler_address: str | None = None  # a running Dask scheduler; else DASK_SCHEDULER_ADDRESS; else local
+    processes: int = 1  # training ranks: > 1 runs each training stage under torchrun (DDP; gloo on CPU, nccl on GPU)
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,9 @@ class TrainSyncnetParams:
     max_minutes: float = 25.0  # wall-clock budget of one run (0 = none)
     lr: float = 1.0e-3
     negative_min_shift: int = 1  # off-sync windows take audio at least this many frames away (Wav2Lip: 1)
+    contrastive_weight: float = 1.0  # in-clip ranking loss beside BCE (0 = Wav2Lip's BCE alone, which can stall)
+    contrastive_temperature: float = 0.1  # softmax temperature of that ranking over cosines
+    own_set_steps: int = 400  # with pretrain_wide: steps on the corpus alone before the wide set joins
     eval_windows: int = 2000  # held-out windows for the in-sync / off-sync accuracy
     eval_offsets: int = 2  # known shifts per held-out clip for the offset-recovery test
     max_eval_offset: int = 10  # shifts drawn from [-max, max] frames
@@ -554,6 +558,19 @@ def deep_merge(base: dict, overlay: dict) -> dict:
 def as_dict(params: Any) -> dict:
     """A params dataclass as plain JSON-able data (for store attributes and checkpoints)."""
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(params).items()}
+
+
+# knobs that change how a run goes, never what it produces: in no stage's DVC params (tests/dvc_closure.py) and
+# not recorded in outputs, so a run with other workers or another scheduler writes the same bytes
+RUN_ONLY = frozenset({"threads", "log_every", "checkpoint_every", "max_minutes", "resume", "workers",
+                      "scheduler_address"})
+
+
+def recorded_params(stage: str, base: BaseParams, p: Any) -> dict[str, dict]:
+    """`{"base": ..., stage: ...}` as a per-clip store's root attributes record them: run-only knobs left out
+    (and `base.processes`, which only training reads)."""
+    return {"base": {k: v for k, v in as_dict(base).items() if k not in RUN_ONLY | {"processes"}},
+            stage: {k: v for k, v in as_dict(p).items() if k not in RUN_ONLY}}
 
 
 def with_field(params: Any, **changes: Any) -> Any:

@@ -101,4 +101,5 @@ def pick_device(name: str) -> torch.device:
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = False
-    return torch.device("cuda")
+    # under torchrun each rank has its own GPU (pipeline.training.distributed)
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from pipeline.core.config import BaseParams, CorpusParams, as_dict
+from pipeline.core.config import BaseParams, CorpusParams, recorded_params
 from pipeline.core.media import write_wav
 from pipeline.core.parallel import dask_client, ordered_map
 from pipeline.core.store import ArraySpec, RaggedStoreWriter, write_parquet
@@ -164,7 +164,7 @@ def generate_builtin(out_dir: str | Path, base: BaseParams, p: CorpusParams) -> 
 def store_attrs(stage: str, base: BaseParams, p, source: str, render_params: list[str]) -> dict:
     """Root attributes of a frames store in the corpus layout (corpus or wide set, rendered or ingested);
     `p` is the stage's params section (it has `size`)."""
-    return {"schema": SCHEMA, "stage": stage, "params": {"base": as_dict(base), stage: as_dict(p)},
+    return {"schema": SCHEMA, "stage": stage, "params": recorded_params(stage, base, p),
             "fps": base.fps, "size": p.size, "render_params": render_params, "source": source}
 
 

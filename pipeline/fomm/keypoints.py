@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from pipeline.core.config import BaseParams, KeypointsParams, as_dict
+from pipeline.core.config import BaseParams, KeypointsParams, recorded_params
 from pipeline.core.errors import InputError
 from pipeline.core.parallel import dask_client, ordered_map
 from pipeline.core.precision import announce_precision, pick_device, resolve_precision
@@ -140,7 +140,7 @@ def build_keypoints(corpus_dir: Path, model_path: Path, out: Path, base: BasePar
     precision = resolve_precision(base.precision, pick_device(base.device))
     announce_precision(precision, "keypoints")
     attrs = {"schema": SCHEMA, "stage": "keypoints", "precision": precision.resolved,
-             "params": {"base": as_dict(base), "keypoints": as_dict(p)},
+             "params": recorded_params("keypoints", base, p),
              "model": {"path": str(model_path), "step": model.step, "config": model.config.to_dict()},
              "sources": [{"store": str(store), "clips": len(ids)} for store, ids, _, _ in sources],
              "value": "keypoint x, y in [-1, 1] (FOMM heatmap grid, both ends included)",

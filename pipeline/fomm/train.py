@@ -50,6 +50,7 @@ from pipeline.models.fomm import (
     load_official_fomm,
 )
 from pipeline.models.vgg19 import load_vgg19
+from pipeline.training.distributed import shard
 from pipeline.training.fit import fit
 from pipeline.training.loop import (
     LossLog,
@@ -370,7 +371,7 @@ def _train(config: FommConfig, sets: list[str | Path], model_out: Path, losses_c
 
     def step_fn(step: int) -> dict[str, float]:
         rng, gen = step_rngs(base.seed, step)
-        rows = sampler.sample_rows(rng, p.batch_size)
+        rows = shard(sampler.sample_rows(rng, p.batch_size))  # this rank's pairs (augmentation draws per rank)
         source, driving = sampler.load(rows)
         weights = sampler.part_weights(rows, p.part_weight) if p.part_weight > 0 else None
         landmarks = sampler.landmark_points(rows) if p.landmark_anchors > 0 or p.landmark_flow > 0 else None

@@ -65,6 +65,7 @@ from pipeline.judges.scores import (
     m_lmd,
     write_confusion_png,
 )
+from pipeline.training.distributed import shard
 from pipeline.training.fit import fit
 from pipeline.training.loop import (
     autocast,
@@ -260,6 +261,7 @@ def _train(corpus_dir: Path, model_out: Path, losses_csv: Path, confusion_png: P
             set_cosine_lr(opt, p.lr, step / p.steps)
         idx = draw_frames(rng, by_class, p.batch_size) if by_class else rng.integers(len(train.faces),
                                                                                      size=p.batch_size)
+        idx = shard(idx)  # this rank's frames (augmentation draws per rank)
         x, target = augment(face_input(train.faces[idx]), targets[idx] if targets is not None else None, rng,
                             p.shift, p.jitter, soften_count, compress_count)
         x = x.to(device)

@@ -127,12 +127,18 @@ def sample_expert_batch(bank: ClipBank, rng: np.random.Generator, batch: int, mi
     return mel, _lower_windows(bank, clip, first), torch.from_numpy(label)
 
 
-def sample_expert_blocks(bank: ClipBank, rng: np.random.Generator, clips: int, windows: int
-                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def training_set_sizes(sources: list[tuple[Path, Path]], min_frames: int) -> list[int]:
+    """How many clips each source gives `training_bank` (its clips come in this order)."""
+    return [len(real_clips(read_manifest(corpus), "train", min_frames)) for corpus, _ in sources]
+
+
+def sample_expert_blocks(bank: ClipBank, rng: np.random.Generator, clips: int, windows: int,
+                         pool: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`windows` random 5-frame windows from each of `clips` random clips, each with its own (in-sync) mel
     window: (mel [C*W,1,80,16], faces [C*W,15,48,96], first frames [C,W]). Pairing window i's faces with
-    window j's audio (same clip) gives Wav2Lip's off-sync examples without another forward pass."""
-    clip = np.repeat(rng.integers(len(bank.clip_ids), size=clips), windows)
+    window j's audio (same clip) gives Wav2Lip's off-sync examples without another forward pass.
+    `pool`: draw from the bank's first `pool` clips only (the first training set)."""
+    clip = np.repeat(rng.integers(pool or len(bank.clip_ids), size=clips), windows)
     span = bank.lengths[clip] - WINDOW + 1
     first = (rng.random(clips * windows) * span).astype(np.int64)
     mel = torch.from_numpy(bank.mel[bank.starts[clip] + first]).unsqueeze(1)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.core.config import BaseParams, PseudoPairsParams, as_dict
+from pipeline.core.config import BaseParams, PseudoPairsParams, recorded_params
 from pipeline.core.errors import InputError
 from pipeline.core.parallel import dask_client, ordered_map
 from pipeline.core.precision import announce_precision, resolve_precision
@@ -69,7 +69,7 @@ def build_pseudo_pairs(corpus_dir: Path, audio_store: Path, wav2lip: Path, evalu
                        p.frame_extension, p.paste, p.batch_size, state, precision.bf16) for r in plan.itertuples()]
     size = int(open_store(Path(corpus_dir) / "frames.zarr")["frames"].shape[1])
     attrs = {"schema": SCHEMA, "stage": "pseudo_pairs", "fps": base.fps, "size": size, "precision": precision.resolved,
-             "params": {"base": as_dict(base), "pseudo_pairs": as_dict(p)},
+             "params": recorded_params("pseudo_pairs", base, p),
              "audio": "clips.parquet wav_path, relative to the corpus folder",
              "source_frame": "index into the source clip x^{i,a} of the frame each pseudo frame re-dubs"}
     metrics = []

@@ -36,10 +36,12 @@ from pipeline.lipsync.data import (
     sample_expert_batch,
     sample_expert_blocks,
     training_bank,
+    training_set_sizes,
 )
 from pipeline.lipsync.io import lipsync_config, load_syncnet_any
 from pipeline.lipsync.sync_scorers import ExpertScorer, score_clip
 from pipeline.models.syncnet_color import SyncNetColor, SyncNetColorConfig
+from pipeline.training.distributed import shard
 from pipeline.training.fit import fit
 from pipeline.training.loop import (
     LossLog,
@@ -69,8 +71,9 @@ def expert_loss(model: SyncNetColor, mel: torch.Tensor, faces: torch.Tensor, lab
     return F.binary_cross_entropy(cosine, label), cosine
 
 
-def block_sync_loss(audio: torch.Tensor, face: torch.Tensor, first: torch.Tensor,
-                    min_shift: int) -> tuple[torch.Tensor, dict[str, float]]:
+def block_sync_loss(audio: torch.Tensor, face: torch.Tensor, first: torch.Tensor, min_shift: int,
+                    contrastive_weight: float = 0.0, temperature: float = 0.1
+                    ) -> tuple[torch.Tensor, dict[str, float]]:
     """Wav2Lip's BCE-on-cosine over every (video window i, audio window j) pair of the same clip.
 
     `audio`, `face`: the expert's embeddings [C*W, D] of W windows from each of C clips, whose start
@@ -78,22 +81,54 @@ def block_sync_loss(audio: torch.Tensor, face: torch.Tensor, first: torch.Tensor
     i == j are in sync (label 1); pairs at least `min_shift` frames apart are off sync (label 0); the two
     groups weigh equally, as the 50/50 sampling of the official trainer does. W windows give W in-sync and
     up to W(W-1) off-sync pairs per forward pass instead of one pair per window.
+
+    `contrastive_weight` > 0 adds `in_clip_contrastive_loss` (our addition): BCE alone can sit on the
+    chance plateau (every cosine 0.5, loss ln 2) for a whole CPU budget, as our sync scorer did for 2000
+    steps; ranking the in-sync pair against the same clip's off-sync pairs gives a gradient there.
     """
     clips, windows = first.shape
     face, audio = face.float().view(clips, windows, -1), audio.float().view(clips, windows, -1)
     cosine = torch.einsum("cid,cjd->cij", face, audio)  # embeddings are L2-normalised: dot = cosine
-    cosine = cosine.clamp(0.0, 1.0)
     in_sync = torch.eye(windows, dtype=torch.bool, device=cosine.device).expand(clips, windows, windows)
     shift = (first[:, :, None] - first[:, None, :]).abs().to(cosine.device)
     off_sync = ~in_sync & (shift >= min_shift)
-    bce = F.binary_cross_entropy(cosine, in_sync.float(), reduction="none")
+    probability = cosine.clamp(0.0, 1.0)  # post-ReLU embeddings: cosine is in [0, 1] up to rounding
+    bce = F.binary_cross_entropy(probability, in_sync.float(), reduction="none")
     loss = bce[in_sync].mean()
     if off_sync.any():
         loss = 0.5 * loss + 0.5 * bce[off_sync].mean()
+    terms = {"bce": float(loss.detach()), "contrastive": 0.0}
+    if off_sync.any():  # logged also when it does not train: it shows whether in-sync pairs rank first
+        ranking = in_clip_contrastive_loss(cosine, in_sync, off_sync, temperature)
+        terms["contrastive"] = float(ranking.detach())
+        if contrastive_weight > 0:
+            loss = loss + contrastive_weight * ranking
     with torch.no_grad():
-        hit_in = (cosine[in_sync] > 0.5).float().mean()
-        hit_off = (cosine[off_sync] < 0.5).float().mean() if off_sync.any() else hit_in
-    return loss, {"train_in_sync_accuracy": float(hit_in), "train_off_sync_accuracy": float(hit_off)}
+        hit_in = (probability[in_sync] > 0.5).float().mean()
+        hit_off = (probability[off_sync] < 0.5).float().mean() if off_sync.any() else hit_in
+    return loss, {**terms, "train_in_sync_accuracy": float(hit_in), "train_off_sync_accuracy": float(hit_off)}
+
+
+def in_clip_contrastive_loss(cosine: torch.Tensor, in_sync: torch.Tensor, off_sync: torch.Tensor,
+                             temperature: float) -> torch.Tensor:
+    """Cross-entropy of picking the in-sync partner among a window's candidates, both ways (InfoNCE).
+
+    `cosine` [C,W,W] between video window i and audio window j of one clip; row i's candidates are j = i and
+    every off-sync j (pairs closer than the minimum shift are neither, so they are masked out). The same for
+    each audio window over the video windows (columns). The softmax only compares a clip's own pairs, so
+    it still pulls in-sync cosines above off-sync ones when all of them sit at the same value.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, not {temperature}")
+    candidates = in_sync | off_sync
+    logits = (cosine / temperature).masked_fill(~candidates, float("-inf"))
+    target = torch.arange(cosine.shape[1], device=cosine.device).expand(cosine.shape[0], -1)
+    rows = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none")
+    columns = F.cross_entropy(logits.transpose(1, 2).flatten(0, 1), target.flatten(), reduction="none")
+    # a window whose only candidate is itself (every other window too close) teaches nothing
+    informative = off_sync.any(dim=2).flatten()
+    informative_t = off_sync.any(dim=1).flatten()
+    return 0.5 * (rows[informative].mean() + columns[informative_t].mean())
 
 
 def train_syncnet_model(corpus_dir: Path, audio_store: Path, model_out: Path, losses_csv: Path, base: BaseParams,
@@ -146,6 +181,7 @@ def _train(sources: list[tuple[Path, Path]], audio_store: Path, model_out: Path,
     model = SyncNetColor(config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=p.lr)
     bank = training_bank(sources, 2 * WINDOW)
+    own_clips = training_set_sizes(sources, 2 * WINDOW)[0]
     log(f"{stage}: {len(bank.clip_ids)} training clips, {len(bank.faces)} frames from {len(sources)} set(s); "
         f"{count_parameters(model) / 1e6:.2f}M parameters (width {p.width}); device {device}")
     precision = resolve_precision(base.precision, device)
@@ -154,15 +190,18 @@ def _train(sources: list[tuple[Path, Path]], audio_store: Path, model_out: Path,
 
     def step_fn(step: int) -> dict[str, float]:
         rng, _ = step_rngs(seed, step)
-        mel, faces, first = sample_expert_blocks(bank, rng, p.batch_size // p.windows_per_clip, p.windows_per_clip)
+        pool = own_clips if step < p.own_set_steps else None  # the corpus alone first, then every set
+        mel, faces, first = shard(sample_expert_blocks(bank, rng, p.batch_size // p.windows_per_clip,
+                                                        p.windows_per_clip, pool))  # whole clips per rank
         model.train()
         with autocast(device, precision.bf16):
             audio, face = model(mel.to(device), faces.to(device))
-        loss, accuracy = block_sync_loss(audio, face, first, p.negative_min_shift)
+        loss, terms = block_sync_loss(audio, face, first, p.negative_min_shift, p.contrastive_weight,
+                                      p.contrastive_temperature)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        return {"bce": float(loss.detach()), **accuracy}
+        return {"loss": float(loss.detach()), **terms}
 
     def metrics(step: int, recent: dict[str, float]) -> dict[str, Any]:
         return {"steps": step, "precision": precision.resolved, "parameters": count_parameters(model), "width": p.width,

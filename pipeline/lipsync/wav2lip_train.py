@@ -45,6 +45,7 @@ from pipeline.lipsync.redub import generate_faces, redub_faces, source_frame_ind
 from pipeline.lipsync.sync_scorers import ExpertScorer, score_clip
 from pipeline.models.syncnet_color import SyncNetColor
 from pipeline.models.wav2lip import Wav2Lip, Wav2LipConfig
+from pipeline.training.distributed import shard
 from pipeline.training.fit import fit
 from pipeline.training.loop import (
     LossLog,
@@ -121,7 +122,7 @@ def _train(sources: list[tuple[Path, Path]], audio_store: Path, expert: SyncNetC
 
     def step_fn(step: int) -> dict[str, float]:
         rng, _ = step_rngs(base.seed, step)
-        mel, face, target, expert_mel = (t.to(device) for t in sample_generator_batch(bank, rng, p.batch_size))
+        mel, face, target, expert_mel = (t.to(device) for t in shard(sample_generator_batch(bank, rng, p.batch_size)))
         generator.train()
         with autocast(device, precision.bf16):
             generated = generator(mel, face)  # [B,3,5,96,96] BGR in [0,1]

@@ -44,6 +44,7 @@ from pipeline.models.memory import (
     keypoint_loss,
     stage1_loss,
 )
+from pipeline.training.distributed import shard
 from pipeline.training.fit import fit
 from pipeline.training.loop import count_parameters, seed_all, step_rngs, torch_threads
 
@@ -775,7 +776,7 @@ def _train(corpus_dir: Path, keypoints: Path, motion_store: Path, audio_store: P
     def step_fn(step: int) -> dict[str, float]:
         rng, _ = step_rngs(base.seed, step)
         batch = trainer.sample(rng)
-        return trainer.train_step(batch, trainer.sample_wide(rng))
+        return trainer.train_step(shard(batch), shard(trainer.sample_wide(rng)))
 
     report: dict[str, Any] = {}
 

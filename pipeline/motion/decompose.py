@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.core.config import BaseParams, DecomposeParams, as_dict
+from pipeline.core.config import BaseParams, DecomposeParams, recorded_params
 from pipeline.core.errors import InputError
 from pipeline.core.parallel import dask_client, ordered_map
 from pipeline.core.precision import pick_device
@@ -103,7 +103,7 @@ def build_motion_store(kp_store: Path, model_path: Path, corpus_dir: Path, out: 
     clips = [(int(a), int(b), bank.actor(actor_of[c])) for c, a, b in zip(corpus.clip_id, starts, stops)]
     root = open_store(kp_store)
     attrs = {"schema": SCHEMA, "stage": "decompose",
-             "params": {"base": as_dict(base), "decompose": as_dict(p)},
+             "params": recorded_params("decompose", base, p),
              "model": {"path": str(model_path), "step": net.step, "config": net.config.as_dict(),
                        "train_params": net.metrics.get("train_params")},
              "keypoints": {"path": str(kp_store), "params": root.attrs.get("params")}, "set": str(corpus_dir),

@@ -41,6 +41,7 @@ from pipeline.motion.losses import (
     mouth_consistency_loss,
     self_reconstruction_loss,
 )
+from pipeline.training.distributed import shard
 from pipeline.training.fit import fit
 from pipeline.training.loop import (
     count_parameters,
@@ -240,7 +241,7 @@ def _train(config: MotionConfig, bank: KeypointBank, quads: QuadrupleFrames, all
 
     def step_fn(step: int) -> dict[str, float]:
         rng, _ = step_rngs(base.seed, step)
-        rows, actor, label_weight = quads.sample(rng, p.batch_size)
+        rows, actor, label_weight = shard(quads.sample(rng, p.batch_size))
         return trainer.train_step(rows, actor, label_weight)
 
     def metrics(step: int, recent: dict[str, float]) -> dict[str, Any]:

@@ -44,6 +44,7 @@ from pipeline.fomm.losses import MIN_VGG_SIZE
 from pipeline.models.fomm import FommConfig, ImagePyramid
 from pipeline.models.vgg19 import Vgg19Features, load_vgg19
 from pipeline.render.generate import check_keypoint_count, predict_keypoints
+from pipeline.training.distributed import shard
 from pipeline.training.fit import Fitted, fit
 from pipeline.training.loop import (
     LossLog,
@@ -387,7 +388,7 @@ def fine_tune(generator: nn.Module, kp_detector: nn.Module, config: FommConfig, 
 
     def step_fn(step: int) -> dict[str, float]:
         rng, _ = step_rngs(base.seed, step)
-        batch = sampler.sample(rng, p.batch_size, p.real_keypoint_share)
+        batch = shard(sampler.sample(rng, p.batch_size, p.real_keypoint_share))
         # frozen parts stay in eval mode, so their BatchNorm statistics do not drift either
         generator.train(p.train_generator)
         generator.dense_motion_network.train(p.train_dense_motion)

@@ -27,7 +27,12 @@ import numpy as np
 import pandas as pd
 
 from pipeline.audio.prosody import DEFAULT_STORE as DEFAULT_PROSODY_STORE
-from pipeline.core.config import MEAD_EMOTIONS, BaseParams, GenerateParams, as_dict
+from pipeline.core.config import (
+    MEAD_EMOTIONS,
+    BaseParams,
+    GenerateParams,
+    recorded_params,
+)
 from pipeline.core.errors import InputError
 from pipeline.core.parallel import dask_client, ordered_map
 from pipeline.core.precision import announce_precision, pick_device, resolve_precision
@@ -327,7 +332,7 @@ def build_outputs(corpus_dir: Path, audio_store: Path, models_dir: Path, out_dir
     clip_ids = [output_clip_id(row, c) for row in rows for c in clips.clip_id]
     lengths = [int(f) for _ in rows for f in clips.frames]
     attrs = {"schema": SCHEMA, "stage": "generate", "rows": rows, "skipped_rows": skipped,
-             "params": {"base": as_dict(base), "generate": as_dict(p)},
+             "params": recorded_params("generate", base, p),
              "frames": "RGB uint8 at the corpus frame size; clip id <row>/<corpus clip id>, as long as that clip"}
     precision = resolve_precision(base.precision, pick_device(base.device))
     announce_precision(precision, "generate", log)

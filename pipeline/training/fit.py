@@ -5,6 +5,10 @@ networks), its modules and optimizers, and the checkpoint's `config` and `metric
 resume (config check, restore of weights, optimizers and torch's global generators, lr from params, the running
 train_seconds), the loss log, the step/minute budget, periodic checkpoints, the final save and the timings file.
 A run killed after a checkpoint and resumed ends with the weights and log of an unbroken run.
+
+Under torchrun (`pipeline.training.distributed`) `fit` joins the process group, averages gradients before every
+optimizer step, logs the ranks' mean losses, stops every rank at the same step, and lets rank 0 alone write; the
+other ranks leave the process after the last step (the trainer's step shards its batch with `shard`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,11 @@ from torch import nn
 from pipeline.core.checkpoints import load_training_state
 from pipeline.core.errors import InputError
 from pipeline.core.timings import read_timings, write_timings
+from pipeline.training.distributed import (
+    join_process_group,
+    leave_process_group,
+    synchronise_optimizers,
+)
 from pipeline.training.loop import (
     Budget,
     LossLog,
@@ -107,6 +116,8 @@ def fit(step_fn: Callable[[int], Mapping[str, float]], *, stage: str, out: Path,
     """
     p = TrainKnobs.of(p)
     optimizers, extra_modules = dict(optimizers or {}), dict(extra_modules or {})
+    rank = join_process_group()
+    hooks = synchronise_optimizers(optimizers)
     start_step, seconds_before = 0, 0.0
     if p.resume and out.is_file():
         ckpt = load_training_state(out)
@@ -123,10 +134,12 @@ def fit(step_fn: Callable[[int], Mapping[str, float]], *, stage: str, out: Path,
                 group["lr"] = p.lr
         seconds_before = float(read_timings(out).get("train_seconds", 0.0))
         log(f"{stage}: resumed at step {start_step} from {out}")
-    loss_log = LossLog(losses_csv, resume_step=start_step if start_step else None)
+    loss_log = LossLog(losses_csv, resume_step=start_step if start_step else None, write=rank.leader)
     budget = Budget(p.steps, p.max_minutes)
 
     def save(step: int, rng_state: dict[str, Any] | None = None) -> None:
+        if not rank.leader:
+            return
         save_training_state(out, modules=modules, config=config, step=step,
                             metrics=metrics(step, loss_log.recent_means()), optimizers=optimizers,
                             extra_modules=extra_modules, train_extra=rng_state or global_rng_state(),
@@ -135,6 +148,11 @@ def fit(step_fn: Callable[[int], Mapping[str, float]], *, stage: str, out: Path,
 
     step = run_loop(step_fn, start_step=start_step, budget=budget, log=loss_log, log_every=p.log_every,
                     checkpoint_fn=save, checkpoint_every=p.checkpoint_every, description=stage)
+    for hook in hooks:
+        hook.remove()
+    if not rank.leader:  # evaluation, reports and the checkpoint are rank 0's: this rank's work is done
+        leave_process_group()
+        raise SystemExit(0)
     if step < p.steps:  # the budget is the step count; a binding guard makes the weights depend on the machine
         log(f"{stage}: WARNING max_minutes ({p.max_minutes:g}) stopped training at step {step} of {p.steps}: the result "
             f"depends on this machine's speed (raise {stage}.max_minutes)")

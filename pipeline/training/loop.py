@@ -32,6 +32,7 @@ from torch import nn
 from pipeline.core.checkpoints import save_checkpoint
 from pipeline.core.errors import CheckpointError
 from pipeline.core.store import write_text
+from pipeline.training.distributed import any_rank, mean_over_ranks
 
 # ------------------------------------------------------------------------------------ device, seeds
 
@@ -75,8 +76,9 @@ class LossLog:
     to that step (later rows belong to the interrupted run's unsaved steps) and continues from there.
     """
 
-    def __init__(self, path: str | Path, resume_step: int | None = None):
+    def __init__(self, path: str | Path, resume_step: int | None = None, *, write: bool = True):
         self.path = Path(path)
+        self.write = write  # False on ranks other than 0: they log (the same means) but never touch the file
         self.columns: list[str] | None = None
         self.rows: list[dict[str, float]] = []
         if resume_step is not None and self.path.is_file():
@@ -88,6 +90,8 @@ class LossLog:
         self.flush()
 
     def flush(self) -> None:
+        if not self.write:
+            return
         text = io.StringIO(newline="")
         if self.columns:
             writer = csv.DictWriter(text, fieldnames=self.columns)
@@ -187,7 +191,8 @@ class Budget:
     def exhausted(self, step: int) -> bool:
         if step >= self.steps:
             return True
-        return self.max_minutes > 0 and self.elapsed >= self.max_minutes * 60
+        # every rank must stop at the same step, or the others wait forever in the gradient all-reduce
+        return self.max_minutes > 0 and any_rank(self.elapsed >= self.max_minutes * 60)
 
 
 class TrainingProgress:
@@ -249,7 +254,7 @@ def run_loop(step_fn: Callable[[int], Mapping[str, float]], *, start_step: int, 
                 raise FloatingPointError(f"{description}: non-finite loss at step {step}: {dict(losses)}")
             last = budget.exhausted(step)
             if step % log_every == 0 or last:
-                means = {k: float(np.mean(v)) for k, v in pending.items()}
+                means = mean_over_ranks({k: float(np.mean(v)) for k, v in pending.items()})
                 log.log(step, means)
                 progress.update(step, means, budget.elapsed, log_line=True)
                 pending = {}
