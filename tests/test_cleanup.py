@@ -42,9 +42,15 @@ with Mp4StreamWriter(sys.argv[1], 32, 32, 25.0) as w:
 """
 
 
+def _as_at_a_terminal() -> None:
+    """SIGINT back to its default in the child: a shell starts background jobs with SIGINT ignored, and Python
+    keeps an inherited ignore, so under `pytest &` the child would never see the Ctrl-C this test sends."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(code: str, target: Path) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen([sys.executable, "-c", code, str(target)], stdout=subprocess.PIPE, text=True,
-                            env=CHILD_ENV, cwd=ROOT)
+                            env=CHILD_ENV, cwd=ROOT, preexec_fn=_as_at_a_terminal)
     return proc, proc.stdout.readline().strip()
 
 

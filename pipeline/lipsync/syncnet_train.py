@@ -4,7 +4,10 @@ Training follows Wav2Lip's `color_syncnet_train.py`: a 5-frame window of lower-h
 with the mel window of its first frame (label 1) or of another frame of the same clip (label 0); the
 loss is BCE on the cosine similarity of the two (post-ReLU, L2-normalised) embeddings. To learn within
 a CPU budget, each step embeds several windows per clip and scores every in-clip pairing of them
-(`block_sync_loss`): the same examples as the official trainer, many more per forward pass.
+(`block_sync_loss`): the same examples as the official trainer, many more per forward pass. Two departures,
+both because BCE alone sat at chance (ln 2) for whole CPU budgets once the wide set joined: an in-clip ranking
+term (`in_clip_contrastive_loss`, `contrastive_weight`) and `own_set_steps` on the corpus alone before the
+wide set's hundreds of faces join (docs/experiments.md, lip sync).
 
 Held-out metrics (test split: unseen actors and sentences):
 * in-sync / off-sync accuracy: cosine > 0.5 on in-sync windows, < 0.5 on windows paired with another

@@ -1,14 +1,14 @@
 """Data-parallel training under torchrun: one process per rank, gradients averaged before each optimizer step.
 
-    python -m torch.distributed.run --standalone --nproc-per-node 2 -m stages.train_memory   # what dvc.yaml runs
-                                                                                             # with base.processes: 2
+    python -m torch.distributed.run --standalone --nproc-per-node 2 -m stages.train_memory
+(a training stage relaunches itself so when `base.processes` is 2: stages.common.run_ranks)
 Every rank builds the same networks from the same seed and draws the same full batch from `step_rngs`; `shard`
 keeps this rank's contiguous slice (batch B -> B / world each), and a pre-step hook on every optimizer averages the
 gradients over the ranks. For a loss that is a mean over the batch, N ranks with B / N each then take the step one
 process takes with batch B. BatchNorm statistics stay per rank (as in torch's DDP without SyncBatchNorm, which
 has no CPU path). Rank 0 alone writes checkpoints, loss logs and reports: the others leave after the last step.
 
-Backend: gloo on CPU, nccl when `base.device` resolves to CUDA (each rank on `cuda:<LOCAL_RANK>`).
+Backend: gloo for CPU tensors, nccl for CUDA ones (each rank on `cuda:<LOCAL_RANK>`).
 """
 
 from __future__ import annotations
