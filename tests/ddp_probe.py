@@ -8,26 +8,14 @@ Each step draws the full batch from `step_rngs` and keeps this rank's shard, as 
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from pipeline.training.distributed import shard
-from pipeline.training.fit import fit
+from pipeline.training.fit import TrainKnobs, fit
 from pipeline.training.loop import seed_all, step_rngs
-
-
-@dataclass(frozen=True)
-class ProbeParams:
-    steps: int = 6
-    max_minutes: float = 0.0
-    lr: float = 0.05
-    resume: bool = False
-    checkpoint_every: int = 3
-    log_every: int = 2
-    threads: int = 1
 
 
 def main() -> None:
@@ -52,8 +40,9 @@ def main() -> None:
         return {"mse": float(loss.detach())}
 
     args.out.mkdir(parents=True, exist_ok=True)
+    knobs = TrainKnobs(steps=6, max_minutes=0.0, lr=0.05, resume=False, checkpoint_every=3, log_every=2, threads=1)
     fit(step_fn, stage="ddp_probe", out=args.out / "probe.pt", losses_csv=args.out / "probe_losses.csv",
-        config={"probe": 1}, modules={"mlp": model}, optimizers={"optimizer": optimizer}, p=ProbeParams(),
+        config={"probe": 1}, modules={"mlp": model}, optimizers={"optimizer": optimizer}, p=knobs,
         metrics=lambda step, recent: {"steps": step, **recent})
 
 
