@@ -29,24 +29,12 @@ from pipeline.core.profiles import profile_params, write_profile  # noqa: E402
 
 
 def scratch_repository(work: Path) -> None:
-    """The tracked and untracked (not ignored) files of the checkout, without dvc.lock and the stage outputs."""
-    import yaml
+    """The checkout's files as a fresh clone has them (tests.dvc_closure.copy_sources, as the e2e test makes its
+    repository) with this params.yaml, committed in a new git repository."""
+    from tests.dvc_closure import copy_sources
 
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                            capture_output=True, text=True, check=True).stdout.split("\0")
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    outputs = set()
-    for stage in stages.values():
-        body = stage.get("do", stage)
-        for kind in ("outs", "metrics", "plots"):
-            for entry in body.get(kind) or []:
-                outputs.add(re.sub(r"\$\{[^}]*\}.*", "", entry if isinstance(entry, str) else next(iter(entry))))
-    for rel in filter(None, listed):
-        src = ROOT / rel
-        if rel == "dvc.lock" or not src.is_file() or any(rel.startswith(o) for o in outputs if o):
-            continue
-        (work / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src, work / rel)
+    copy_sources(work)
+    shutil.copy2(ROOT / "params.yaml", work / "params.yaml")
     git = ["git", "-c", "user.email=check@emmn", "-c", "user.name=check"]
     for cmd in (["git", "init", "-q"], [*git, "add", "-A"], [*git, "commit", "-qm", "gpu check"]):
         subprocess.run(cmd, cwd=work, check=True, capture_output=True)

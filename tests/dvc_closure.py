@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import ast
 import re
+import shutil
+import subprocess
 from functools import lru_cache
 from pathlib import Path
 
@@ -115,6 +117,41 @@ def expanded_stages(dvc_yaml: Path = ROOT / "dvc.yaml") -> dict[str, dict]:
                 text = text.replace("${item.%s}" % field, str(value))
             out[f"{name}@{key}"] = json.loads(text)
     return out
+
+
+def entry_paths(entries) -> list[str]:
+    """Paths of a dvc.yaml deps / outs / metrics / plots list (plain strings or one-key dicts)."""
+    return [e if isinstance(e, str) else next(iter(e)) for e in entries or []]
+
+
+def stage_outputs(stages: dict[str, dict]) -> set[str]:
+    return {p for s in stages.values() for kind in ("outs", "metrics", "plots") for p in entry_paths(s.get(kind))}
+
+
+def is_under(path: str, roots: set[str]) -> bool:
+    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
+
+
+def copy_sources(repo: Path) -> None:
+    """The project's files as a fresh checkout has them (tracked + untracked, not ignored), minus dvc.lock,
+    params.yaml (the caller writes its own) and stage outputs: the e2e test's and bench/gpu_check.py's scratch
+    repositories.
+
+    Derived from git rather than listed here, so a new code file, vendored asset or dvc.yaml dep travels along.
+    """
+    stages = expanded_stages()
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, text=True, check=True).stdout.split("\0")
+    outputs = stage_outputs(stages)
+    for rel in filter(None, listed):
+        src = ROOT / rel
+        if rel in ("dvc.lock", "params.yaml") or is_under(rel, outputs) or not src.is_file():
+            continue
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, repo / rel)
+    missing = [d for s in stages.values() for d in entry_paths(s.get("deps"))
+               if not is_under(d, outputs) and not (repo / d).exists()]
+    assert not missing, f"dvc.yaml deps the temp repo lacks (not in git?): {missing}"
 
 
 def disagreements(dvc_yaml: Path = ROOT / "dvc.yaml") -> dict[str, dict[str, list[str]]]:

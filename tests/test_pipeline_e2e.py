@@ -25,7 +25,7 @@ from pipeline.core.media import has_audio_stream, read_video
 from pipeline.core.profiles import write_profile
 from pipeline.evaluation.report_page import broken_references
 from tests.conftest import ROOT, tiny_params_dict
-from tests.dvc_closure import expanded_stages
+from tests.dvc_closure import copy_sources, entry_paths, expanded_stages, is_under
 
 DVC = str(Path(sys.executable).with_name("dvc"))
 STAGES: dict = expanded_stages()  # foreach stages as name@item, as dvc names them
@@ -46,19 +46,6 @@ def ran_stages(out: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", out))
 
 
-def entry_paths(entries) -> list[str]:
-    """Paths of a dvc.yaml deps / outs / metrics / plots list (plain strings or one-key dicts)."""
-    return [e if isinstance(e, str) else next(iter(e)) for e in entries or []]
-
-
-def stage_outputs() -> set[str]:
-    return {p for s in STAGES.values() for kind in ("outs", "metrics", "plots") for p in entry_paths(s.get(kind))}
-
-
-def is_under(path: str, roots: set[str]) -> bool:
-    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
-
-
 def stage_params(stage: dict) -> set[str]:
     return {p for p in stage.get("params") or [] if isinstance(p, str)}
 
@@ -73,25 +60,6 @@ def affected_by(section: str) -> set[str]:
         if not more:
             return hit
         hit |= more
-
-
-def copy_sources(repo: Path) -> None:
-    """The project's files as a fresh checkout has them (tracked + untracked, not ignored), minus stage outputs.
-
-    Derived from git rather than listed here, so a new code file, vendored asset or dvc.yaml dep travels along.
-    """
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                            capture_output=True, text=True, check=True).stdout.split("\0")
-    outputs = stage_outputs()
-    for rel in filter(None, listed):
-        src = ROOT / rel
-        if rel in ("dvc.lock", "params.yaml") or is_under(rel, outputs) or not src.is_file():
-            continue
-        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src, repo / rel)
-    missing = [d for s in STAGES.values() for d in entry_paths(s.get("deps"))
-               if not is_under(d, outputs) and not (repo / d).exists()]
-    assert not missing, f"dvc.yaml deps the temp repo lacks (not in git?): {missing}"
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Profiles: named settings of the whole pipeline, switched with one command through DVC's own `--set-param`.
+"""Profiles: named settings of the whole pipeline, switched with one command (`emmn profile <name>`).
 
 A profile is the built-in defaults (the params dataclasses, equal to the committed params.yaml) with the overlay
 `profiles/<name>.yaml` merged over them (`deep_merge`: nested mappings merge, other values replace); `default` has
@@ -101,10 +101,3 @@ def write_profile(params_file: Path, wanted: dict[str, dict[str, Any]]) -> list[
     yaml_rt.dump(doc, text)
     params_file.write_text(text.getvalue())
     return changed
-
-
-def same_params(a: dict, b: dict) -> list[str]:
-    """Keys (section.key) where two params dicts differ: empty when `a` is what `b` asks for."""
-    return [f"{s}.{k}" for s in b for k in b[s] if (a.get(s) or {}).get(k) != b[s][k]]
-
-

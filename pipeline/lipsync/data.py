@@ -62,6 +62,12 @@ class ClipBank:
     lengths: np.ndarray
     faces: np.ndarray
     mel: np.ndarray
+    set_sizes: tuple[int, ...] = ()  # clips of each set `concat` joined, in order (empty: one set)
+
+    @property
+    def first_set_clips(self) -> int:
+        """How many leading clips came from the first set (all of them for a one-set bank)."""
+        return self.set_sizes[0] if self.set_sizes else len(self.clip_ids)
 
     @classmethod
     def load(cls, corpus_dir: Path, audio_store: Path, clips: pd.DataFrame, size: int = FACE_SIZE) -> ClipBank:
@@ -86,7 +92,8 @@ class ClipBank:
         lengths = np.concatenate([b.lengths for b in banks])
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
         return cls([c for b in banks for c in b.clip_ids], starts, lengths,
-                   np.concatenate([b.faces for b in banks]), np.concatenate([b.mel for b in banks]))
+                   np.concatenate([b.faces for b in banks]), np.concatenate([b.mel for b in banks]),
+                   tuple(len(b.clip_ids) for b in banks))
 
     def clip(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         s, n = int(self.starts[index]), int(self.lengths[index])
@@ -125,11 +132,6 @@ def sample_expert_batch(bank: ClipBank, rng: np.random.Generator, batch: int, mi
         audio_first[b] = _other_start(rng, int(first[b]), int(span[b]), min_shift)
     mel = torch.from_numpy(bank.mel[bank.starts[clip] + audio_first]).unsqueeze(1)
     return mel, _lower_windows(bank, clip, first), torch.from_numpy(label)
-
-
-def training_set_sizes(sources: list[tuple[Path, Path]], min_frames: int) -> list[int]:
-    """How many clips each source gives `training_bank` (its clips come in this order)."""
-    return [len(real_clips(read_manifest(corpus), "train", min_frames)) for corpus, _ in sources]
 
 
 def sample_expert_blocks(bank: ClipBank, rng: np.random.Generator, clips: int, windows: int,

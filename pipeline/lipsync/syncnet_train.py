@@ -39,7 +39,6 @@ from pipeline.lipsync.data import (
     sample_expert_batch,
     sample_expert_blocks,
     training_bank,
-    training_set_sizes,
 )
 from pipeline.lipsync.io import lipsync_config, load_syncnet_any
 from pipeline.lipsync.sync_scorers import ExpertScorer, score_clip
@@ -184,7 +183,6 @@ def _train(sources: list[tuple[Path, Path]], audio_store: Path, model_out: Path,
     model = SyncNetColor(config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=p.lr)
     bank = training_bank(sources, 2 * WINDOW)
-    own_clips = training_set_sizes(sources, 2 * WINDOW)[0]
     log(f"{stage}: {len(bank.clip_ids)} training clips, {len(bank.faces)} frames from {len(sources)} set(s); "
         f"{count_parameters(model) / 1e6:.2f}M parameters (width {p.width}); device {device}")
     precision = resolve_precision(base.precision, device)
@@ -193,7 +191,7 @@ def _train(sources: list[tuple[Path, Path]], audio_store: Path, model_out: Path,
 
     def step_fn(step: int) -> dict[str, float]:
         rng, _ = step_rngs(seed, step)
-        pool = own_clips if step < p.own_set_steps else None  # the corpus alone first, then every set
+        pool = bank.first_set_clips if step < p.own_set_steps else None  # the corpus alone first, then every set
         mel, faces, first = shard(sample_expert_blocks(bank, rng, p.batch_size // p.windows_per_clip,
                                                         p.windows_per_clip, pool))  # whole clips per rank
         model.train()
