@@ -22,6 +22,7 @@ from stages import (
     keypoints,
     loss_curves,
     motion_report,
+    pretrain_mouth,
     prosody,
     pseudo_pairs,
     report,
@@ -61,6 +62,7 @@ app.command("train_evaluator")(train_evaluator.train_evaluator)
 app.command("train-evaluator", hidden=True)(train_evaluator.train_evaluator)  # the spelling of the brief
 app.command("evaluate")(evaluate.evaluate)
 app.command("figures")(figures.figures)
+app.command("pretrain_mouth")(pretrain_mouth.pretrain_mouth)
 app.command("train_memory")(train_memory.train_memory)
 app.command("train-memory", hidden=True)(train_memory.train_memory)  # the spelling of the brief
 app.command("train_audio")(train_audio.train_audio)

@@ -61,8 +61,8 @@ def train_memory(
     audio_store: Annotated[Path, typer.Option(help="audio.zarr (mfcc)")] = Path("data/features/audio.zarr"),
     prosody_store: Annotated[Path, typer.Option(help="prosody.zarr (pitch, loudness, voice baselines)")] = (
         DEFAULT_PROSODY_STORE),
-    audio_model: Annotated[Path, typer.Option(help="audio.pt (frozen e_c / e_e encoders)")] = Path(
-        "data/models/audio.pt"),
+    audio_model: Annotated[Path, typer.Option(help="frozen e_c / e_e encoders (audio.pt with pretrain_mouth's E_c)")] = (
+        Path("data/models/audio_mouth.pt")),
     motion_model: Annotated[Path, typer.Option(help="motion.pt (frozen D_em)")] = Path("data/models/motion.pt"),
     out: Annotated[Path, typer.Option(help="checkpoint to write")] = Path("data/models/emmn.pt"),
     report: Annotated[Path, typer.Option(help="report JSON")] = Path("data/reports/memory.json"),

@@ -28,6 +28,7 @@ from pipeline.models.motion import (
 from pipeline.motion.data import KeypointBank, QuadrupleFrames, select_quadruples
 from pipeline.motion.losses import (
     DisentanglementWeights,
+    actor_centering_loss,
     cross_reconstruction_loss,
     disentanglement_loss,
     expression_consistency_loss,
@@ -94,6 +95,17 @@ def test_feature_distance_and_the_four_terms_by_hand():
     x_ia, y_ja, x_jb, y_ib = (torch.tensor([v]) for v in ([0.0, 0.0], [0.0, 2.0], [3.0, 0.0], [3.0, 4.0]))
     assert float(mouth_consistency_loss(x_ia, y_ja, x_jb, y_ib)) == pytest.approx(6.0, abs=1e-5)
     assert float(mouth_consistency_loss(x_ia, y_ib, x_jb, y_ja)) == pytest.approx(5.0 + 13 ** 0.5, abs=1e-5)
+
+
+def test_actor_centering_loss_is_the_between_actor_share_of_the_variance_by_hand():
+    # actor 7: rows (0,0), (2,0) -> mean (1,0); actor 3: row (4,3); overall mean (2,1)
+    features = torch.tensor([[0.0, 0.0], [2.0, 0.0], [4.0, 3.0]])
+    actor = torch.tensor([7, 7, 3])
+    # between: 2/3 * |(1,0)-(2,1)|^2 + 1/3 * |(4,3)-(2,1)|^2 = 4; total: (5 + 1 + 8) / 3 = 14/3 -> 6/7
+    assert float(actor_centering_loss(features, actor)) == pytest.approx(6 / 7, abs=1e-6)
+    assert float(actor_centering_loss(features * 0.01, actor)) == pytest.approx(6 / 7, abs=1e-5)  # no scale escape
+    # what varies within an actor costs nothing
+    assert float(actor_centering_loss(torch.tensor([[0.0], [5.0], [0.0], [5.0]]), torch.tensor([0, 0, 1, 1]))) == 0.0
 
 
 def test_subset_batch_norm_takes_its_statistics_from_the_given_rows():
@@ -278,7 +290,7 @@ def test_train_motion_writes_checkpoint_and_loss_curves(trained):
     assert summary["train_params"]["use_filter"] is True
     rows = read_loss_csv(out / "losses.csv")
     assert [r["step"] for r in rows] == [2, 4, 6]
-    assert set(rows[0]) == {"step", "total", "rec", "self", "e_con", "m_con"}
+    assert set(rows[0]) == {"step", "total", "rec", "self", "e_con", "m_con", "m_center"}
     assert all(math.isfinite(r["total"]) and r["total"] > 0 for r in rows)
 
 

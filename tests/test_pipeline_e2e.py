@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -37,7 +38,11 @@ def run(cmd: list[str], cwd: Path) -> str:
     # dvc.yaml runs `python -m ...`: the interpreter running the tests must come first on PATH
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(cwd), "PATH": path}
+    started = time.monotonic()
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if os.environ.get("E2E_TIMINGS"):  # where CI minutes go: seconds per command
+        with open(os.environ["E2E_TIMINGS"], "a") as log:
+            log.write(f"{time.monotonic() - started:7.1f}s {' '.join(map(str, cmd[1:4]))}\n")
     assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout + proc.stderr
 

@@ -106,8 +106,9 @@ def test_a_switched_off_term_is_not_in_the_trained_loss(staged):
         log = read_loss_csv(staged / "ablations" / row / "losses.csv")
         assert log
         for r in log:
-            expected = rec * r["rec"] + self_rec * r["self"] + con * (p.lambda_e_con * r["e_con"]
-                                                                      + p.lambda_m_con * r["m_con"])
+            expected = (rec * r["rec"] + self_rec * r["self"]
+                        + con * (p.lambda_e_con * r["e_con"] + p.lambda_m_con * r["m_con"])
+                        + p.lambda_m_center * r["m_center"])  # not an Eq. 5 term: no row switches it off
             assert r["total"] == pytest.approx(expected, rel=1e-5)
             assert r["rec"] > 0 and r["self"] > 0  # logged all the same, so rows stay comparable
 

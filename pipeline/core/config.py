@@ -235,6 +235,7 @@ class TrainMotionParams:
     labels: str = "exact"  # pseudo: Wav2Lip clips (the paper) | counterfactual: the corpus's exact renders where they exist
     lambda_e_con: float = 0.03  # Eq. 5 weights of the consistency losses
     lambda_m_con: float = 0.03
+    lambda_m_center: float = 1.0  # not in the paper: between-actor share of f_m's variance (not who speaks)
     jacobian_weight: float = 1.0  # weight of Jacobian differences inside ||(p, j)||_2
     batch_size: int = 256  # quadruples per step (each gives 6 frames)
     steps: int = 15000  # the budget; max_minutes is only a guard
@@ -380,6 +381,23 @@ class TrainMemoryParams:
 
 
 @dataclass(frozen=True)
+class PretrainMouthParams:
+    """Audio2Mouth pre-training (paper §4.1, LRW's role): E_c with E_i and D_m on L_a2m (Eq. 6), wide set + corpus.
+    E_i and D_m take train_memory's sizes (identity_*, hidden, decoder_blocks, kernel)."""
+
+    corpus_share: float = 0.5  # share of steps whose batch comes from the corpus's training actors (else the wide set)
+    batch_size: int = 16  # windows per step
+    window: int = 32  # consecutive frames per window
+    steps: int = 1000  # the budget; max_minutes is only a guard
+    max_minutes: float = 15.0
+    lr: float = 1.0e-3
+    resume: bool = False
+    checkpoint_every: int = 200
+    log_every: int = 20
+    threads: int = 0  # torch threads; 0 = torch's default
+
+
+@dataclass(frozen=True)
 class FinetuneRenderParams:
     """Stage 2 (paper Eq. 15): the FOMM renderer fine-tuned on frames rendered from EmmnNet's keypoints."""
 
@@ -501,6 +519,7 @@ SECTIONS: dict[str, type] = {
     "train_evaluator": TrainEvaluatorParams,
     "evaluate": EvaluateParams,
     "train_audio": TrainAudioParams,
+    "pretrain_mouth": PretrainMouthParams,
     "train_memory": TrainMemoryParams,
     "finetune_render": FinetuneRenderParams,
     "generate": GenerateParams,
@@ -583,6 +602,6 @@ __all__ = [
     "TrainFommParams", "KeypointsParams",
     "TrainSyncnetParams", "TrainSyncScorerParams", "TrainWav2lipParams", "PseudoPairsParams", "SyncFilterParams",
     "TrainMotionParams", "DecomposeParams", "MotionReportParams", "Table2Params", "TrainEvaluatorParams", "EvaluateParams",
-    "TrainAudioParams", "TrainMemoryParams", "FinetuneRenderParams", "GenerateParams", "FiguresParams",
-    "EmotionCeilingParams",
+    "TrainAudioParams", "PretrainMouthParams", "TrainMemoryParams", "FinetuneRenderParams", "GenerateParams",
+    "FiguresParams", "EmotionCeilingParams",
 ]

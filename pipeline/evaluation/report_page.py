@@ -44,6 +44,7 @@ NUMBERS = (
     ("evaluator.json", "emotion_clip_accuracy", "judge: emotion accuracy on real held-out clips"),
     ("evaluator.json", "reference_judged_neutral", "judge: neutral photo judged neutral"),
     ("evaluator.json", "landmark_error_px", "judge: landmark error on real held-out frames (px)"),
+    ("pretrain_mouth.json", "heldout.ratio_to_mean_predictor", "Audio2Mouth pre-training: held-out mouth error / mean's"),
     ("memory.json", "heldout.mouth_err", "Audio2Mouth: held-out mouth error"),
     ("memory.json", "heldout.mouth_err_mean_predictor", "... the mean predictor's"),
     ("memory.json", "heldout.motion_ratio", "held-out lip motion / real"),

@@ -8,6 +8,7 @@ then (all decoded with the actor's (p_neu, j_neu)):
   Eq. 3  f_e[x_ia] ~ f_e[y_ib],  f_e[x_jb] ~ f_e[y_ja]
   Eq. 4  f_m[x_ia_m] ~ f_m[y_ja], f_m[x_jb_m] ~ f_m[y_ib]
   Eq. 5  L_dis = use_rec L_rec + use_self L_self + use_con (lambda_e L_e-con + lambda_m L_m-con)
+  (ours) + lambda_m_center x the between-actor share of f_m's variance over the real frames (actor_centering_loss)
 Every term is logged (unweighted) whether or not it is switched on, so ablations stay comparable.
 """
 
@@ -35,6 +36,7 @@ from pipeline.motion.data import (
 )
 from pipeline.motion.losses import (
     DisentanglementWeights,
+    actor_centering_loss,
     cross_reconstruction_loss,
     disentanglement_loss,
     expression_consistency_loss,
@@ -141,8 +143,8 @@ class MotionTrainer:
 
     def losses(self, rows: dict[str, np.ndarray], actor: np.ndarray,
                label_weight: dict[str, np.ndarray] | None = None) -> dict[str, torch.Tensor]:
-        """Eq. 1-5 for one batch: the four unweighted terms and `total` (L_dis); `label_weight` {y_ib, y_ja: (B,)}
-        drops untrusted targets (see pipeline.motion.losses)."""
+        """Eq. 1-5 for one batch: the four unweighted terms, m_center and `total` (L_dis + weighted m_center);
+        `label_weight` {y_ib, y_ja: (B,)} drops untrusted targets (see pipeline.motion.losses)."""
         batch = len(actor)
         order = list(rows)
         idx = torch.from_numpy(np.concatenate([rows[r] for r in order])).to(self.device)
@@ -170,8 +172,12 @@ class MotionTrainer:
                                               lw["y_ja"])
         l_m_con = mouth_consistency_loss(f_m["x_ia_m"], f_m["y_ja"], f_m["x_jb_m"], f_m["y_ib"], lw["y_ja"],
                                          lw["y_ib"])
-        total = disentanglement_loss(l_rec, l_self, l_e_con, l_m_con, self.weights)
-        return {"total": total, "rec": l_rec, "self": l_self, "e_con": l_e_con, "m_con": l_m_con}
+        real = real_rows(order, batch, self.device)  # labels no loss trusts (weight 0) must not set the share
+        l_m_center = actor_centering_loss(f_m_all[real], a.repeat(len(order))[real])
+        total = (disentanglement_loss(l_rec, l_self, l_e_con, l_m_con, self.weights)
+                 + self.p.lambda_m_center * l_m_center)
+        return {"total": total, "rec": l_rec, "self": l_self, "e_con": l_e_con, "m_con": l_m_con,
+                "m_center": l_m_center}
 
     def train_step(self, rows: dict[str, np.ndarray], actor: np.ndarray,
                    label_weight: dict[str, np.ndarray] | None = None) -> dict[str, float]:
