@@ -5,11 +5,12 @@ speakers, sentences and faces and of the corpus's training actors. The output is
 three variants and inference hear through the pre-trained E_c; E_e and the rest of audio.pt stay as train_audio
 made them.
 
-Why a stage of its own: train_audio's E_c learns from the corpus alone (8 voices, ~24 sentences) and Audio2Mouth on
-its frozen features could not follow unseen sentences (held-out mouth error 0.52x the mean predictor's, wide set
-in every step; 0.33x in memory.json after 1000 steps of this stage; docs/experiments.md). Fine-tuning E_c inside train_memory costs ~1 s a step on
-a 2-core CPU (E_c runs on every window frame); here the a2m step alone is ~0.3 s and runs once for the three
-variants. E_i and D_m of this stage are kept in the file (for `resume`) but train_memory starts its own.
+Why a stage of its own: train_audio's E_c learns from the corpus alone (8 voices, ~24 sentences), and Audio2Mouth
+on its frozen features did not follow unseen sentences (held-out mouth error 0.52x the mean predictor's with the
+wide set in every step; 0.33x in memory.json after 1000 steps of this stage; docs/experiments.md). Fine-tuning
+E_c inside train_memory costs ~1 s a step on a 2-core CPU (E_c runs on every frame of both batches); here a step
+is ~0.2 s and runs once for the three variants. E_i and D_m of this stage are kept in the file (for `resume`);
+train_memory starts its own.
 """
 
 from __future__ import annotations
@@ -68,8 +69,8 @@ def mouth_errors(model: EmmnNet, trainer: MemoryTrainer, clips: pd.DataFrame, me
         frames += batch.f_m.shape[1]
     if not errors:
         return {"mouth_err": None, "mouth_err_mean_predictor": None, "clips": 0, "frames": 0}
-    return {"mouth_err": round(float(np.mean(errors)), 6), "mouth_err_mean_predictor": round(float(np.mean(baseline)), 6),
-            "clips": len(errors), "frames": frames}
+    return {"mouth_err": round(float(np.mean(errors)), 6),
+            "mouth_err_mean_predictor": round(float(np.mean(baseline)), 6), "clips": len(errors), "frames": frames}
 
 
 def memory_params_for_pretraining(memory: TrainMemoryParams, p: PretrainMouthParams) -> TrainMemoryParams:

@@ -138,5 +138,5 @@ def disentanglement_loss(l_rec: torch.Tensor, l_self: torch.Tensor, l_e_con: tor
 
 
 __all__ = ["DisentanglementWeights", "actor_centering_loss", "batch_mean", "cross_reconstruction_loss",
-           "disentanglement_loss", "expression_consistency_loss", "feature_distance", "motion_distance", "mouth_consistency_loss",
-           "self_reconstruction_loss"]
+           "disentanglement_loss", "expression_consistency_loss", "feature_distance", "motion_distance",
+           "mouth_consistency_loss", "self_reconstruction_loss"]
