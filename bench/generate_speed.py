@@ -41,7 +41,9 @@ def vox256_animator(animator, device: torch.device):
     config = dataclasses.replace(FommConfig.vox256(), num_kp=animator.emmn.config.num_kp)
     torch.manual_seed(0)
     return dataclasses.replace(animator, kp_detector=KPDetector(config).eval().to(device),
-                               generator=OcclusionAwareGenerator(config).eval().to(device), image_size=256)
+                               generator=OcclusionAwareGenerator(config).eval().to(
+                                   device=device, memory_format=torch.channels_last),  # as load_animator does
+                               image_size=256)
 
 
 def main() -> None:

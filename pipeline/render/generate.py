@@ -138,8 +138,10 @@ def load_animator(emmn_path: str | Path, render_path: str | Path, device: torch.
     emmn = load_emmn(emmn_path).eval().to(device)
     fomm = load_fomm(render_path)
     check_keypoint_count(emmn, emmn_path, fomm.config.num_kp, render_path)
-    return Animator(emmn, fomm.kp_detector.to(device), fomm.generator.to(device), fomm.config.image_size,
-                    Path(render_path), device)
+    # channels-last convolution weights: oneDNN's fast layout on the CPU (render 42 -> 32 ms a frame at 128 px on 2
+    # AVX2 cores, pixels within 1 level); the same layout suits cuDNN's tensor cores
+    generator = fomm.generator.to(device=device, memory_format=torch.channels_last)
+    return Animator(emmn, fomm.kp_detector.to(device), generator, fomm.config.image_size, Path(render_path), device)
 
 
 # ------------------------------------------------------------------------------------------ animation
