@@ -193,3 +193,16 @@ def build_stores(root: Path, motion: MotionNet, *, frames: int = 20, seed: int =
                                      "reference_jacobian": np.stack([neutral[a][1] for a in order]),
                                      "reference_actor": np.array(order)})
     return paths
+
+
+def wide_memory_inputs(root: Path) -> dict:
+    """`build_stores(wide=True)` plus a saved tiny audio.pt and motion.pt and the wide set's `WideInputs`: what
+    train_memory and pretrain_mouth read with the wide set."""
+    from pipeline.memory.train import WideInputs
+
+    motion = tiny_motion()
+    paths: dict = build_stores(root, motion, wide=True)
+    paths["audio_model"] = save_audio(tiny_audio(), root / "audio.pt")
+    paths["motion_model"] = save_motion(motion, root / "motion.pt")
+    paths["wide_inputs"] = WideInputs(paths["wide"], paths["wide_motion"], paths["wide_audio"], paths["wide_prosody"])
+    return paths

@@ -10,27 +10,19 @@ from typer.testing import CliRunner
 from pipeline.core.config import BaseParams, with_field
 from pipeline.core.errors import InputError
 from pipeline.memory.pretrain import memory_params_for_pretraining, pretrain_mouth
-from pipeline.memory.train import WideInputs
 from pipeline.models.audio import load_audio_encoders
 from pipeline.training.loop import read_loss_csv, torch_threads
 from stages.pretrain_mouth import app
 from stages.train_memory import run_train_memory
 from tests.conftest import tiny_section
-from tests.memory_fixtures import build_stores, save_audio, save_motion, tiny_motion
-from tests.memory_fixtures import tiny_audio as tiny_audio_encoders
+from tests.memory_fixtures import wide_memory_inputs
 
 BASE = BaseParams(seed=3, device="cpu", workers=0)
 
 
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pretrain_mouth")
-    motion = tiny_motion()
-    paths = build_stores(root, motion, wide=True)
-    paths["audio_model"] = save_audio(tiny_audio_encoders(), root / "audio.pt")
-    paths["motion_model"] = save_motion(motion, root / "motion.pt")
-    paths["wide_inputs"] = WideInputs(paths["wide"], paths["wide_motion"], paths["wide_audio"], paths["wide_prosody"])
-    return paths
+    return wide_memory_inputs(tmp_path_factory.mktemp("pretrain_mouth"))
 
 
 def run(s, out_dir, **changes):

@@ -41,6 +41,7 @@ from tests.memory_fixtures import (
     save_motion,
     tiny_motion,
     tiny_prosody_audio,
+    wide_memory_inputs,
 )
 from tests.memory_fixtures import tiny_audio as tiny_audio_encoders
 from tests.motion_fixtures import motion_inputs  # noqa: F401  (fixture)
@@ -76,13 +77,7 @@ def run(stores, out_dir, **changes):
 
 @pytest.fixture(scope="module")
 def wide_stores(tmp_path_factory):
-    root = tmp_path_factory.mktemp("memory_wide")
-    motion = tiny_motion()
-    paths = build_stores(root, motion, wide=True)
-    paths["audio_model"] = save_audio(tiny_audio_encoders(), root / "audio.pt")
-    paths["motion_model"] = save_motion(motion, root / "motion.pt")
-    paths["wide_inputs"] = WideInputs(paths["wide"], paths["wide_motion"], paths["wide_audio"], paths["wide_prosody"])
-    return paths
+    return wide_memory_inputs(tmp_path_factory.mktemp("memory_wide"))
 
 
 def test_the_wide_set_joins_as_its_own_splits_and_actors(wide_stores):
@@ -334,9 +329,9 @@ def test_cli_bad_variant_is_a_one_line_error(stores, tmp_path):
 def test_train_memory_on_the_tiny_pipeline(motion_inputs, tiny_audio, tiny_prosody, tmp_path):  # noqa: F811
     """The real upstream workers on the tiny corpus (FOMM keypoints, train_motion, decompose, audio features,
     train_audio), then train_memory: the stores and checkpoints they write are what this stage reads."""
+    from pipeline.audio.train import run_train_audio
     from pipeline.motion.decompose import build_motion_store
     from pipeline.motion.train import run_train_motion
-    from pipeline.audio.train import run_train_audio
 
     corpus, audio_store = tiny_audio
     base = tiny_section("base")
